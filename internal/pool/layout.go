@@ -1,0 +1,244 @@
+package pool
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync/atomic"
+	"unsafe"
+)
+
+// Segment layouts. docs/PROTOCOL.md is the normative description; the
+// constants here must match it.
+//
+// Every segment starts with a header page written once by its creator before
+// the segment is announced, and read-only for everyone afterwards:
+//
+//	offset size field
+//	0      4    magic "NNTS" (0x53544e4e little-endian)
+//	4      2    protocol version (Version)
+//	6      2    kind: 1 connection, 2 listener
+//	8      8    segment size in bytes
+//	16     4    creator's process id
+//	20     4    connection: client-to-server ring capacity; listener: slot count
+//	24     4    connection: server-to-client ring capacity; listener: zero
+//
+// A connection segment then has one control page per side, client first,
+// then the client-to-server ring data, then the server-to-client ring data:
+//
+//	page 0        header
+//	page 1        client control block (written only by the client)
+//	page 2        server control block (written only by the server)
+//	page 3...     client-to-server ring data (written only by the client)
+//	after that    server-to-client ring data (written only by the server)
+//
+// A control block holds, each on a 64-byte line of its own:
+//
+//	0    state (uint32): 0 new, 1 open, 2 closed; heartbeat (uint64) at 8
+//	64   tail of the ring this side produces (uint64)
+//	128  head of the ring this side consumes (uint64)
+//	192  sleeping (uint32): 1 while this side may block in futex on the tail
+//	     of the ring it consumes, and must be woken after a publish
+//
+// A listener segment has the header page, a server control page (state,
+// heartbeat, sleeping as above), and a slot page shared by clients and server.
+const (
+	PageSize = 4096
+	Magic    = 0x53544e4e
+	Version  = 1
+
+	KindConn     = 1
+	KindListener = 2
+
+	offMagic   = 0
+	offVersion = 4
+	offKind    = 6
+	offSize    = 8
+	offPID     = 16
+	offParamA  = 20
+	offParamB  = 24
+
+	ctlState     = 0
+	ctlHeartbeat = 8
+	ctlTail      = 64
+	ctlHead      = 128
+	ctlSleeping  = 192
+)
+
+// Control-block states.
+const (
+	StateNew    = 0
+	StateOpen   = 1
+	StateClosed = 2
+)
+
+// Control is a view of one side's control block.
+type Control struct {
+	State     *atomic.Uint32
+	Heartbeat *atomic.Uint64
+	Tail      *atomic.Uint64
+	Head      *atomic.Uint64
+	Sleeping  *atomic.Uint32
+}
+
+func u32(mem []byte, off int) *atomic.Uint32 { return (*atomic.Uint32)(unsafe.Pointer(&mem[off])) }
+func u64(mem []byte, off int) *atomic.Uint64 { return (*atomic.Uint64)(unsafe.Pointer(&mem[off])) }
+
+func controlAt(mem []byte, off int) Control {
+	return Control{
+		State:     u32(mem, off+ctlState),
+		Heartbeat: u64(mem, off+ctlHeartbeat),
+		Tail:      u64(mem, off+ctlTail),
+		Head:      u64(mem, off+ctlHead),
+		Sleeping:  u32(mem, off+ctlSleeping),
+	}
+}
+
+func writeHeader(mem []byte, kind uint16, a, b uint32, pid int) {
+	binary.LittleEndian.PutUint32(mem[offMagic:], Magic)
+	binary.LittleEndian.PutUint16(mem[offVersion:], Version)
+	binary.LittleEndian.PutUint16(mem[offKind:], kind)
+	binary.LittleEndian.PutUint64(mem[offSize:], uint64(len(mem)))
+	binary.LittleEndian.PutUint32(mem[offPID:], uint32(pid))
+	binary.LittleEndian.PutUint32(mem[offParamA:], a)
+	binary.LittleEndian.PutUint32(mem[offParamB:], b)
+}
+
+// checkHeader validates the header page of mem for the given kind and
+// returns its two parameters and the creator's pid.
+func checkHeader(mem []byte, kind uint16) (a, b uint32, pid int, err error) {
+	var h [PageSize]byte
+	if len(mem) < PageSize {
+		return 0, 0, 0, fmt.Errorf("segment of %d bytes is smaller than its header page", len(mem))
+	}
+	copy(h[:], mem) // one snapshot, so the checks below hold for the values used
+	if m := binary.LittleEndian.Uint32(h[offMagic:]); m != Magic {
+		return 0, 0, 0, fmt.Errorf("bad magic %#x, not a notnets segment", m)
+	}
+	if v := binary.LittleEndian.Uint16(h[offVersion:]); v != Version {
+		return 0, 0, 0, fmt.Errorf("protocol version %d, this build speaks version %d", v, Version)
+	}
+	if k := binary.LittleEndian.Uint16(h[offKind:]); k != kind {
+		return 0, 0, 0, fmt.Errorf("segment kind %d, want %d", k, kind)
+	}
+	if s := binary.LittleEndian.Uint64(h[offSize:]); s != uint64(len(mem)) {
+		return 0, 0, 0, fmt.Errorf("header says %d bytes, file has %d", s, len(mem))
+	}
+	return binary.LittleEndian.Uint32(h[offParamA:]), binary.LittleEndian.Uint32(h[offParamB:]),
+		int(binary.LittleEndian.Uint32(h[offPID:])), nil
+}
+
+// ConnLayout is a view of a connection segment.
+type ConnLayout struct {
+	Client, Server Control
+	C2S, S2C       []byte // ring data regions
+	PeerPID        int    // the client's pid, from the header
+}
+
+// ConnSize returns the size of a connection segment with the given ring
+// capacities.
+func ConnSize(c2s, s2c int) int { return 3*PageSize + c2s + s2c }
+
+// InitConn writes the header of a new connection segment.
+func InitConn(mem []byte, c2s, s2c, pid int) {
+	writeHeader(mem, KindConn, uint32(c2s), uint32(s2c), pid)
+}
+
+// MapConn validates the connection segment mem and returns a view of it.
+// checkCap validates each ring capacity.
+func MapConn(mem []byte, checkCap func(int) error) (*ConnLayout, error) {
+	a, b, pid, err := checkHeader(mem, KindConn)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkCap(int(a)); err != nil {
+		return nil, fmt.Errorf("client-to-server %w", err)
+	}
+	if err := checkCap(int(b)); err != nil {
+		return nil, fmt.Errorf("server-to-client %w", err)
+	}
+	if ConnSize(int(a), int(b)) != len(mem) {
+		return nil, fmt.Errorf("segment of %d bytes does not match rings of %d and %d bytes", len(mem), a, b)
+	}
+	c2s := 3 * PageSize
+	s2c := c2s + int(a)
+	return &ConnLayout{
+		Client:  controlAt(mem, PageSize),
+		Server:  controlAt(mem, 2*PageSize),
+		C2S:     mem[c2s:s2c:s2c],
+		S2C:     mem[s2c : s2c+int(b) : s2c+int(b)],
+		PeerPID: pid,
+	}, nil
+}
+
+// Listener slots: the slot page starts with a knock counter (uint32) that a
+// client increments after filling a slot, and that the server waits on. The
+// slots follow from offset 64, SlotSize bytes each:
+//
+//	0   state (uint32): 0 free, 1 claimed by a client, 2 ready for the server
+//	4   client pid (uint32)
+//	8   name length (uint32), at most SlotNameMax
+//	16  name bytes
+const (
+	SlotSize    = 128
+	SlotNameMax = 64
+	Slots       = 31
+
+	SlotFree    = 0
+	SlotClaimed = 1
+	SlotReady   = 2
+)
+
+// Slot is a view of one listener slot.
+type Slot struct {
+	State *atomic.Uint32
+	PID   *atomic.Uint32
+	mem   []byte
+}
+
+// SetName stores name in the slot; the client calls it between claiming and
+// marking the slot ready.
+func (s Slot) SetName(name string) {
+	binary.LittleEndian.PutUint32(s.mem[8:], uint32(len(name)))
+	copy(s.mem[16:16+SlotNameMax], name)
+}
+
+// Name returns the name stored in the slot, checking its length.
+func (s Slot) Name() (string, error) {
+	n := binary.LittleEndian.Uint32(s.mem[8:])
+	if n > SlotNameMax {
+		return "", fmt.Errorf("slot name length %d exceeds %d", n, SlotNameMax)
+	}
+	return string(s.mem[16 : 16+n]), nil
+}
+
+// ListenerLayout is a view of a listener segment.
+type ListenerLayout struct {
+	Server Control
+	Knock  *atomic.Uint32
+	Slots  []Slot
+	PID    int
+}
+
+// ListenerSize is the size of a listener segment.
+const ListenerSize = 3 * PageSize
+
+// InitListener writes the header of a new listener segment.
+func InitListener(mem []byte, pid int) { writeHeader(mem, KindListener, Slots, 0, pid) }
+
+// MapListener validates the listener segment mem and returns a view of it.
+func MapListener(mem []byte) (*ListenerLayout, error) {
+	n, _, pid, err := checkHeader(mem, KindListener)
+	if err != nil {
+		return nil, err
+	}
+	if n != Slots || len(mem) != ListenerSize {
+		return nil, fmt.Errorf("listener with %d slots in %d bytes, want %d slots in %d", n, len(mem), Slots, ListenerSize)
+	}
+	l := &ListenerLayout{Server: controlAt(mem, PageSize), Knock: u32(mem, 2*PageSize), PID: pid}
+	for i := 0; i < Slots; i++ {
+		off := 2*PageSize + 64 + i*SlotSize
+		sm := mem[off : off+SlotSize : off+SlotSize]
+		l.Slots = append(l.Slots, Slot{State: u32(sm, 0), PID: u32(sm, 4), mem: sm})
+	}
+	return l, nil
+}

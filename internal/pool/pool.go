@@ -1,0 +1,106 @@
+// Package pool manages a notnets memory pool: a directory of segment files
+// that processes map with mmap(2) and share.
+//
+// A pool lives on tmpfs (/dev/shm) by default, or on a DAX or CXL file system
+// when hosts share memory. Everything that passes between two peers lives in a
+// segment of the pool; see docs/PROTOCOL.md for the byte layout of segments.
+package pool
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// EnvPool names the environment variable that selects the pool directory.
+const EnvPool = "NOTNETS_POOL"
+
+// DefaultDir returns the pool directory to use when none is given in code:
+// $NOTNETS_POOL when set, else /dev/shm/notnets-<uid> (or the system
+// temporary directory when /dev/shm does not exist).
+func DefaultDir() string {
+	if d := os.Getenv(EnvPool); d != "" {
+		return d
+	}
+	base := "/dev/shm"
+	if fi, err := os.Stat(base); err != nil || !fi.IsDir() {
+		base = os.TempDir()
+	}
+	return filepath.Join(base, fmt.Sprintf("notnets-%d", os.Getuid()))
+}
+
+// Prepare creates dir (mode 0700) if it does not exist and checks that it is
+// a real directory (not a symbolic link) that other users cannot write.
+func Prepare(dir string) error {
+	if dir == "" {
+		return errors.New("notnets: empty pool directory")
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("notnets: create pool directory: %w", err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("notnets: pool directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("notnets: pool %s is not a directory (mode %v)", dir, fi.Mode())
+	}
+	if fi.Mode().Perm()&0o002 != 0 {
+		return fmt.Errorf("notnets: pool directory %s is writable by others (mode %v); refusing it", dir, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// ValidName reports whether name may be used as a listener name: 1 to 200
+// characters from [A-Za-z0-9._-], not starting with a dot. Names never carry
+// a path separator, so a name cannot point outside the pool.
+func ValidName(name string) error {
+	if len(name) == 0 || len(name) > 200 {
+		return fmt.Errorf("notnets: listener name %q: length must be 1 to 200", name)
+	}
+	if name[0] == '.' {
+		return fmt.Errorf("notnets: listener name %q must not start with a dot", name)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
+		if !ok {
+			return fmt.Errorf("notnets: listener name %q has character %q; allowed are letters, digits, '.', '_' and '-'", name, c)
+		}
+	}
+	return nil
+}
+
+// ListenerFile returns the file name of the listener segment for name.
+func ListenerFile(name string) string { return name + ListenerSuffix }
+
+// ListenerSuffix ends the file name of every listener segment.
+const ListenerSuffix = ".listener"
+
+// ConnPrefix starts the file name of every connection segment.
+const ConnPrefix = "conn-"
+
+// NewConnName returns a fresh connection segment file name carrying 128
+// random bits, so that no other process can guess it.
+func NewConnName() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("notnets: random segment name: %w", err)
+	}
+	return ConnPrefix + hex.EncodeToString(b[:]), nil
+}
+
+// ValidConnName reports whether s has the form NewConnName produces. The
+// server checks names it reads from shared memory with it before opening.
+func ValidConnName(s string) bool {
+	h, ok := strings.CutPrefix(s, ConnPrefix)
+	if !ok || len(h) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(h)
+	return err == nil
+}

@@ -1,0 +1,205 @@
+// Package ring implements the single-producer, single-consumer byte ring that
+// carries records between two processes through shared memory.
+//
+// # Layout and discipline
+//
+// A ring is a data region of Cap bytes (a power of two, at least 4096) and
+// two 64-bit counters, tail and head, that live outside the data region on
+// cache lines of their own: tail is written only by the producer, head only by
+// the consumer. Both count bytes since the ring was created and never wrap;
+// the position of a counter in the data region is counter & (Cap-1).
+//
+// The ring holds records. A record is a 16-byte header followed by its
+// payload, padded with zeros to a multiple of 16 bytes, and never wraps
+// around the end of the data region. Header bytes 0-3 hold the payload length
+// (little-endian uint32) and byte 4 the record kind; kind 0 is invalid and
+// kind 1 (KindPad) is a record the consumer skips. The remaining header bytes
+// belong to the layer above (package frame).
+//
+// The producer writes records past tail, then publishes them by storing the
+// new tail (a release store). When a record does not fit between tail and the
+// end of the data region, the producer first writes a pad record that covers
+// the rest of the region. The consumer loads tail (an acquire load), reads
+// records from head, and frees them by storing the new head.
+//
+// Invariants the consumer checks, since the producer may be broken or hostile:
+// head <= tail <= head+Cap, tail is a multiple of 16, every record lies inside
+// the published bytes and inside the data region, and its kind is not 0. A
+// violation is reported as an error; the ring is not used after that.
+package ring
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+)
+
+// HeaderSize is the size of a record header in bytes.
+const HeaderSize = 16
+
+// Align is the alignment of records in the ring.
+const Align = 16
+
+// MinCap is the smallest capacity a ring may have.
+const MinCap = 4096
+
+// Record kinds known to the ring itself.
+const (
+	KindInvalid = 0 // never written; zeroed memory reads as invalid
+	KindPad     = 1 // skipped by the consumer
+)
+
+// ErrCorrupt wraps every error that reports a broken invariant of the ring.
+var ErrCorrupt = errors.New("ring corrupt")
+
+// RecordSize returns the bytes a record with an n-byte payload occupies.
+func RecordSize(n int) int { return (HeaderSize + n + Align - 1) &^ (Align - 1) }
+
+// CheckCap reports whether c is a valid ring capacity.
+func CheckCap(c int) error {
+	if c < MinCap || c&(c-1) != 0 || c > 1<<30 {
+		return fmt.Errorf("ring capacity %d must be a power of two from %d to %d", c, MinCap, 1<<30)
+	}
+	return nil
+}
+
+// Producer is the writing end of a ring. It is not safe for concurrent use.
+type Producer struct {
+	data       []byte
+	mask       uint64
+	tail, head *atomic.Uint64
+	next       uint64 // tail including reserved, unpublished records
+	headSeen   uint64 // last head loaded from the consumer
+}
+
+// NewProducer returns the producer of the ring over data with the given
+// counters. data must have a length that CheckCap accepts.
+func NewProducer(data []byte, tail, head *atomic.Uint64) *Producer {
+	t := tail.Load()
+	return &Producer{data: data, mask: uint64(len(data) - 1), tail: tail, head: head, next: t, headSeen: head.Load()}
+}
+
+// MaxPayload is the largest payload one record may carry: half the ring less
+// the header, so that a record always fits once the ring has drained.
+func (p *Producer) MaxPayload() int { return len(p.data)/2 - HeaderSize }
+
+// Cap returns the size of the data region.
+func (p *Producer) Cap() int { return len(p.data) }
+
+// Reserve returns the HeaderSize+n bytes of a new record with its length and
+// kind set, or nil when the ring has no room for it now. The caller fills the
+// rest of the header and the payload, then calls Publish. n must not exceed
+// MaxPayload.
+func (p *Producer) Reserve(n int, kind byte) []byte {
+	if n < 0 || n > p.MaxPayload() {
+		panic(fmt.Sprintf("ring: payload of %d bytes exceeds the maximum %d", n, p.MaxPayload()))
+	}
+	size := uint64(RecordSize(n))
+	pos := p.next & p.mask
+	pad := uint64(0)
+	if room := uint64(len(p.data)) - pos; room < size {
+		pad = room
+	}
+	if !p.fits(pad + size) {
+		return nil
+	}
+	if pad > 0 {
+		writeHeader(p.data[pos:], int(pad)-HeaderSize, KindPad)
+		p.next += pad
+		pos = 0
+	}
+	rec := p.data[pos : pos+size]
+	writeHeader(rec, n, kind)
+	p.next += size
+	return rec[:HeaderSize+n]
+}
+
+func (p *Producer) fits(size uint64) bool {
+	if p.next+size-p.headSeen <= uint64(len(p.data)) {
+		return true
+	}
+	p.headSeen = p.head.Load()
+	return p.next+size-p.headSeen <= uint64(len(p.data))
+}
+
+// Unpublished reports whether records were reserved since the last Publish.
+func (p *Producer) Unpublished() bool { return p.next != p.tail.Load() }
+
+// Publish makes every reserved record visible to the consumer.
+func (p *Producer) Publish() { p.tail.Store(p.next) }
+
+// Empty reports whether the consumer has freed everything published.
+func (p *Producer) Empty() bool { return p.head.Load() == p.tail.Load() }
+
+func writeHeader(b []byte, n int, kind byte) {
+	binary.LittleEndian.PutUint32(b[0:4], uint32(n))
+	b[4] = kind
+	clear(b[5:HeaderSize])
+}
+
+// Consumer is the reading end of a ring. It is not safe for concurrent use.
+type Consumer struct {
+	data       []byte
+	mask       uint64
+	tail, head *atomic.Uint64
+	read       uint64 // head including records returned but not released
+	tailSeen   uint64
+}
+
+// NewConsumer returns the consumer of the ring over data with the given
+// counters.
+func NewConsumer(data []byte, tail, head *atomic.Uint64) *Consumer {
+	h := head.Load()
+	return &Consumer{data: data, mask: uint64(len(data) - 1), tail: tail, head: head, read: h, tailSeen: h}
+}
+
+// Next returns the next record, header and payload, or nil when none is
+// published. Pad records are skipped. The record stays valid, and its space
+// owned by the consumer, until Release. Its contents may still be changed by
+// a hostile producer, so callers copy header fields before checking them.
+func (c *Consumer) Next() ([]byte, error) {
+	for {
+		if c.read == c.tailSeen {
+			t := c.tail.Load()
+			if t == c.read {
+				return nil, nil
+			}
+			if t%Align != 0 || t-c.read > uint64(len(c.data)) || t < c.read {
+				return nil, fmt.Errorf("%w: tail %d with head %d and capacity %d", ErrCorrupt, t, c.read, len(c.data))
+			}
+			c.tailSeen = t
+		}
+		pos := c.read & c.mask
+		n := uint64(binary.LittleEndian.Uint32(c.data[pos:]))
+		kind := c.data[pos+4]
+		size := uint64(RecordSize(0)) + (n+Align-1)&^(Align-1)
+		if n > uint64(len(c.data)) || pos+size > uint64(len(c.data)) || size > c.tailSeen-c.read {
+			return nil, fmt.Errorf("%w: record of %d bytes at offset %d overruns the ring (capacity %d, %d bytes published)", ErrCorrupt, n, pos, len(c.data), c.tailSeen-c.read)
+		}
+		if kind == KindInvalid {
+			return nil, fmt.Errorf("%w: record of kind 0 at offset %d", ErrCorrupt, pos)
+		}
+		c.read += size
+		if kind == KindPad {
+			continue
+		}
+		return c.data[pos : pos+HeaderSize+n], nil
+	}
+}
+
+// Release frees the space of every record Next has returned so far.
+func (c *Consumer) Release() {
+	if c.head.Load() != c.read {
+		c.head.Store(c.read)
+	}
+}
+
+// Published reports whether records are waiting past everything read.
+func (c *Consumer) Published() bool { return c.tail.Load() != c.read }
+
+// TailWord returns the low 32 bits of the tail counter as a word to wait on
+// with a futex: it changes whenever the producer publishes.
+func TailWord(tail *atomic.Uint64) *atomic.Uint32 {
+	return (*atomic.Uint32)(unsafePointer(tail))
+}

@@ -1,0 +1,10 @@
+package ring
+
+import (
+	"sync/atomic"
+	"unsafe"
+)
+
+// unsafePointer exposes the address of a counter so that its low half
+// (little-endian) can be used as a futex word.
+func unsafePointer(p *atomic.Uint64) unsafe.Pointer { return unsafe.Pointer(p) }
