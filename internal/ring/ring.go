@@ -203,3 +203,7 @@ func (c *Consumer) Published() bool { return c.tail.Load() != c.read }
 func TailWord(tail *atomic.Uint64) *atomic.Uint32 {
 	return (*atomic.Uint32)(unsafePointer(tail))
 }
+
+// Position returns the consumer's read counter: everything before it has
+// been returned by Next.
+func (c *Consumer) Position() uint64 { return c.read }

@@ -1,0 +1,523 @@
+package notnets
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/notnets/notnets/internal/frame"
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/ring"
+)
+
+// ErrClientConnClosing is the status of calls made on, or cut short by, a
+// closed ClientConn, as in grpc-go.
+var ErrClientConnClosing = status.Error(codes.Canceled, "grpc: the client connection is closing")
+
+// ClientConn is a client connection to a notnets server through a memory
+// pool. It implements grpc.ClientConnInterface, so generated clients take it:
+// pb.NewGreeterClient(cc). It is safe for concurrent use; calls on it are
+// multiplexed by stream id.
+type ClientConn struct {
+	name      string
+	opts      dialOptions
+	c         *conn
+	peerAddr  *Addr
+	unaryInt  grpc.UnaryClientInterceptor
+	streamInt grpc.StreamClientInterceptor
+
+	mu      sync.Mutex
+	streams map[uint32]*clientStream
+	lastID  uint32
+	goAway  error // why no new streams may start, once the server said so
+}
+
+var _ grpc.ClientConnInterface = (*ClientConn)(nil)
+
+// Dial connects to the listener name in the pool and returns once the
+// server has accepted, or ctx ends (without a deadline on ctx, Dial waits at
+// most the connect timeout). A missing listener is an Unavailable error.
+func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, error) {
+	o := dialOptions{
+		ringSize:     DefaultRingSize,
+		wait:         defaultWait(),
+		maxRecvSize:  DefaultMaxRecvMsgSize,
+		window:       defaultWindow,
+		connectLimit: 20 * time.Second,
+	}
+	for _, opt := range opts {
+		opt.applyDial(&o)
+	}
+	if o.pool == "" {
+		o.pool = pool.DefaultDir()
+	}
+	if err := pool.ValidName(name); err != nil {
+		return nil, err
+	}
+	if err := ring.CheckCap(o.ringSize); err != nil {
+		return nil, fmt.Errorf("notnets: %w", err)
+	}
+	if err := checkPool(o.pool); err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.connectLimit)
+		defer cancel()
+	}
+	seg, lay, err := connect(ctx, &o, name)
+	if err != nil {
+		return nil, err
+	}
+	cc := &ClientConn{
+		name:      name,
+		opts:      o,
+		peerAddr:  &Addr{Pool: o.pool, Name: name},
+		unaryInt:  chainUnaryClient(o.unary),
+		streamInt: chainStreamClient(o.stream),
+		streams:   make(map[uint32]*clientStream),
+	}
+	cc.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, o.wait)
+	cc.c.onFrame = cc.onFrame
+	cc.c.onClose = cc.onClose
+	go cc.c.readLoop()
+	return cc, nil
+}
+
+// Target returns the listener name the connection was dialled to.
+func (cc *ClientConn) Target() string { return cc.name }
+
+// Close closes the connection. Calls in progress fail with Canceled; the
+// server sees the connection close and cancels their handlers.
+func (cc *ClientConn) Close() error {
+	cc.c.fail(ErrClientConnClosing)
+	cc.c.waitReleased()
+	return nil
+}
+
+func (cc *ClientConn) onClose(err error) {
+	cc.mu.Lock()
+	streams := cc.streams
+	cc.streams = map[uint32]*clientStream{}
+	cc.mu.Unlock()
+	st := status.Convert(err)
+	for _, s := range streams {
+		s.finish(st, nil)
+	}
+}
+
+// onFrame handles a frame from the server on the reader goroutine.
+func (cc *ClientConn) onFrame(h frame.Header, p []byte) error {
+	if h.Type == frame.TypeGoAway {
+		var g frame.GoAway
+		if err := g.Decode(p); err != nil {
+			return err
+		}
+		cc.mu.Lock()
+		cc.goAway = status.Errorf(codes.Unavailable, "notnets: server is going away: %s", g.Reason)
+		cc.mu.Unlock()
+		return nil
+	}
+	cc.mu.Lock()
+	s := cc.streams[h.Stream]
+	last := cc.lastID
+	cc.mu.Unlock()
+	if s == nil {
+		if h.Stream > last {
+			return fmt.Errorf("%v frame for stream %d, which was never opened", h.Type, h.Stream)
+		}
+		return nil // the stream ended here first (cancelled); the frame is stale
+	}
+	switch h.Type {
+	case frame.TypeHeaders:
+		var rh frame.ResponseHeaders
+		if err := rh.Decode(p); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		dup := s.gotHeader
+		s.header, s.gotHeader = rh.MD, true
+		s.mu.Unlock()
+		if dup {
+			return fmt.Errorf("second HEADERS frame on stream %d", h.Stream)
+		}
+		s.signal()
+	case frame.TypeMessage:
+		return s.onData(h, p)
+	case frame.TypeTrailers, frame.TypeCancel:
+		var fs frame.Status
+		if err := fs.Decode(p); err != nil {
+			return err
+		}
+		st, err := statusFromFrame(&fs)
+		if err != nil {
+			return err
+		}
+		s.finish(st, fs.MD)
+	case frame.TypeWindowUpdate:
+		return s.onWindowUpdate(h.Aux)
+	default:
+		return fmt.Errorf("unexpected %v frame from the server", h.Type)
+	}
+	return nil
+}
+
+// Invoke performs a unary call. It implements grpc.ClientConnInterface.
+func (cc *ClientConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	if cc.unaryInt != nil {
+		return cc.unaryInt(ctx, method, args, reply, nil, cc.invoker, opts...)
+	}
+	return cc.invoke(ctx, method, args, reply, opts...)
+}
+
+var unaryDesc = &grpc.StreamDesc{}
+
+// invoker adapts invoke to grpc.UnaryInvoker. Interceptors receive a nil
+// *grpc.ClientConn: grpc-go's interceptor types name its concrete type.
+func (cc *ClientConn) invoker(ctx context.Context, method string, args, reply any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+	return cc.invoke(ctx, method, args, reply, opts...)
+}
+
+func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	ci, err := newCallInfo(&cc.opts, opts)
+	if err != nil {
+		return err
+	}
+	msg, err := prepareMsg(ci.codec, args, ci.maxSend)
+	if err != nil {
+		return err
+	}
+	s, err := cc.start(ctx, method, ci, unaryDesc, &msg)
+	msg.free()
+	if err != nil {
+		return err
+	}
+	return s.recvUnary(reply)
+}
+
+// NewStream starts a streaming call. It implements grpc.ClientConnInterface.
+func (cc *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if cc.streamInt != nil {
+		return cc.streamInt(ctx, desc, nil, method, cc.newStream, opts...)
+	}
+	return cc.newStream(ctx, desc, nil, method, opts...)
+}
+
+func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *grpc.ClientConn, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	ci, err := newCallInfo(&cc.opts, opts)
+	if err != nil {
+		return nil, err
+	}
+	s, err := cc.start(ctx, method, ci, desc, nil)
+	if err != nil {
+		return nil, err
+	}
+	s.stopWatch = context.AfterFunc(ctx, func() { s.cancel(ctx.Err()) })
+	return s, nil
+}
+
+// start opens a stream and sends its HEADERS frame, followed, for a unary
+// call, by the request with the end-of-stream flag in the same publish.
+func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, desc *grpc.StreamDesc, msg *outMsg) (*clientStream, error) {
+	hdr := frame.RequestHeaders{Method: method, ContentSubtype: ci.contentSubtype}
+	if dl, ok := ctx.Deadline(); ok {
+		if hdr.Timeout = time.Until(dl); hdr.Timeout <= 0 {
+			return nil, status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, contextStatus(err)
+	}
+	hdr.MD, _ = metadata.FromOutgoingContext(ctx)
+	s := &clientStream{cc: cc, ctx: ctx, desc: desc, ci: ci, method: method}
+	if err := cc.register(s); err != nil {
+		return nil, err
+	}
+	if err := cc.c.lock(ctx); err != nil {
+		cc.unregister(s.id)
+		return nil, err
+	}
+	err := cc.c.writeFrame(ctx, frame.TypeHeaders, 0, s.id, 0, &hdr)
+	if err == nil && msg != nil {
+		s.quota -= msg.size
+		err = cc.c.writeMsg(ctx, s.id, frame.FlagEndStream, msg)
+		s.halfClosed = true
+	}
+	cc.c.unlock()
+	if err != nil {
+		s.cancel(err)
+		return nil, err
+	}
+	cc.c.kick()
+	return s, nil
+}
+
+func (cc *ClientConn) register(s *clientStream) error {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if err := cc.c.closeErr(); err != nil {
+		return err
+	}
+	if cc.goAway != nil {
+		return cc.goAway
+	}
+	if cc.lastID == 1<<32-1 {
+		return status.Error(codes.Unavailable, "notnets: stream ids exhausted on this connection")
+	}
+	cc.lastID++
+	s.init(cc.lastID, cc.c, s.ci.maxRecv, cc.opts.window)
+	cc.streams[s.id] = s
+	return nil
+}
+
+func (cc *ClientConn) unregister(id uint32) {
+	cc.mu.Lock()
+	delete(cc.streams, id)
+	cc.mu.Unlock()
+}
+
+// clientStream is one call on a ClientConn.
+type clientStream struct {
+	streamBase
+	cc     *ClientConn
+	ctx    context.Context
+	desc   *grpc.StreamDesc
+	ci     *callInfo
+	method string
+
+	// Set by the reader (or a cancel), under mu.
+	header    metadata.MD
+	gotHeader bool
+	trailer   metadata.MD
+	st        *status.Status // the final status, once the stream is over
+
+	// Used only by the caller's goroutine(s).
+	halfClosed bool
+	received   int
+	stopWatch  func() bool
+	finishOnce sync.Once
+}
+
+// finish records the stream's final status, unless it already has one,
+// and removes it from the connection. Messages already queued stay readable.
+func (s *clientStream) finish(st *status.Status, trailer metadata.MD) bool {
+	s.mu.Lock()
+	if s.st != nil {
+		s.mu.Unlock()
+		return false
+	}
+	s.st, s.trailer, s.closed = st, trailer, true
+	s.mu.Unlock()
+	s.cc.unregister(s.id)
+	s.signal()
+	return true
+}
+
+// cancel ends the stream locally with err's status and tells the server.
+func (s *clientStream) cancel(err error) {
+	st := status.Convert(err)
+	if err == context.Canceled || err == context.DeadlineExceeded {
+		st = status.FromContextError(err)
+	}
+	if !s.finish(st, nil) {
+		return
+	}
+	c := s.cc.c
+	if c.lock(context.Background()) == nil {
+		c.writeFrame(context.Background(), frame.TypeCancel, 0, s.id, 0, &frame.Status{Code: uint32(st.Code()), Message: st.Message()})
+		c.unlock()
+	}
+	s.done()
+}
+
+// done runs the call options that want the call's outcome, once.
+func (s *clientStream) done() {
+	s.finishOnce.Do(func() {
+		if s.stopWatch != nil {
+			s.stopWatch()
+		}
+		s.mu.Lock()
+		header, trailer, st := s.header, s.trailer, s.st
+		s.freeAll()
+		s.mu.Unlock()
+		for _, h := range s.ci.headers {
+			*h = header
+		}
+		for _, t := range s.ci.trailers {
+			*t = trailer
+		}
+		for _, p := range s.ci.peers {
+			*p = peer.Peer{Addr: s.cc.peerAddr, LocalAddr: &Addr{Pool: s.cc.opts.pool}}
+		}
+		for _, f := range s.ci.onFinish {
+			f(st.Err())
+		}
+	})
+}
+
+// recvUnary waits for the reply and status of a unary call.
+func (s *clientStream) recvUnary(reply any) error {
+	err := s.await(s.ctx, func() bool { return s.st != nil })
+	if err != nil {
+		s.cancel(err)
+		return s.st.Err()
+	}
+	defer s.done()
+	s.mu.Lock()
+	st := s.st
+	var m inMsg
+	n := len(s.msgs)
+	if n > 0 {
+		m = s.takeMsg()
+	}
+	s.mu.Unlock()
+	if st.Code() != codes.OK {
+		return st.Err()
+	}
+	if n != 1 {
+		return status.Errorf(codes.Internal, "grpc: cardinality violation: unary call got %d response messages", n)
+	}
+	if m.err != nil {
+		return m.err
+	}
+	return decodeMsg(s.ci.codec, m.data, reply)
+}
+
+// Context returns the call's context.
+func (s *clientStream) Context() context.Context { return s.ctx }
+
+// Header waits for the server's response headers.
+func (s *clientStream) Header() (metadata.MD, error) {
+	if err := s.await(s.ctx, func() bool { return s.gotHeader || s.st != nil }); err != nil {
+		s.cancel(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gotHeader {
+		return s.header.Copy(), nil
+	}
+	return nil, s.st.Err()
+}
+
+// Trailer returns the trailers; they are complete once RecvMsg returned an
+// error (io.EOF included).
+func (s *clientStream) Trailer() metadata.MD {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.trailer.Copy()
+}
+
+// CloseSend tells the server that the client sends no more messages.
+func (s *clientStream) CloseSend() error {
+	if s.halfClosed {
+		return nil
+	}
+	s.halfClosed = true
+	c := s.cc.c
+	if err := c.lock(s.ctx); err != nil {
+		return nil // the stream's error comes from RecvMsg, as in grpc-go
+	}
+	c.writeFrame(s.ctx, frame.TypeHalfClose, 0, s.id, 0, nil)
+	c.unlock()
+	return nil
+}
+
+// SendMsg sends a message. It returns io.EOF when the stream has already
+// ended; RecvMsg then returns the status.
+func (s *clientStream) SendMsg(m any) error {
+	if s.halfClosed {
+		return status.Error(codes.Internal, "SendMsg called after CloseSend")
+	}
+	msg, err := prepareMsg(s.ci.codec, m, s.ci.maxSend)
+	if err != nil {
+		s.cancel(err)
+		return err
+	}
+	defer msg.free()
+	ended := func() error {
+		if s.st != nil {
+			return io.EOF
+		}
+		return nil
+	}
+	if err := s.takeQuota(s.ctx, msg.size, ended); err != nil {
+		if err != io.EOF {
+			s.cancel(err)
+		}
+		return io.EOF
+	}
+	c := s.cc.c
+	if err := c.lock(s.ctx); err != nil {
+		return io.EOF
+	}
+	err = c.writeMsg(s.ctx, s.id, 0, &msg)
+	c.unlock()
+	if err != nil {
+		s.cancel(err)
+		return io.EOF
+	}
+	return nil
+}
+
+// RecvMsg receives the next message into m. It returns io.EOF when the
+// stream ended with status OK, and the status error otherwise.
+func (s *clientStream) RecvMsg(m any) error {
+	err := s.await(s.ctx, func() bool { return len(s.msgs) > 0 || s.st != nil })
+	if err != nil {
+		s.cancel(err)
+	}
+	s.mu.Lock()
+	if len(s.msgs) == 0 {
+		st := s.st
+		s.mu.Unlock()
+		s.done()
+		if st.Code() != codes.OK {
+			return st.Err()
+		}
+		if !s.desc.ServerStreams && s.received == 0 {
+			return status.Error(codes.Internal, "grpc: cardinality violation: expected <Message> received <EOF>")
+		}
+		return io.EOF
+	}
+	msg := s.takeMsg()
+	s.mu.Unlock()
+	if msg.err != nil {
+		s.cancel(msg.err)
+		s.done()
+		return msg.err
+	}
+	n := msg.data.Len()
+	if err := decodeMsg(s.ci.codec, msg.data, m); err != nil {
+		s.cancel(err)
+		s.done()
+		return err
+	}
+	s.received++
+	s.consumed(s.ctx, n)
+	if s.desc.ServerStreams {
+		return nil
+	}
+	// One response only: the status decides whether the call succeeded.
+	if err := s.await(s.ctx, func() bool { return s.st != nil }); err != nil {
+		s.cancel(err)
+	}
+	s.mu.Lock()
+	st, extra := s.st, len(s.msgs)
+	s.mu.Unlock()
+	s.done()
+	if st.Code() != codes.OK {
+		return st.Err()
+	}
+	if extra > 0 {
+		return status.Error(codes.Internal, "grpc: cardinality violation: expected <EOF> received <Message>")
+	}
+	return nil
+}

@@ -1,0 +1,302 @@
+package notnets
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/notnets/notnets/internal/frame"
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/ring"
+)
+
+// conn is one side of a connection segment: the ring it produces, the ring
+// it consumes, and the reader goroutine that polls the latter. The client
+// and the server wrap it with their own stream handling.
+//
+// Memory safety: the segment is unmapped only after the reader has exited
+// and the closer holds the write lock for good, so any goroutine that holds
+// the write lock, or is the reader, may touch the segment.
+type conn struct {
+	seg        *pool.Segment
+	self, peer pool.Control
+	out        *ring.Producer
+	in         *ring.Consumer
+	wait       waitConfig
+
+	// onFrame handles one frame on the reader goroutine; it must copy what
+	// it keeps of the payload. An error closes the connection with Internal.
+	onFrame func(frame.Header, []byte) error
+	// onClose fails every stream of the connection with err.
+	onClose func(err error)
+
+	wlock      chan struct{} // the write lock, as a channel so waiting can select
+	sleeping   atomic.Bool   // the reader is (about to be) blocked in futex
+	done       chan struct{} // closed when the connection starts closing
+	readerDone chan struct{}
+	closeOnce  sync.Once
+	err        error // why it closed; set before done is closed
+}
+
+func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait waitConfig) *conn {
+	return &conn{
+		seg:        seg,
+		self:       self,
+		peer:       peer,
+		out:        ring.NewProducer(out, self.Tail, peer.Head),
+		in:         ring.NewConsumer(in, peer.Tail, self.Head),
+		wait:       wait,
+		wlock:      make(chan struct{}, 1),
+		done:       make(chan struct{}),
+		readerDone: make(chan struct{}),
+	}
+}
+
+// closeErr returns why the connection closed, or nil while it is open.
+func (c *conn) closeErr() error {
+	select {
+	case <-c.done:
+		return c.err
+	default:
+		return nil
+	}
+}
+
+// lock takes the write lock, waiting at most until ctx ends or the
+// connection closes.
+func (c *conn) lock(ctx context.Context) error {
+	select {
+	case c.wlock <- struct{}{}:
+	default:
+		select {
+		case c.wlock <- struct{}{}:
+		case <-ctx.Done():
+			return contextStatus(ctx.Err())
+		case <-c.done:
+			return c.err
+		}
+	}
+	if err := c.closeErr(); err != nil {
+		<-c.wlock
+		return err
+	}
+	return nil
+}
+
+// unlock publishes what was written under the lock, rings the peer's
+// doorbell if it sleeps, and releases the lock.
+func (c *conn) unlock() {
+	c.publish()
+	<-c.wlock
+}
+
+func (c *conn) publish() {
+	if !c.out.Unpublished() {
+		return
+	}
+	c.out.Publish()
+	if c.peer.Sleeping.Load() != 0 {
+		pool.FutexWake(ring.TailWord(c.self.Tail), 1)
+	}
+}
+
+// fullRingSpin is how long a writer facing a full ring polls before it
+// sleeps between polls: the peer is active, so space comes back soon.
+const fullRingSpin = 2 * time.Millisecond
+
+// reserve returns space for a frame with an n-byte payload, waiting while
+// the ring is full. The caller holds the write lock.
+func (c *conn) reserve(ctx context.Context, n int, t frame.Type) ([]byte, error) {
+	if rec := c.out.Reserve(n, byte(t)); rec != nil {
+		return rec, nil
+	}
+	c.publish() // the peer must see what is there to make room
+	start := time.Now()
+	for {
+		if rec := c.out.Reserve(n, byte(t)); rec != nil {
+			return rec, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, contextStatus(err)
+		}
+		if err := c.closeErr(); err != nil {
+			return nil, err
+		}
+		if c.peer.State.Load() == pool.StateClosed {
+			return nil, status.Error(codes.Unavailable, "notnets: peer closed the connection")
+		}
+		if time.Since(start) < fullRingSpin {
+			runtime.Gosched()
+		} else {
+			time.Sleep(50 * time.Microsecond)
+		}
+	}
+}
+
+// encoder is a frame payload that knows its size.
+type encoder interface {
+	Size() int
+	Append([]byte) []byte
+}
+
+// writeFrame writes a control frame whose payload is e (nil for none). The
+// caller holds the write lock.
+func (c *conn) writeFrame(ctx context.Context, t frame.Type, flags frame.Flags, stream, aux uint32, e encoder) error {
+	n := 0
+	if e != nil {
+		n = e.Size()
+	}
+	if n > c.out.MaxPayload() {
+		return status.Errorf(codes.ResourceExhausted, "notnets: %v frame of %d bytes exceeds the limit of %d (ring too small for this metadata)", t, n, c.out.MaxPayload())
+	}
+	rec, err := c.reserve(ctx, n, t)
+	if err != nil {
+		return err
+	}
+	frame.Put(rec, flags, stream, aux)
+	if e != nil {
+		if b := e.Append(rec[frame.HeaderSize:frame.HeaderSize:len(rec)]); len(b) != n {
+			panic(fmt.Sprintf("notnets: %v payload encoded to %d bytes, sized %d", t, len(b), n))
+		}
+	}
+	return nil
+}
+
+// writeData writes msg as one MESSAGE frame or a run of fragments. The
+// caller holds the write lock; fragments are published as they are written
+// so that the peer can drain a ring smaller than the message.
+func (c *conn) writeData(ctx context.Context, stream uint32, flags frame.Flags, msg []byte) error {
+	max := c.out.MaxPayload()
+	aux := uint32(len(msg))
+	for first := true; first || len(msg) > 0; first = false {
+		n := min(len(msg), max)
+		f := flags
+		if n < len(msg) {
+			f = frame.FlagMore // end-of-stream goes on the last fragment only
+		}
+		rec, err := c.reserve(ctx, n, frame.TypeMessage)
+		if err != nil {
+			return err
+		}
+		frame.Put(rec, f, stream, aux)
+		copy(rec[frame.HeaderSize:], msg[:n])
+		msg = msg[n:]
+		aux = 0
+		if len(msg) > 0 {
+			c.publish()
+		}
+	}
+	return nil
+}
+
+// readLoop polls the incoming ring and hands every frame to onFrame. When
+// the ring stays empty for the spin period it blocks (futex doorbell) or
+// sleeps (poll-only mode) until the peer publishes.
+func (c *conn) readLoop() {
+	defer close(c.readerDone)
+	var idleSince time.Time
+	idle := false
+	for {
+		rec, err := c.in.Next()
+		if err != nil {
+			c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: %v", err))
+			return
+		}
+		if rec != nil {
+			idle = false
+			h, p, err := frame.Parse(rec)
+			if err == nil {
+				err = c.onFrame(h, p)
+			}
+			c.in.Release()
+			if err != nil {
+				c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: %v", err))
+				return
+			}
+			continue
+		}
+		c.in.Release()
+		if c.closeErr() != nil {
+			return
+		}
+		if c.peer.State.Load() == pool.StateClosed {
+			if c.in.Published() {
+				continue
+			}
+			c.fail(status.Error(codes.Unavailable, "notnets: peer closed the connection"))
+			return
+		}
+		now := time.Now()
+		if !idle {
+			idle, idleSince = true, now
+		}
+		if now.Sub(idleSince) < c.wait.spin {
+			runtime.Gosched()
+			continue
+		}
+		c.block()
+		idle = false
+	}
+}
+
+// maxBlock bounds one futex wait, so that a closed peer that could not ring
+// the doorbell is still noticed.
+const maxBlock = 50 * time.Millisecond
+
+func (c *conn) block() {
+	if c.wait.pollOnly {
+		time.Sleep(time.Millisecond)
+		return
+	}
+	c.sleeping.Store(true)
+	c.self.Sleeping.Store(1)
+	seen := uint32(c.in.Position())
+	if !c.in.Published() && c.closeErr() == nil && c.peer.State.Load() != pool.StateClosed {
+		pool.FutexWait(ring.TailWord(c.peer.Tail), seen, maxBlock)
+	}
+	c.self.Sleeping.Store(0)
+	c.sleeping.Store(false)
+}
+
+// kick wakes the reader if it is blocked, so that it polls while a call
+// that just started waits for its answer.
+func (c *conn) kick() {
+	if c.sleeping.Load() {
+		pool.FutexWake(ring.TailWord(c.peer.Tail), 1)
+	}
+}
+
+// fail closes the connection with err: every stream fails with it, the
+// peer is told through the control block, and the segment is unmapped once
+// nothing uses it any more.
+func (c *conn) fail(err error) {
+	c.closeOnce.Do(func() {
+		c.err = err
+		close(c.done)
+		c.self.State.Store(pool.StateClosed)
+		pool.FutexWake(ring.TailWord(c.self.Tail), 1) // the peer may sleep on our tail
+		c.onClose(err)
+		c.kick()
+		go c.release()
+	})
+}
+
+func (c *conn) release() {
+	<-c.readerDone
+	c.wlock <- struct{}{} // held for good: no writer touches the segment again
+	c.seg.Unlink()
+	c.seg.Close()
+}
+
+// wait blocks until the connection is fully released.
+func (c *conn) waitReleased() {
+	<-c.readerDone
+}
+
+func contextStatus(err error) error { return status.FromContextError(err).Err() }

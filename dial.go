@@ -1,0 +1,133 @@
+package notnets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/ring"
+)
+
+// connect creates a connection segment, announces it through the listener
+// name, and waits until the server has mapped it. The segment's file is
+// removed from the pool as soon as both sides have it mapped.
+func connect(ctx context.Context, o *dialOptions, name string) (*pool.Segment, *pool.ConnLayout, error) {
+	lseg, err := pool.Open(o.pool, pool.ListenerFile(name), pool.ListenerSize, pool.ListenerSize)
+	if err != nil {
+		return nil, nil, status.Errorf(codes.Unavailable, "notnets: no listener %q in pool %s: %v", name, o.pool, err)
+	}
+	defer lseg.Close()
+	lis, err := pool.MapListener(lseg.Mem)
+	if err != nil {
+		return nil, nil, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
+	}
+	if lis.Server.State.Load() != pool.StateOpen {
+		return nil, nil, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
+	}
+	segName, err := pool.NewConnName()
+	if err != nil {
+		return nil, nil, err
+	}
+	seg, err := pool.Create(o.pool, segName, pool.ConnSize(o.ringSize, o.ringSize))
+	if err != nil {
+		return nil, nil, status.Error(codes.Unavailable, err.Error())
+	}
+	pool.InitConn(seg.Mem, o.ringSize, o.ringSize, os.Getpid())
+	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
+	if err != nil {
+		seg.Unlink()
+		seg.Close()
+		return nil, nil, err
+	}
+	lay.Client.State.Store(pool.StateOpen)
+	if err := announce(ctx, o, lis, segName, lay); err != nil {
+		lay.Client.State.Store(pool.StateClosed)
+		seg.Unlink()
+		seg.Close()
+		return nil, nil, err
+	}
+	seg.Unlink()
+	return seg, lay, nil
+}
+
+// announce puts segName in a free slot of the listener and waits for the
+// server to open the connection.
+func announce(ctx context.Context, o *dialOptions, lis *pool.ListenerLayout, segName string, lay *pool.ConnLayout) error {
+	var slot pool.Slot
+	err := poll(ctx, o.wait, func() (bool, error) {
+		if lis.Server.State.Load() != pool.StateOpen {
+			return false, status.Error(codes.Unavailable, "notnets: listener closed")
+		}
+		for _, s := range lis.Slots {
+			if s.State.CompareAndSwap(pool.SlotFree, pool.SlotClaimed) {
+				slot = s
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return err
+	}
+	slot.PID.Store(uint32(os.Getpid()))
+	slot.SetName(segName)
+	slot.State.Store(pool.SlotReady)
+	lis.Knock.Add(1)
+	pool.FutexWake(lis.Knock, 1)
+	err = poll(ctx, o.wait, func() (bool, error) {
+		switch lay.Server.State.Load() {
+		case pool.StateOpen:
+			return true, nil
+		case pool.StateClosed:
+			return false, status.Error(codes.Unavailable, "notnets: server refused the connection")
+		}
+		if lis.Server.State.Load() != pool.StateOpen {
+			return false, status.Error(codes.Unavailable, "notnets: listener closed before accepting")
+		}
+		return false, nil
+	})
+	if err != nil {
+		slot.State.CompareAndSwap(pool.SlotReady, pool.SlotFree) // withdraw if still unread
+	}
+	return err
+}
+
+// poll calls try until it reports done or an error, spinning first and then
+// sleeping between tries, for at most as long as ctx allows.
+func poll(ctx context.Context, w waitConfig, try func() (bool, error)) error {
+	start := time.Now()
+	for {
+		done, err := try()
+		if done || err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return status.Errorf(status.FromContextError(err).Code(), "notnets: connect: %v", err)
+		}
+		if time.Since(start) < w.spin {
+			runtime.Gosched()
+		} else {
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+}
+
+var errNoPool = errors.New("notnets: no pool directory")
+
+func checkPool(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "notnets: pool %s: %v", dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: %s is not a directory", errNoPool, dir)
+	}
+	return nil
+}

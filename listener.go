@@ -1,0 +1,197 @@
+package notnets
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/ring"
+)
+
+// Addr is the address of a notnets endpoint: a name in a pool directory.
+type Addr struct {
+	Pool string // the pool directory
+	Name string // the listener name
+	PID  int    // the process at this end, when known
+}
+
+// Network returns "notnets".
+func (a *Addr) Network() string { return "notnets" }
+
+// String returns pool/name, followed by #pid when the pid is known.
+func (a *Addr) String() string {
+	s := a.Pool + "/" + a.Name
+	if a.PID != 0 {
+		s += fmt.Sprintf("#%d", a.PID)
+	}
+	return s
+}
+
+// ErrListenerClosed is returned by Accept after Close.
+var ErrListenerClosed = errors.New("notnets: listener closed")
+
+// Listener is a name published in a pool, through which clients announce
+// new connections. Serve a Server on it.
+type Listener struct {
+	dir, name string
+	seg       *pool.Segment
+	lay       *pool.ListenerLayout
+	wait      waitConfig
+
+	closeOnce sync.Once
+	done      chan struct{}
+	mu        sync.Mutex // held by Accept while it touches the segment
+}
+
+// Listen publishes a listener under name in the pool. It fails if a live
+// listener already has the name; a file left by a dead process is replaced.
+func Listen(name string, opts ...ListenOption) (*Listener, error) {
+	o := listenOptions{wait: defaultWait()}
+	for _, opt := range opts {
+		opt.applyListen(&o)
+	}
+	if o.pool == "" {
+		o.pool = pool.DefaultDir()
+	}
+	if err := pool.ValidName(name); err != nil {
+		return nil, err
+	}
+	if err := pool.Prepare(o.pool); err != nil {
+		return nil, err
+	}
+	file := pool.ListenerFile(name)
+	seg, err := pool.Create(o.pool, file, pool.ListenerSize)
+	if errors.Is(err, syscall.EEXIST) {
+		if err := removeStaleListener(o.pool, file); err != nil {
+			return nil, err
+		}
+		seg, err = pool.Create(o.pool, file, pool.ListenerSize)
+	}
+	if err != nil {
+		return nil, err
+	}
+	pool.InitListener(seg.Mem, os.Getpid())
+	lay, err := pool.MapListener(seg.Mem)
+	if err != nil {
+		seg.Unlink()
+		seg.Close()
+		return nil, err
+	}
+	lay.Server.State.Store(pool.StateOpen)
+	return &Listener{dir: o.pool, name: name, seg: seg, lay: lay, wait: o.wait, done: make(chan struct{})}, nil
+}
+
+// removeStaleListener removes the listener file if its process is gone or
+// it is closed or unreadable, and fails if a live listener holds it.
+func removeStaleListener(dir, file string) error {
+	seg, err := pool.Open(dir, file, 0, 1<<20)
+	if err != nil {
+		return err
+	}
+	defer seg.Close()
+	lay, err := pool.MapListener(seg.Mem)
+	if err == nil && lay.Server.State.Load() == pool.StateOpen && processAlive(lay.PID) {
+		return fmt.Errorf("notnets: listen %s/%s: address in use by process %d", dir, file, lay.PID)
+	}
+	return seg.Unlink()
+}
+
+// processAlive reports whether a process with pid exists on this host.
+func processAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// Addr returns the listener's address.
+func (l *Listener) Addr() net.Addr { return &Addr{Pool: l.dir, Name: l.name, PID: os.Getpid()} }
+
+// Close removes the listener from the pool. Accepted connections stay open.
+func (l *Listener) Close() error {
+	l.closeOnce.Do(func() {
+		close(l.done)
+		l.lay.Server.State.Store(pool.StateClosed)
+		pool.FutexWake(l.lay.Knock, 1<<30)
+		l.mu.Lock() // wait for Accept to leave the segment
+		defer l.mu.Unlock()
+		l.seg.Unlink()
+		l.seg.Close()
+	})
+	return nil
+}
+
+// accepted is a connection segment a client announced, mapped and checked.
+type accepted struct {
+	seg *pool.Segment
+	lay *pool.ConnLayout
+}
+
+// accept waits for a client to announce a connection and maps its segment.
+// Announcements that fail the checks are dropped, and the slot freed.
+func (l *Listener) accept() (*accepted, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	idleSince := time.Now()
+	for {
+		select {
+		case <-l.done:
+			return nil, ErrListenerClosed
+		default:
+		}
+		knock := l.lay.Knock.Load()
+		for _, s := range l.lay.Slots {
+			switch s.State.Load() {
+			case pool.SlotReady:
+				a, err := l.take(s)
+				s.State.Store(pool.SlotFree)
+				if err == nil {
+					return a, nil
+				}
+				idleSince = time.Now()
+			case pool.SlotClaimed:
+				// A client died between claiming and filling the slot.
+				if pid := int(s.PID.Load()); pid != 0 && !processAlive(pid) {
+					s.State.CompareAndSwap(pool.SlotClaimed, pool.SlotFree)
+				}
+			}
+		}
+		if time.Since(idleSince) < l.wait.spin {
+			runtime.Gosched()
+		} else if l.wait.pollOnly {
+			time.Sleep(time.Millisecond)
+		} else {
+			pool.FutexWait(l.lay.Knock, knock, maxBlock)
+		}
+	}
+}
+
+func (l *Listener) take(s pool.Slot) (*accepted, error) {
+	name, err := s.Name()
+	if err != nil {
+		return nil, err
+	}
+	if !pool.ValidConnName(name) {
+		return nil, fmt.Errorf("notnets: slot names %q, not a connection segment", name)
+	}
+	seg, err := pool.Open(l.dir, name, pool.ConnSize(ring.MinCap, ring.MinCap), pool.ConnSize(1<<30, 1<<30))
+	if err != nil {
+		return nil, err
+	}
+	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
+	if err == nil && lay.Client.State.Load() != pool.StateOpen {
+		err = errors.New("notnets: client gave up on the connection")
+	}
+	if err != nil {
+		seg.Close()
+		return nil, err
+	}
+	return &accepted{seg: seg, lay: lay}, nil
+}

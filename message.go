@@ -1,0 +1,93 @@
+package notnets
+
+import (
+	"context"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	protocodec "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/notnets/notnets/internal/frame"
+	"github.com/notnets/notnets/internal/ring"
+)
+
+// grpcProto is gRPC's registered protobuf codec. When a call uses it, small
+// messages are marshalled straight into the ring instead of into a buffer.
+var grpcProto = encoding.GetCodecV2(protocodec.Name)
+
+// outMsg is a message ready to be written: either a protobuf message to be
+// marshalled in place, or bytes a codec produced.
+type outMsg struct {
+	direct proto.Message
+	data   mem.BufferSlice
+	size   int
+}
+
+func (m *outMsg) free() { m.data.Free() }
+
+// prepareMsg sizes or marshals v with codec and checks it against maxSend.
+func prepareMsg(codec encoding.CodecV2, v any, maxSend int) (outMsg, error) {
+	var m outMsg
+	if pm, ok := v.(proto.Message); ok && codec == grpcProto && pm != nil {
+		m.direct, m.size = pm, proto.Size(pm)
+	} else {
+		data, err := codec.Marshal(v)
+		if err != nil {
+			return m, status.Errorf(codes.Internal, "grpc: error while marshaling: %v", err)
+		}
+		m.data, m.size = data, data.Len()
+	}
+	if maxSend > 0 && m.size > maxSend {
+		m.free()
+		return outMsg{}, status.Errorf(codes.ResourceExhausted, "grpc: trying to send message larger than max (%d vs. %d)", m.size, maxSend)
+	}
+	return m, nil
+}
+
+var marshalCached = proto.MarshalOptions{UseCachedSize: true}
+
+// writeMsg writes m as a MESSAGE frame (or fragments). The caller holds the
+// write lock.
+func (c *conn) writeMsg(ctx context.Context, stream uint32, flags frame.Flags, m *outMsg) error {
+	if m.direct != nil && m.size <= c.out.MaxPayload() {
+		rec, err := c.reserve(ctx, m.size, frame.TypeMessage)
+		if err != nil {
+			return err
+		}
+		frame.Put(rec, flags, stream, uint32(m.size))
+		body := rec[frame.HeaderSize:frame.HeaderSize:len(rec)]
+		b, err := marshalCached.MarshalAppend(body, m.direct)
+		if err == nil && len(b) != m.size {
+			err = status.Errorf(codes.Internal, "grpc: message changed size from %d to %d bytes while being sent", m.size, len(b))
+		}
+		if err != nil {
+			rec[4] = ring.KindPad // the reader skips the abandoned record
+			return status.Errorf(codes.Internal, "grpc: error while marshaling: %v", err)
+		}
+		return nil
+	}
+	if m.direct != nil {
+		b, err := proto.Marshal(m.direct)
+		if err != nil {
+			return status.Errorf(codes.Internal, "grpc: error while marshaling: %v", err)
+		}
+		return c.writeData(ctx, stream, flags, b)
+	}
+	if len(m.data) == 1 {
+		return c.writeData(ctx, stream, flags, m.data[0].ReadOnlyData())
+	}
+	return c.writeData(ctx, stream, flags, m.data.Materialize())
+}
+
+// decodeMsg unmarshals a received message into v and frees it.
+func decodeMsg(codec encoding.CodecV2, data mem.BufferSlice, v any) error {
+	err := codec.Unmarshal(data, v)
+	data.Free()
+	if err != nil {
+		return status.Errorf(codes.Internal, "grpc: failed to unmarshal the received message: %v", err)
+	}
+	return nil
+}

@@ -1,0 +1,204 @@
+package notnets
+
+import (
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+)
+
+// Defaults.
+const (
+	// DefaultRingSize is the capacity of each of a connection's two rings.
+	DefaultRingSize = 1 << 20
+	// DefaultMaxRecvMsgSize is the largest message a side accepts, as in grpc-go.
+	DefaultMaxRecvMsgSize = 4 << 20
+	// DefaultSpin is how long an idle reader keeps polling before it blocks.
+	DefaultSpin = 100 * time.Microsecond
+	// defaultWindow is each stream's receive window: how many message bytes a
+	// sender may have in flight before the receiver's application reads them.
+	defaultWindow = 1 << 20
+)
+
+// waitConfig says how a side waits for its peer once it has polled for Spin
+// without seeing anything.
+type waitConfig struct {
+	spin     time.Duration
+	pollOnly bool // never block in futex; sleep instead (pools shared across hosts)
+}
+
+func defaultWait() waitConfig { return waitConfig{spin: DefaultSpin} }
+
+type dialOptions struct {
+	pool         string
+	ringSize     int
+	unary        []grpc.UnaryClientInterceptor
+	stream       []grpc.StreamClientInterceptor
+	callOptions  []grpc.CallOption
+	wait         waitConfig
+	maxRecvSize  int
+	maxSendSize  int
+	window       int
+	connectLimit time.Duration
+}
+
+type serverOptions struct {
+	unary       []grpc.UnaryServerInterceptor
+	stream      []grpc.StreamServerInterceptor
+	wait        waitConfig
+	maxRecvSize int
+	maxSendSize int
+	codec       encoding.CodecV2
+	window      int
+}
+
+type listenOptions struct {
+	pool string
+	wait waitConfig
+}
+
+// DialOption configures Dial.
+type DialOption interface{ applyDial(*dialOptions) }
+
+// ServerOption configures NewServer.
+type ServerOption interface{ applyServer(*serverOptions) }
+
+// ListenOption configures Listen.
+type ListenOption interface{ applyListen(*listenOptions) }
+
+type dialFunc func(*dialOptions)
+
+func (f dialFunc) applyDial(o *dialOptions) { f(o) }
+
+type serverFunc func(*serverOptions)
+
+func (f serverFunc) applyServer(o *serverOptions) { f(o) }
+
+// PoolOption names the pool directory; it is both a DialOption and a
+// ListenOption.
+type PoolOption string
+
+func (p PoolOption) applyDial(o *dialOptions)     { o.pool = string(p) }
+func (p PoolOption) applyListen(o *listenOptions) { o.pool = string(p) }
+
+// WithPool selects the pool directory, overriding $NOTNETS_POOL and the
+// default /dev/shm/notnets-<uid>.
+func WithPool(dir string) PoolOption { return PoolOption(dir) }
+
+// WaitOption sets how a side waits for its peer; it is a DialOption, a
+// ServerOption and a ListenOption.
+type WaitOption struct{ w func(*waitConfig) }
+
+func (w WaitOption) applyDial(o *dialOptions)     { w.w(&o.wait) }
+func (w WaitOption) applyServer(o *serverOptions) { w.w(&o.wait) }
+func (w WaitOption) applyListen(o *listenOptions) { w.w(&o.wait) }
+
+// WithSpin sets how long an idle side keeps polling shared memory (yielding
+// with runtime.Gosched between polls) before it blocks. Longer spins lower
+// latency after a pause and cost CPU while idle.
+func WithSpin(d time.Duration) WaitOption {
+	return WaitOption{func(w *waitConfig) { w.spin = max(d, 0) }}
+}
+
+// WithPollOnly makes the side never use a futex doorbell: after spinning it
+// sleeps and polls again. Use it for pools shared across hosts, where a futex
+// cannot reach the peer; wake-up latency is then that of time.Sleep (about
+// 1 ms on Linux).
+func WithPollOnly() WaitOption {
+	return WaitOption{func(w *waitConfig) { w.pollOnly = true }}
+}
+
+// WithRingSize sets the capacity of each ring of connections this client
+// makes: a power of two from 4 KiB to 1 GiB. Messages larger than half the
+// ring are split into fragments.
+func WithRingSize(n int) DialOption { return dialFunc(func(o *dialOptions) { o.ringSize = n }) }
+
+// WithUnaryInterceptor sets the client's unary interceptor; it runs before
+// any set with WithChainUnaryInterceptor.
+func WithUnaryInterceptor(i grpc.UnaryClientInterceptor) DialOption {
+	return dialFunc(func(o *dialOptions) { o.unary = append([]grpc.UnaryClientInterceptor{i}, o.unary...) })
+}
+
+// WithChainUnaryInterceptor appends client unary interceptors; the first is
+// outermost.
+func WithChainUnaryInterceptor(is ...grpc.UnaryClientInterceptor) DialOption {
+	return dialFunc(func(o *dialOptions) { o.unary = append(o.unary, is...) })
+}
+
+// WithStreamInterceptor sets the client's stream interceptor; it runs before
+// any set with WithChainStreamInterceptor.
+func WithStreamInterceptor(i grpc.StreamClientInterceptor) DialOption {
+	return dialFunc(func(o *dialOptions) { o.stream = append([]grpc.StreamClientInterceptor{i}, o.stream...) })
+}
+
+// WithChainStreamInterceptor appends client stream interceptors; the first
+// is outermost.
+func WithChainStreamInterceptor(is ...grpc.StreamClientInterceptor) DialOption {
+	return dialFunc(func(o *dialOptions) { o.stream = append(o.stream, is...) })
+}
+
+// WithDefaultCallOptions sets call options applied to every call before
+// the call's own.
+func WithDefaultCallOptions(cos ...grpc.CallOption) DialOption {
+	return dialFunc(func(o *dialOptions) { o.callOptions = append(o.callOptions, cos...) })
+}
+
+// WithMaxRecvMsgSize sets the largest response message the client accepts
+// (default 4 MiB); grpc.MaxCallRecvMsgSize overrides it per call.
+func WithMaxRecvMsgSize(n int) DialOption {
+	return dialFunc(func(o *dialOptions) { o.maxRecvSize = n })
+}
+
+// WithMaxSendMsgSize sets the largest request message the client sends
+// (default unlimited); grpc.MaxCallSendMsgSize overrides it per call.
+func WithMaxSendMsgSize(n int) DialOption {
+	return dialFunc(func(o *dialOptions) { o.maxSendSize = n })
+}
+
+// WithConnectTimeout bounds how long Dial waits for the server to accept
+// when the context has no earlier deadline (default 20 s).
+func WithConnectTimeout(d time.Duration) DialOption {
+	return dialFunc(func(o *dialOptions) { o.connectLimit = d })
+}
+
+// UnaryInterceptor sets the server's unary interceptor; it runs before any
+// set with ChainUnaryInterceptor.
+func UnaryInterceptor(i grpc.UnaryServerInterceptor) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.unary = append([]grpc.UnaryServerInterceptor{i}, o.unary...) })
+}
+
+// ChainUnaryInterceptor appends server unary interceptors; the first is
+// outermost.
+func ChainUnaryInterceptor(is ...grpc.UnaryServerInterceptor) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.unary = append(o.unary, is...) })
+}
+
+// StreamInterceptor sets the server's stream interceptor; it runs before
+// any set with ChainStreamInterceptor.
+func StreamInterceptor(i grpc.StreamServerInterceptor) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.stream = append([]grpc.StreamServerInterceptor{i}, o.stream...) })
+}
+
+// ChainStreamInterceptor appends server stream interceptors; the first is
+// outermost.
+func ChainStreamInterceptor(is ...grpc.StreamServerInterceptor) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.stream = append(o.stream, is...) })
+}
+
+// MaxRecvMsgSize sets the largest request message the server accepts
+// (default 4 MiB).
+func MaxRecvMsgSize(n int) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.maxRecvSize = n })
+}
+
+// MaxSendMsgSize sets the largest response message the server sends
+// (default unlimited).
+func MaxSendMsgSize(n int) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.maxSendSize = n })
+}
+
+// ForceServerCodecV2 makes the server use codec for every call, whatever
+// content subtype the client asked for, as grpc.ForceServerCodecV2 does.
+func ForceServerCodecV2(codec encoding.CodecV2) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.codec = codec })
+}

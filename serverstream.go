@@ -1,0 +1,269 @@
+package notnets
+
+import (
+	"context"
+	"io"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/notnets/notnets/internal/frame"
+)
+
+// serverStream is one call being served. It is the grpc.ServerStream that
+// streaming handlers get, and the grpc.ServerTransportStream behind
+// grpc.SetHeader, grpc.SendHeader and grpc.SetTrailer in unary handlers.
+type serverStream struct {
+	streamBase
+	sc        *serverConn
+	ctx       context.Context
+	cancelCtx context.CancelCauseFunc
+	method    string
+	codec     encoding.CodecV2
+	codecErr  error
+
+	hmu        sync.Mutex // guards the fields below
+	header     metadata.MD
+	headerSent bool
+	trailer    metadata.MD
+	finished   bool
+}
+
+var (
+	_ grpc.ServerStream          = (*serverStream)(nil)
+	_ grpc.ServerTransportStream = transportStream{}
+)
+
+// transportStream is the stream as grpc.ServerTransportStream, whose
+// SetTrailer returns an error where grpc.ServerStream's does not.
+type transportStream struct{ *serverStream }
+
+func (t transportStream) SetTrailer(md metadata.MD) error { return t.setTrailer(md) }
+
+// newServerContext builds a handler's context: incoming metadata, peer,
+// the transport stream, and the client's deadline.
+func newServerContext(base context.Context, rh *frame.RequestHeaders, p *peer.Peer, st *serverStream) (context.Context, context.CancelCauseFunc) {
+	ctx := metadata.NewIncomingContext(base, rh.MD)
+	ctx = peer.NewContext(ctx, p)
+	ctx = grpc.NewContextWithServerTransportStream(ctx, transportStream{st})
+	if rh.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rh.Timeout)
+		ctx, cancelCause := context.WithCancelCause(ctx)
+		return ctx, func(err error) { cancelCause(err); cancel() }
+	}
+	return context.WithCancelCause(ctx)
+}
+
+// run dispatches the call to its handler and sends the final status.
+func (st *serverStream) run() {
+	defer st.sc.remove(st)
+	defer st.cancelCtx(nil)
+	s := st.sc.srv
+	info, md, sd, err := s.lookup(st.method)
+	if err == nil {
+		err = st.codecErr
+	}
+	switch {
+	case err != nil:
+	case md != nil:
+		var reply any
+		reply, err = md.Handler(info.impl, st.ctx, st.decodeRequest, s.unaryInt)
+		if err == nil {
+			err = st.sendReply(reply)
+			if err == nil {
+				return
+			}
+		}
+	case s.streamInt != nil:
+		err = s.streamInt(info.impl, st, &grpc.StreamServerInfo{
+			FullMethod: st.method, IsClientStream: sd.ClientStreams, IsServerStream: sd.ServerStreams,
+		}, sd.Handler)
+	default:
+		err = sd.Handler(info.impl, st)
+	}
+	st.finish(statusOf(err), nil)
+}
+
+// decodeRequest reads the one request of a unary call into v.
+func (st *serverStream) decodeRequest(v any) error {
+	err := st.RecvMsg(v)
+	if err == io.EOF {
+		return status.Error(codes.Internal, "grpc: unary request ended without a message")
+	}
+	return err
+}
+
+// sendReply sends a unary call's reply, headers and status in one publish.
+func (st *serverStream) sendReply(reply any) error {
+	msg, err := prepareMsg(st.codec, reply, st.sc.srv.opts.maxSendSize)
+	if err != nil {
+		return err
+	}
+	defer msg.free()
+	return st.finish(status.New(codes.OK, ""), &msg)
+}
+
+// finish writes any unsent headers, msg if not nil, and the trailers with
+// st's status, once.
+func (st *serverStream) finish(s *status.Status, msg *outMsg) error {
+	st.hmu.Lock()
+	defer st.hmu.Unlock()
+	if st.finished {
+		return nil
+	}
+	st.finished = true
+	fs, err := statusToFrame(s)
+	if err != nil {
+		fs = frame.Status{Code: uint32(codes.Internal), Message: "notnets: cannot encode status details: " + err.Error()}
+	}
+	fs.MD = st.trailer
+	c := st.c
+	if err := c.lock(st.ctx); err != nil {
+		if st.ctx.Err() == nil {
+			return err
+		}
+		// The handler's context is over (deadline or cancel); the client
+		// still deserves the status if the connection lives.
+		if err := c.lock(context.Background()); err != nil {
+			return err
+		}
+	}
+	defer c.unlock()
+	wctx := context.Background()
+	if !st.headerSent && (msg != nil || len(st.header) > 0) {
+		st.headerSent = true
+		if err := c.writeFrame(wctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header}); err != nil {
+			return err
+		}
+	}
+	if msg != nil {
+		if err := c.writeMsg(wctx, st.id, 0, msg); err != nil {
+			fs = frame.Status{Code: uint32(status.Code(err)), Message: status.Convert(err).Message()}
+		}
+	}
+	return c.writeFrame(wctx, frame.TypeTrailers, 0, st.id, 0, &fs)
+}
+
+// cancel ends the call from the client's side or the connection's: the
+// handler's context is cancelled and its receives stop.
+func (st *serverStream) cancel(err error) {
+	st.hmu.Lock()
+	st.finished = true // nothing more is sent on a cancelled stream
+	st.hmu.Unlock()
+	st.halfClose()
+	st.cancelCtx(err)
+}
+
+func (st *serverStream) halfClose() {
+	st.mu.Lock()
+	st.closed = true
+	st.mu.Unlock()
+	st.signal()
+}
+
+// Method returns the full method name of the call.
+func (st *serverStream) Method() string { return st.method }
+
+// Context returns the handler's context.
+func (st *serverStream) Context() context.Context { return st.ctx }
+
+// SetHeader merges md into the response headers sent with the first
+// message, by SendHeader, or with the status.
+func (st *serverStream) SetHeader(md metadata.MD) error {
+	st.hmu.Lock()
+	defer st.hmu.Unlock()
+	if st.headerSent || st.finished {
+		return status.Error(codes.Internal, "transport: the stream is done or WriteHeader was already called")
+	}
+	st.header = metadata.Join(st.header, md)
+	return nil
+}
+
+// SendHeader sends the response headers, merged with md, now.
+func (st *serverStream) SendHeader(md metadata.MD) error {
+	st.hmu.Lock()
+	defer st.hmu.Unlock()
+	if st.headerSent || st.finished {
+		return status.Error(codes.Internal, "transport: the stream is done or WriteHeader was already called")
+	}
+	st.header = metadata.Join(st.header, md)
+	st.headerSent = true
+	if err := st.c.lock(st.ctx); err != nil {
+		return err
+	}
+	defer st.c.unlock()
+	return st.c.writeFrame(st.ctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header})
+}
+
+// SetTrailer merges md into the trailers sent with the status.
+func (st *serverStream) SetTrailer(md metadata.MD) { st.setTrailer(md) }
+
+func (st *serverStream) setTrailer(md metadata.MD) error {
+	st.hmu.Lock()
+	defer st.hmu.Unlock()
+	if st.finished {
+		return status.Error(codes.Internal, "transport: the stream is done")
+	}
+	st.trailer = metadata.Join(st.trailer, md)
+	return nil
+}
+
+// SendMsg sends a response message, after the headers if not yet sent.
+func (st *serverStream) SendMsg(m any) error {
+	msg, err := prepareMsg(st.codec, m, st.sc.srv.opts.maxSendSize)
+	if err != nil {
+		return err
+	}
+	defer msg.free()
+	if err := st.takeQuota(st.ctx, msg.size, func() error { return st.ctx.Err() }); err != nil {
+		return contextStatus(st.ctx.Err())
+	}
+	st.hmu.Lock()
+	defer st.hmu.Unlock()
+	if st.finished {
+		return status.Error(codes.Internal, "transport: the stream is done")
+	}
+	c := st.c
+	if err := c.lock(st.ctx); err != nil {
+		return err
+	}
+	defer c.unlock()
+	if !st.headerSent {
+		st.headerSent = true
+		if err := c.writeFrame(st.ctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header}); err != nil {
+			return err
+		}
+	}
+	return c.writeMsg(st.ctx, st.id, 0, &msg)
+}
+
+// RecvMsg receives the next request message into m; io.EOF after the
+// client's last one.
+func (st *serverStream) RecvMsg(m any) error {
+	err := st.await(st.ctx, func() bool { return len(st.msgs) > 0 || st.closed })
+	st.mu.Lock()
+	if len(st.msgs) == 0 {
+		st.mu.Unlock()
+		if err != nil || st.ctx.Err() != nil {
+			return contextStatus(st.ctx.Err())
+		}
+		return io.EOF
+	}
+	msg := st.takeMsg()
+	st.mu.Unlock()
+	if msg.err != nil {
+		return msg.err
+	}
+	n := msg.data.Len()
+	if err := decodeMsg(st.codec, msg.data, m); err != nil {
+		return err
+	}
+	st.consumed(st.ctx, n)
+	return nil
+}

@@ -1,0 +1,209 @@
+package notnets
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+
+	"github.com/notnets/notnets/internal/frame"
+)
+
+// inMsg is a received message, or the error that replaced it.
+type inMsg struct {
+	data mem.BufferSlice
+	err  error
+}
+
+// streamBase is the receive side and send window shared by client and
+// server streams. The reader goroutine fills it; the stream's user drains it.
+type streamBase struct {
+	id     uint32
+	c      *conn
+	notify chan struct{} // capacity 1: a pending wake-up for the stream's user
+
+	mu     sync.Mutex
+	msgs   []inMsg
+	quota  int  // message bytes the peer still accepts before a window update
+	closed bool // the peer sends nothing more on the stream
+
+	asm     assembler // reader goroutine only
+	maxRecv int
+	window  int
+	unacked int // bytes read by the user not yet returned to the peer
+}
+
+func (s *streamBase) init(id uint32, c *conn, maxRecv, window int) {
+	s.id, s.c, s.maxRecv, s.window, s.quota = id, c, maxRecv, window, window
+	s.notify = make(chan struct{}, 1)
+}
+
+func (s *streamBase) signal() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// await blocks until ready (called with s.mu held) is true or ctx ends.
+func (s *streamBase) await(ctx context.Context, ready func() bool) error {
+	for {
+		s.mu.Lock()
+		ok := ready()
+		s.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-s.notify:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// onData handles a MESSAGE frame on the reader goroutine.
+func (s *streamBase) onData(h frame.Header, p []byte) error {
+	m, complete, err := s.asm.add(h, p, s.maxRecv)
+	if err != nil || !complete {
+		return err
+	}
+	s.mu.Lock()
+	s.msgs = append(s.msgs, m)
+	s.mu.Unlock()
+	s.signal()
+	return nil
+}
+
+// onWindowUpdate handles a WINDOW_UPDATE frame on the reader goroutine.
+func (s *streamBase) onWindowUpdate(n uint32) error {
+	s.mu.Lock()
+	s.quota += int(n)
+	over := s.quota > s.window
+	s.mu.Unlock()
+	if over {
+		return fmt.Errorf("stream %d: window update of %d bytes beyond the window of %d", s.id, n, s.window)
+	}
+	s.signal()
+	return nil
+}
+
+// takeMsg removes the first queued message; the caller holds s.mu.
+func (s *streamBase) takeMsg() inMsg {
+	m := s.msgs[0]
+	s.msgs[0] = inMsg{}
+	s.msgs = s.msgs[1:]
+	if len(s.msgs) == 0 {
+		s.msgs = s.msgs[:0:0]
+	}
+	return m
+}
+
+// consumed returns n bytes of window to the peer once enough accumulated,
+// unless the peer has finished sending.
+func (s *streamBase) consumed(ctx context.Context, n int) {
+	s.unacked += n
+	if s.unacked < s.window/4 {
+		return
+	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return
+	}
+	if s.c.lock(ctx) != nil {
+		return
+	}
+	err := s.c.writeFrame(ctx, frame.TypeWindowUpdate, 0, s.id, uint32(s.unacked), nil)
+	s.c.unlock()
+	if err == nil {
+		s.unacked = 0
+	}
+}
+
+// takeQuota waits until the peer's window is open, then charges n bytes to
+// it. A message larger than the window goes out once the window is whole.
+func (s *streamBase) takeQuota(ctx context.Context, n int, done func() error) error {
+	var stop error
+	err := s.await(ctx, func() bool {
+		if stop = done(); stop != nil {
+			return true
+		}
+		return s.quota > 0 && (s.quota >= n || s.quota == s.window)
+	})
+	if err != nil {
+		return contextStatus(err)
+	}
+	if stop != nil {
+		return stop
+	}
+	s.mu.Lock()
+	s.quota -= n
+	s.mu.Unlock()
+	return nil
+}
+
+// assembler joins the fragments of one message at a time.
+type assembler struct {
+	buf  *[]byte
+	want int
+	skip bool // the message is over the limit; its fragments are dropped
+}
+
+// add takes one MESSAGE fragment. It returns the message when complete; a
+// message over limit comes back as an inMsg holding a ResourceExhausted
+// error. A returned error is a protocol violation.
+func (a *assembler) add(h frame.Header, p []byte, limit int) (inMsg, bool, error) {
+	more := h.Flags&frame.FlagMore != 0
+	if a.buf == nil && !a.skip { // first fragment
+		a.want = int(h.Aux)
+		if a.want > limit {
+			a.skip = true
+		} else {
+			if len(p) > a.want || (!more && len(p) != a.want) {
+				return inMsg{}, false, fmt.Errorf("stream %d: fragment of %d bytes for a message of %d", h.Stream, len(p), a.want)
+			}
+			a.buf = mem.DefaultBufferPool().Get(a.want)
+			*a.buf = append((*a.buf)[:0], p...)
+		}
+	} else if !a.skip {
+		if len(*a.buf)+len(p) > a.want {
+			return inMsg{}, false, fmt.Errorf("stream %d: fragments exceed the message length %d", h.Stream, a.want)
+		}
+		*a.buf = append(*a.buf, p...)
+	}
+	if more {
+		return inMsg{}, false, nil
+	}
+	if a.skip {
+		a.skip = false
+		return inMsg{err: status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", a.want, limit)}, true, nil
+	}
+	if len(*a.buf) != a.want {
+		return inMsg{}, false, fmt.Errorf("stream %d: message of %d bytes ended after %d", h.Stream, a.want, len(*a.buf))
+	}
+	b := a.buf
+	a.buf = nil
+	return inMsg{data: mem.BufferSlice{mem.NewBuffer(b, mem.DefaultBufferPool())}}, true, nil
+}
+
+// reset drops a partly assembled message.
+func (a *assembler) reset() {
+	if a.buf != nil {
+		mem.DefaultBufferPool().Put(a.buf)
+		a.buf = nil
+	}
+	a.skip = false
+}
+
+// freeAll releases every queued message; the caller holds s.mu.
+func (s *streamBase) freeAll() {
+	for _, m := range s.msgs {
+		m.data.Free()
+	}
+	s.msgs = nil
+}
