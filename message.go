@@ -31,6 +31,9 @@ func (m *outMsg) free() { m.data.Free() }
 // prepareMsg sizes or marshals v with codec and checks it against maxSend.
 func prepareMsg(codec encoding.CodecV2, v any, maxSend int) (outMsg, error) {
 	var m outMsg
+	if v == nil {
+		return m, nil // grpc-go sends an untyped nil message as empty
+	}
 	if pm, ok := v.(proto.Message); ok && codec == grpcProto && pm != nil {
 		m.direct, m.size = pm, proto.Size(pm)
 	} else {

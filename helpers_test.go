@@ -1,0 +1,406 @@
+package notnets_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/interop"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/protoadapt"
+
+	"github.com/notnets/notnets"
+	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
+)
+
+// The test binary doubles as the server (and, for interop cases, the
+// client) process: TestMain dispatches on roleEnv.
+const (
+	roleEnv    = "NOTNETS_TEST_ROLE"
+	caseEnv    = "NOTNETS_TEST_CASE"
+	listenName = "test"
+	// semantics is the test service: grpc.testing.TestService's messages
+	// under another name, with handlers that report what the server saw.
+	semanticsService = "notnets.test.Semantics"
+)
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(roleEnv) {
+	case "server":
+		runServer()
+		os.Exit(0)
+	case "interop-client":
+		os.Exit(runInteropCase(os.Getenv(caseEnv)))
+	}
+	os.Exit(m.Run())
+}
+
+// testPool makes a pool directory of the test's own on tmpfs.
+func testPool(t testing.TB) string {
+	base := "/dev/shm"
+	if _, err := os.Stat(base); err != nil {
+		base = ""
+	}
+	dir, err := os.MkdirTemp(base, "notnets-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// serverProc is a test server running in a child process.
+type serverProc struct {
+	pool  string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Reader
+}
+
+// startServer starts the test server in a child process with a pool of its
+// own, and waits until it listens.
+func startServer(t testing.TB, env ...string) *serverProc {
+	t.Helper()
+	p := &serverProc{pool: testPool(t)}
+	p.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	p.cmd.Env = append(append(os.Environ(), roleEnv+"=server", "NOTNETS_POOL="+p.pool), env...)
+	p.cmd.Stderr = os.Stderr
+	var err error
+	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.out = bufio.NewReader(stdout)
+	t.Cleanup(p.shutdown)
+	if line, err := p.out.ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("server process did not start: %q, %v", line, err)
+	}
+	return p
+}
+
+// command sends a line to the server process and returns its answer line.
+func (p *serverProc) command(t testing.TB, cmd string) string {
+	t.Helper()
+	if _, err := fmt.Fprintln(p.stdin, cmd); err != nil {
+		t.Fatalf("send %q to server: %v", cmd, err)
+	}
+	line, err := p.out.ReadString('\n')
+	if err != nil {
+		t.Fatalf("server answer to %q: %v", cmd, err)
+	}
+	return strings.TrimSuffix(line, "\n")
+}
+
+func (p *serverProc) shutdown() {
+	p.stdin.Close()
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// dial connects to the server process's listener.
+func (p *serverProc) dial(t testing.TB, opts ...notnets.DialOption) *notnets.ClientConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cc, err := notnets.Dial(ctx, listenName, append([]notnets.DialOption{notnets.WithPool(p.pool)}, opts...)...)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// runServer is the server process: it serves Greeter, the interop
+// TestService and the semantics service on one listener, answers commands
+// on stdin, and exits when stdin closes.
+func runServer() {
+	lis, err := notnets.Listen(listenName)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "server:", err)
+		os.Exit(2)
+	}
+	srv := notnets.NewServer(
+		notnets.ChainUnaryInterceptor(unaryTag("s1"), unaryTag("s2")),
+		notnets.ChainStreamInterceptor(streamTag("s1"), streamTag("s2")),
+	)
+	pb.RegisterGreeterServer(srv, greeter{})
+	testgrpc.RegisterTestServiceServer(srv, interop.NewTestServer())
+	desc := testgrpc.TestService_ServiceDesc
+	desc.ServiceName = semanticsService
+	srv.RegisterService(&desc, newSemantics())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		switch in.Text() {
+		case "stop":
+			srv.Stop()
+			fmt.Println("stopped", <-served)
+		case "graceful":
+			srv.GracefulStop()
+			fmt.Println("stopped", <-served)
+		case "services":
+			var names []string
+			for name := range srv.GetServiceInfo() {
+				names = append(names, name)
+			}
+			fmt.Println(len(names))
+		default:
+			fmt.Println("unknown command")
+		}
+	}
+	srv.Stop()
+}
+
+type greeter struct{ pb.UnimplementedGreeterServer }
+
+func (greeter) SayHello(_ context.Context, in *pb.HelloRequest) (*pb.HelloReply, error) {
+	return &pb.HelloReply{Message: "Hello " + in.GetName()}, nil
+}
+
+// unaryTag and streamTag are server interceptors that add their name to the
+// "x-interceptors" trailer, so the client can check the chain's order.
+func unaryTag(name string) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		grpc.SetTrailer(ctx, metadata.Pairs("x-interceptors", name))
+		return h(ctx, req)
+	}
+}
+
+func streamTag(name string) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		ss.SetTrailer(metadata.Pairs("x-interceptors", name))
+		return h(srv, ss)
+	}
+}
+
+// semantics implements the test service. Each call's behaviour is chosen by
+// the "x-mode" request metadata; calls are identified by "x-id".
+type semantics struct {
+	testgrpc.UnimplementedTestServiceServer
+	mu      sync.Mutex
+	started map[string]chan struct{} // closed when a blocking call starts
+	ended   map[string]chan string   // receives how its context ended
+}
+
+func newSemantics() *semantics {
+	return &semantics{started: map[string]chan struct{}{}, ended: map[string]chan string{}}
+}
+
+func (s *semantics) chans(id string) (chan struct{}, chan string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started[id] == nil {
+		s.started[id] = make(chan struct{})
+		s.ended[id] = make(chan string, 1)
+	}
+	return s.started[id], s.ended[id]
+}
+
+func mdValue(ctx context.Context, key string) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func body(s string) *testpb.SimpleResponse {
+	return &testpb.SimpleResponse{Payload: &testpb.Payload{Body: []byte(s)}}
+}
+
+// block waits for the call's context to end and reports how, and after how
+// long, to a later "report" call.
+func (s *semantics) block(ctx context.Context) error {
+	started, ended := s.chans(mdValue(ctx, "x-id"))
+	t0 := time.Now()
+	close(started)
+	<-ctx.Done()
+	ended <- fmt.Sprintf("%v after %v", ctx.Err(), time.Since(t0).Round(time.Millisecond))
+	return ctx.Err()
+}
+
+func (s *semantics) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	switch mdValue(ctx, "x-mode") {
+	case "echo":
+		md, _ := metadata.FromIncomingContext(ctx)
+		hdr, trl := metadata.MD{}, metadata.MD{}
+		for k, v := range md {
+			if strings.HasPrefix(k, "x-echo-") {
+				hdr[k] = v
+				trl[k] = v
+			}
+		}
+		if err := grpc.SendHeader(ctx, hdr); err != nil {
+			return nil, err
+		}
+		grpc.SetTrailer(ctx, trl)
+		return &testpb.SimpleResponse{Payload: in.GetPayload()}, nil
+	case "size":
+		return &testpb.SimpleResponse{Payload: &testpb.Payload{Body: make([]byte, in.GetResponseSize())}}, nil
+	case "details":
+		st, err := status.New(codes.FailedPrecondition, "with details").WithDetails(protoadapt.MessageV1Of(in))
+		if err != nil {
+			return nil, err
+		}
+		return nil, st.Err()
+	case "error":
+		return nil, fmt.Errorf("a plain error")
+	case "deadline":
+		dl, ok := ctx.Deadline()
+		if !ok {
+			return body("none"), nil
+		}
+		return body(time.Until(dl).String()), nil
+	case "peer":
+		p, _ := peer.FromContext(ctx)
+		m, _ := grpc.Method(ctx)
+		return body(fmt.Sprintf("%v %v", p.Addr, m)), nil
+	case "block":
+		return nil, s.block(ctx)
+	case "started":
+		started, _ := s.chans(mdValue(ctx, "x-id"))
+		select {
+		case <-started:
+			return body("started"), nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	case "report":
+		_, ended := s.chans(mdValue(ctx, "x-id"))
+		select {
+		case r := <-ended:
+			return body(r), nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return nil, status.Errorf(codes.InvalidArgument, "unknown x-mode %q", mdValue(ctx, "x-mode"))
+}
+
+// StreamingOutputCall sends one response per parameter, then blocks in
+// "block" mode.
+func (s *semantics) StreamingOutputCall(in *testpb.StreamingOutputCallRequest, stream testgrpc.TestService_StreamingOutputCallServer) error {
+	if err := stream.SendHeader(metadata.Pairs("x-stream", "header")); err != nil {
+		return err
+	}
+	for _, p := range in.GetResponseParameters() {
+		if err := stream.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: make([]byte, p.GetSize())}}); err != nil {
+			return err
+		}
+	}
+	if mdValue(stream.Context(), "x-mode") == "block" {
+		return s.block(stream.Context())
+	}
+	stream.SetTrailer(metadata.Pairs("x-stream", "trailer"))
+	return nil
+}
+
+// FullDuplexCall echoes every request's payload until the client closes.
+func (s *semantics) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallServer) error {
+	for {
+		in, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&testpb.StreamingOutputCallResponse{Payload: in.GetPayload()}); err != nil {
+			return err
+		}
+	}
+}
+
+// StreamingInputCall sums the payload sizes it receives.
+func (s *semantics) StreamingInputCall(stream testgrpc.TestService_StreamingInputCallServer) error {
+	total := 0
+	for {
+		in, err := stream.Recv()
+		if err == io.EOF {
+			return stream.SendAndClose(&testpb.StreamingInputCallResponse{AggregatedPayloadSize: int32(total)})
+		}
+		if err != nil {
+			return err
+		}
+		total += len(in.GetPayload().GetBody())
+	}
+}
+
+// renamed points a generated TestService client at the semantics service.
+type renamed struct{ cc grpc.ClientConnInterface }
+
+func (r renamed) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return r.cc.Invoke(ctx, rename(method), args, reply, opts...)
+}
+
+func (r renamed) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return r.cc.NewStream(ctx, desc, rename(method), opts...)
+}
+
+func rename(method string) string {
+	return strings.Replace(method, "/grpc.testing.TestService/", "/"+semanticsService+"/", 1)
+}
+
+func semanticsClient(cc grpc.ClientConnInterface) testgrpc.TestServiceClient {
+	return testgrpc.NewTestServiceClient(renamed{cc})
+}
+
+// withMode returns ctx carrying the x-mode and x-id request metadata.
+func withMode(ctx context.Context, mode, id string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "x-mode", mode, "x-id", id)
+}
+
+// taggedCodec is protobuf with a leading marker byte, registered under its
+// own name in both processes: a call that succeeds with it proves both
+// sides used the codec the client asked for.
+type taggedCodec struct{}
+
+func (taggedCodec) Name() string { return "tagged" }
+
+func (taggedCodec) Marshal(v any) (mem.BufferSlice, error) {
+	b, err := proto.Marshal(v.(proto.Message))
+	if err != nil {
+		return nil, err
+	}
+	return mem.BufferSlice{mem.SliceBuffer(append([]byte{0xEE}, b...))}, nil
+}
+
+func (taggedCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	b := data.Materialize()
+	if len(b) == 0 || b[0] != 0xEE {
+		return fmt.Errorf("tagged codec: message without the marker byte")
+	}
+	return proto.Unmarshal(b[1:], v.(proto.Message))
+}
+
+func init() { encoding.RegisterCodecV2(taggedCodec{}) }
