@@ -117,12 +117,8 @@ func (cc *ClientConn) onClose(err error) {
 // onFrame handles a frame from the server on the reader goroutine.
 func (cc *ClientConn) onFrame(h frame.Header, p []byte) error {
 	if h.Type == frame.TypeGoAway {
-		var g frame.GoAway
-		if err := g.Decode(p); err != nil {
-			return err
-		}
 		cc.mu.Lock()
-		cc.goAway = status.Errorf(codes.Unavailable, "notnets: server is going away: %s", g.Reason)
+		cc.goAway = status.Errorf(codes.Unavailable, "notnets: server is going away: %s", *cc.c.peerReason.Load())
 		cc.mu.Unlock()
 		return nil
 	}
@@ -238,11 +234,12 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 	}
 	hdr.MD, _ = metadata.FromOutgoingContext(ctx)
 	s := &clientStream{cc: cc, ctx: ctx, desc: desc, ci: ci, method: method}
-	if err := cc.register(s); err != nil {
+	if err := cc.c.lock(ctx); err != nil {
 		return nil, err
 	}
-	if err := cc.c.lock(ctx); err != nil {
-		cc.unregister(s.id)
+	// Ids are taken under the write lock, so they reach the server in order.
+	if err := cc.register(s); err != nil {
+		cc.c.unlock()
 		return nil, err
 	}
 	err := cc.c.writeFrame(ctx, frame.TypeHeaders, 0, s.id, 0, &hdr)

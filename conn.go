@@ -42,6 +42,8 @@ type conn struct {
 	readerDone chan struct{}
 	closeOnce  sync.Once
 	err        error // why it closed; set before done is closed
+
+	peerReason atomic.Pointer[string] // the reason in the peer's last GOAWAY
 }
 
 func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait waitConfig) *conn {
@@ -211,6 +213,12 @@ func (c *conn) readLoop() {
 		if rec != nil {
 			idle = false
 			h, p, err := frame.Parse(rec)
+			if err == nil && h.Type == frame.TypeGoAway {
+				var g frame.GoAway
+				if err = g.Decode(p); err == nil {
+					c.peerReason.Store(&g.Reason)
+				}
+			}
 			if err == nil {
 				err = c.onFrame(h, p)
 			}
@@ -229,7 +237,11 @@ func (c *conn) readLoop() {
 			if c.in.Published() {
 				continue
 			}
-			c.fail(status.Error(codes.Unavailable, "notnets: peer closed the connection"))
+			msg := "notnets: peer closed the connection"
+			if r := c.peerReason.Load(); r != nil {
+				msg += ": " + *r
+			}
+			c.fail(status.Error(codes.Unavailable, msg))
 			return
 		}
 		now := time.Now()
@@ -278,6 +290,7 @@ func (c *conn) kick() {
 func (c *conn) fail(err error) {
 	c.closeOnce.Do(func() {
 		c.err = err
+		c.tellPeer(err)
 		close(c.done)
 		c.self.State.Store(pool.StateClosed)
 		pool.FutexWake(ring.TailWord(c.self.Tail), 1) // the peer may sleep on our tail
@@ -285,6 +298,25 @@ func (c *conn) fail(err error) {
 		c.kick()
 		go c.release()
 	})
+}
+
+// tellPeer sends a GOAWAY frame that says why the connection closes, if
+// the write lock and the ring have room for it right away.
+func (c *conn) tellPeer(err error) {
+	select {
+	case c.wlock <- struct{}{}:
+	default:
+		return
+	}
+	g := frame.GoAway{Reason: status.Convert(err).Message()}
+	if n := g.Size(); n <= c.out.MaxPayload() {
+		if rec := c.out.Reserve(n, byte(frame.TypeGoAway)); rec != nil {
+			frame.Put(rec, 0, 0, 0)
+			g.Append(rec[frame.HeaderSize:frame.HeaderSize])
+			c.publish()
+		}
+	}
+	<-c.wlock
 }
 
 func (c *conn) release() {

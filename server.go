@@ -351,6 +351,12 @@ func (sc *serverConn) onFrame(h frame.Header, p []byte) error {
 		if err := fs.Decode(p); err != nil {
 			return err
 		}
+		if _, ok := st.ctx.Deadline(); ok && codes.Code(fs.Code) == codes.DeadlineExceeded {
+			// The handler's own deadline, set from the same timeout, ends
+			// its context as DeadlineExceeded at the same moment.
+			st.stop()
+			return nil
+		}
 		st.cancel(status.Error(codes.Code(fs.Code), fs.Message))
 	case frame.TypeWindowUpdate:
 		return st.onWindowUpdate(h.Aux)

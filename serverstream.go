@@ -153,11 +153,16 @@ func (st *serverStream) finish(s *status.Status, msg *outMsg) error {
 // cancel ends the call from the client's side or the connection's: the
 // handler's context is cancelled and its receives stop.
 func (st *serverStream) cancel(err error) {
+	st.stop()
+	st.cancelCtx(err)
+}
+
+// stop marks the stream over for sending and receiving.
+func (st *serverStream) stop() {
 	st.hmu.Lock()
 	st.finished = true // nothing more is sent on a cancelled stream
 	st.hmu.Unlock()
 	st.halfClose()
-	st.cancelCtx(err)
 }
 
 func (st *serverStream) halfClose() {
