@@ -88,8 +88,42 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 	cc.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, o.wait)
 	cc.c.onFrame = cc.onFrame
 	cc.c.onClose = cc.onClose
-	go cc.c.readLoop()
+	go cc.readLoop()
 	return cc, nil
+}
+
+// readLoop is the background reader. It drains the ring whenever no call
+// is polling for its own reply, spins for the spin period after the last
+// frame, then blocks on the doorbell. While callers poll it parks, so that
+// a burst of calls costs no goroutine hand-off at all.
+func (cc *ClientConn) readLoop() {
+	c := cc.c
+	defer c.endReader()
+	var idle idler
+	for {
+		if c.pollers.Load() > 0 {
+			c.park()
+			idle.reset()
+			continue
+		}
+		n, ok := c.drainOrCheck()
+		if !ok {
+			return
+		}
+		if n > 0 {
+			idle.busy()
+		} else if idle.spent(c.wait.spin) {
+			c.block()
+			idle.reset()
+		}
+	}
+}
+
+// openStreams reports whether any call is in progress.
+func (cc *ClientConn) openStreams() bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return len(cc.streams) > 0
 }
 
 // Target returns the listener name the connection was dialled to.
@@ -147,6 +181,9 @@ func (cc *ClientConn) onFrame(h frame.Header, p []byte) error {
 		}
 		s.signal()
 	case frame.TypeMessage:
+		s.mu.Lock()
+		s.gotHeader = true // a message without HEADERS before it has empty headers
+		s.mu.Unlock()
 		return s.onData(h, p)
 	case frame.TypeTrailers, frame.TypeCancel:
 		var fs frame.Status
@@ -242,8 +279,15 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 		cc.c.unlock()
 		return nil, err
 	}
-	err := cc.c.writeFrame(ctx, frame.TypeHeaders, 0, s.id, 0, &hdr)
-	if err == nil && msg != nil {
+	if err := cc.c.writeFrame(ctx, frame.TypeHeaders, 0, s.id, 0, &hdr); err != nil {
+		cc.c.unlock()
+		// The server never saw the stream: end it here without a CANCEL.
+		s.finish(status.Convert(err), nil)
+		s.done()
+		return nil, err
+	}
+	var err error
+	if msg != nil {
 		s.quota -= msg.size
 		err = cc.c.writeMsg(ctx, s.id, frame.FlagEndStream, msg)
 		s.halfClosed = true
@@ -253,7 +297,9 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 		s.cancel(err)
 		return nil, err
 	}
-	cc.c.kick()
+	if msg == nil {
+		cc.c.kick() // a stream's messages may come while nobody polls
+	}
 	return s, nil
 }
 
@@ -360,9 +406,41 @@ func (s *clientStream) done() {
 	})
 }
 
+// wait blocks until ready (called with s.mu held) holds or the call's
+// context ends. For the spin period it polls the ring itself, so that the
+// reply is read by the goroutine that waits for it; then it leaves reading
+// to the background reader and parks.
+func (s *clientStream) wait(ready func() bool) error {
+	if s.ready(ready) {
+		return nil
+	}
+	c := s.c
+	c.pollers.Add(1)
+	done := false
+	var idle idler
+	for c.poll() {
+		if done = s.ready(ready); done || s.ctx.Err() != nil || idle.spent(c.wait.spin) {
+			break
+		}
+	}
+	if c.pollers.Add(-1) == 0 && (!done || s.cc.openStreams()) {
+		c.resumeReader()
+	}
+	if done {
+		return nil
+	}
+	return s.await(s.ctx, ready)
+}
+
+func (s *clientStream) ready(ready func() bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return ready()
+}
+
 // recvUnary waits for the reply and status of a unary call.
 func (s *clientStream) recvUnary(reply any) error {
-	err := s.await(s.ctx, func() bool { return s.st != nil })
+	err := s.wait(func() bool { return s.st != nil })
 	if err != nil {
 		s.cancel(err)
 		return s.st.Err()
@@ -393,7 +471,7 @@ func (s *clientStream) Context() context.Context { return s.ctx }
 
 // Header waits for the server's response headers.
 func (s *clientStream) Header() (metadata.MD, error) {
-	if err := s.await(s.ctx, func() bool { return s.gotHeader || s.st != nil }); err != nil {
+	if err := s.wait(func() bool { return s.gotHeader || s.st != nil }); err != nil {
 		s.cancel(err)
 	}
 	s.mu.Lock()
@@ -467,7 +545,7 @@ func (s *clientStream) SendMsg(m any) error {
 // RecvMsg receives the next message into m. It returns io.EOF when the
 // stream ended with status OK, and the status error otherwise.
 func (s *clientStream) RecvMsg(m any) error {
-	err := s.await(s.ctx, func() bool { return len(s.msgs) > 0 || s.st != nil })
+	err := s.wait(func() bool { return len(s.msgs) > 0 || s.st != nil })
 	if err != nil {
 		s.cancel(err)
 	}
@@ -503,7 +581,7 @@ func (s *clientStream) RecvMsg(m any) error {
 		return nil
 	}
 	// One response only: the status decides whether the call succeeded.
-	if err := s.await(s.ctx, func() bool { return s.st != nil }); err != nil {
+	if err := s.wait(func() bool { return s.st != nil }); err != nil {
 		s.cancel(err)
 	}
 	s.mu.Lock()

@@ -39,9 +39,19 @@ type conn struct {
 	wlock      chan struct{} // the write lock, as a channel so waiting can select
 	sleeping   atomic.Bool   // the reader is (about to be) blocked in futex
 	done       chan struct{} // closed when the connection starts closing
-	readerDone chan struct{}
-	closeOnce  sync.Once
-	err        error // why it closed; set before done is closed
+	readerDone chan struct{} // closed when no goroutine will read the ring again
+	readerOnce sync.Once
+
+	// Reading: one goroutine at a time drains the incoming ring, under
+	// pollMu. A client's callers poll for their own replies while a call
+	// is young (pollers counts them) and the background reader parks; see
+	// ClientConn.readLoop.
+	pollMu    sync.Mutex
+	pollers   atomic.Int32
+	resume    chan struct{}
+	parkTimer *time.Timer
+	closeOnce sync.Once
+	err       error // why it closed; set before done is closed
 
 	peerReason atomic.Pointer[string] // the reason in the peer's last GOAWAY
 }
@@ -57,6 +67,8 @@ func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait wa
 		wlock:      make(chan struct{}, 1),
 		done:       make(chan struct{}),
 		readerDone: make(chan struct{}),
+		resume:     make(chan struct{}, 1),
+		parkTimer:  time.NewTimer(time.Hour),
 	}
 }
 
@@ -119,7 +131,7 @@ func (c *conn) reserve(ctx context.Context, n int, t frame.Type) ([]byte, error)
 		return rec, nil
 	}
 	c.publish() // the peer must see what is there to make room
-	start := time.Now()
+	var idle idler
 	for {
 		if rec := c.out.Reserve(n, byte(t)); rec != nil {
 			return rec, nil
@@ -133,9 +145,7 @@ func (c *conn) reserve(ctx context.Context, n int, t frame.Type) ([]byte, error)
 		if c.peer.State.Load() == pool.StateClosed {
 			return nil, status.Error(codes.Unavailable, "notnets: peer closed the connection")
 		}
-		if time.Since(start) < fullRingSpin {
-			runtime.Gosched()
-		} else {
+		if idle.spent(fullRingSpin) {
 			time.Sleep(50 * time.Microsecond)
 		}
 	}
@@ -197,64 +207,172 @@ func (c *conn) writeData(ctx context.Context, stream uint32, flags frame.Flags, 
 	return nil
 }
 
-// readLoop polls the incoming ring and hands every frame to onFrame. When
-// the ring stays empty for the spin period it blocks (futex doorbell) or
-// sleeps (poll-only mode) until the peer publishes.
-func (c *conn) readLoop() {
-	defer close(c.readerDone)
-	var idleSince time.Time
-	idle := false
+// drain hands every frame published in the incoming ring to onFrame and
+// returns how many it handled. The caller holds pollMu. On a protocol
+// violation it fails the connection and returns false.
+func (c *conn) drain() (int, bool) {
+	n := 0
 	for {
 		rec, err := c.in.Next()
 		if err != nil {
 			c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: %v", err))
-			return
+			return n, false
 		}
-		if rec != nil {
-			idle = false
-			h, p, err := frame.Parse(rec)
-			if err == nil && h.Type == frame.TypeGoAway {
-				var g frame.GoAway
-				if err = g.Decode(p); err == nil {
-					c.peerReason.Store(&g.Reason)
-				}
-			}
-			if err == nil {
-				err = c.onFrame(h, p)
-			}
+		if rec == nil {
 			c.in.Release()
-			if err != nil {
-				c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: %v", err))
-				return
+			return n, true
+		}
+		h, p, err := frame.Parse(rec)
+		if err == nil && h.Type == frame.TypeGoAway {
+			var g frame.GoAway
+			if err = g.Decode(p); err == nil {
+				c.peerReason.Store(&g.Reason)
 			}
-			continue
+		}
+		if err == nil {
+			err = c.onFrame(h, p)
 		}
 		c.in.Release()
-		if c.closeErr() != nil {
-			return
+		if err != nil {
+			c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: %v", err))
+			return n, false
 		}
-		if c.peer.State.Load() == pool.StateClosed {
-			if c.in.Published() {
-				continue
-			}
-			msg := "notnets: peer closed the connection"
-			if r := c.peerReason.Load(); r != nil {
-				msg += ": " + *r
-			}
-			c.fail(status.Error(codes.Unavailable, msg))
-			return
-		}
-		now := time.Now()
-		if !idle {
-			idle, idleSince = true, now
-		}
-		if now.Sub(idleSince) < c.wait.spin {
-			runtime.Gosched()
-			continue
-		}
-		c.block()
-		idle = false
+		n++
 	}
+}
+
+// poll drains the ring if no other goroutine is doing so. It reports
+// false once the connection is closed.
+func (c *conn) poll() bool {
+	if !c.pollMu.TryLock() {
+		return c.closeErr() == nil
+	}
+	ok := c.closeErr() == nil
+	if ok {
+		_, ok = c.drain()
+	}
+	c.pollMu.Unlock()
+	return ok
+}
+
+// drainOrCheck drains the ring, waiting for pollMu, and if it finds
+// nothing checks whether the peer has closed. It reports how many frames it
+// handled and whether the connection is still open.
+func (c *conn) drainOrCheck() (int, bool) {
+	c.pollMu.Lock()
+	defer c.pollMu.Unlock()
+	if c.closeErr() != nil {
+		return 0, false
+	}
+	n, ok := c.drain()
+	if ok && n == 0 {
+		ok = c.checkPeer()
+	}
+	return n, ok
+}
+
+// checkPeer fails the connection if the peer has closed its side and left
+// nothing more to read. It reports whether the connection is still open.
+// The caller holds pollMu.
+func (c *conn) checkPeer() bool {
+	if c.peer.State.Load() != pool.StateClosed || c.in.Published() {
+		return true
+	}
+	msg := "notnets: peer closed the connection"
+	if r := c.peerReason.Load(); r != nil {
+		msg += ": " + *r
+	}
+	c.fail(status.Error(codes.Unavailable, msg))
+	return false
+}
+
+// Pollers spin on shared memory without yielding, and call
+// runtime.Gosched only once per yieldInterval of continuous spinning, so
+// that goroutines queued behind them on their P still run. Yielding on
+// every poll is ruinous with GOMAXPROCS > 1: Gosched puts the goroutine on
+// the global run queue and wakes an idle P's thread each time, so the
+// poller hops between threads and both processes' threads fight for the
+// cores (measured on the 2-core development machine: a two-process ring
+// ping-pong takes 16 us yielding on every poll, 0.23 us yielding every
+// few hundred polls).
+const yieldInterval = time.Millisecond
+
+// clockEvery is how many polls pass between two readings of the clock.
+const clockEvery = 256
+
+// idler paces a poller: it tells when the poller has found nothing for a
+// given time, and yields the processor once per yieldInterval.
+type idler struct {
+	polls   int
+	idle    bool
+	since   time.Time // start of the current run of empty polls
+	yielded time.Time
+}
+
+// spent records an empty poll and reports whether d has passed since the
+// first empty poll in a row.
+func (w *idler) spent(d time.Duration) bool {
+	if !w.idle {
+		w.idle, w.since = true, time.Now()
+	}
+	if w.polls++; w.polls%clockEvery != 0 {
+		return false
+	}
+	now := time.Now()
+	w.pace(now)
+	if now.Sub(w.since) >= osYieldAfter {
+		// The peer may be waiting for this very core: let the kernel run it.
+		pool.OSYield()
+	}
+	return now.Sub(w.since) >= d
+}
+
+// osYieldAfter is how long a poller finds nothing before it offers its core
+// to other threads now and then (sched_yield): when the kernel has put both
+// peers' pollers on one core, each would otherwise wait out the other's
+// time slice.
+const osYieldAfter = 2 * time.Microsecond
+
+// busy records a poll that found work.
+func (w *idler) busy() {
+	w.idle = false
+	if w.polls++; w.polls%clockEvery == 0 {
+		w.pace(time.Now())
+	}
+}
+
+func (w *idler) pace(now time.Time) {
+	if now.Sub(w.yielded) >= yieldInterval {
+		w.yielded = now
+		runtime.Gosched()
+	}
+}
+
+func (w *idler) reset() { w.idle = false }
+
+// endReader marks the end of reading for good: the segment may be
+// unmapped once the write lock is also held.
+func (c *conn) endReader() { c.readerOnce.Do(func() { close(c.readerDone) }) }
+
+// park waits while goroutines poll the ring for their own calls, until one
+// of them resumes the background reader, or a while has passed.
+func (c *conn) park() {
+	c.parkTimer.Reset(maxBlock)
+	select {
+	case <-c.resume:
+	case <-c.done:
+	case <-c.parkTimer.C:
+	}
+	c.parkTimer.Stop()
+}
+
+// resumeReader restarts the background reader, parked or blocked.
+func (c *conn) resumeReader() {
+	select {
+	case c.resume <- struct{}{}:
+	default:
+	}
+	c.kick()
 }
 
 // maxBlock bounds one futex wait, so that a closed peer that could not ring
@@ -268,8 +386,12 @@ func (c *conn) block() {
 	}
 	c.sleeping.Store(true)
 	c.self.Sleeping.Store(1)
-	seen := uint32(c.in.Position())
-	if !c.in.Published() && c.closeErr() == nil && c.peer.State.Load() != pool.StateClosed {
+	c.pollMu.Lock()
+	seen, published := uint32(c.in.Position()), c.in.Published()
+	c.pollMu.Unlock()
+	// If a caller drains the ring after this, seen is stale and the wait
+	// returns at once: a spurious wake-up, never a missed one.
+	if !published && c.closeErr() == nil && c.peer.State.Load() != pool.StateClosed {
 		pool.FutexWait(ring.TailWord(c.peer.Tail), seen, maxBlock)
 	}
 	c.self.Sleeping.Store(0)
@@ -321,12 +443,13 @@ func (c *conn) tellPeer(err error) {
 
 func (c *conn) release() {
 	<-c.readerDone
+	c.pollMu.Lock()       // held for good: no poller touches the segment again
 	c.wlock <- struct{}{} // held for good: no writer touches the segment again
 	c.seg.Unlink()
 	c.seg.Close()
 }
 
-// wait blocks until the connection is fully released.
+// waitReleased blocks until no goroutine reads the connection any more.
 func (c *conn) waitReleased() {
 	<-c.readerDone
 }

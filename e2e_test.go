@@ -316,6 +316,27 @@ func TestMessageTooLarge(t *testing.T) {
 	}
 }
 
+func TestMetadataTooLargeForTheRing(t *testing.T) {
+	srv := startServer(t)
+	c := semanticsClient(srv.dial(t, notnets.WithRingSize(64<<10))) // frames of at most 32 KiB
+	big := strings.Repeat("m", 40<<10)
+	ctx := metadata.AppendToOutgoingContext(withMode(context.Background(), "echo", "big"), "x-big", big)
+	_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{})
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "HEADERS frame") {
+		t.Errorf("request with 40 KiB of metadata = %v, want ResourceExhausted naming the HEADERS frame", err)
+	}
+	for _, mode := range []string{"big-header", "big-trailer"} {
+		_, err := c.UnaryCall(withMode(context.Background(), mode, mode), &testpb.SimpleRequest{ResponseSize: 40 << 10})
+		if st := status.Convert(err); st.Code() != codes.Internal || !strings.Contains(st.Message(), "too large") {
+			t.Errorf("%s of 40 KiB = %v, want Internal: ... too large", mode, err)
+		}
+	}
+	// None of this closed the connection.
+	if _, err := c.UnaryCall(withMode(context.Background(), "echo", "ok"), &testpb.SimpleRequest{}); err != nil {
+		t.Errorf("call after the refusals: %v", err)
+	}
+}
+
 func TestStreamingKinds(t *testing.T) {
 	srv := startServer(t)
 	c := semanticsClient(srv.dial(t, notnets.WithRingSize(64<<10)))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -142,6 +143,12 @@ func (p *serverProc) dial(t testing.TB, opts ...notnets.DialOption) *notnets.Cli
 // TestService and the semantics service on one listener, answers commands
 // on stdin, and exits when stdin closes.
 func runServer() {
+	if path := os.Getenv("NOTNETS_TEST_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer pprof.StopCPUProfile()
+		}
+	}
 	lis, err := notnets.Listen(listenName)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "server:", err)
@@ -265,6 +272,12 @@ func (s *semantics) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*t
 		}
 		grpc.SetTrailer(ctx, trl)
 		return &testpb.SimpleResponse{Payload: in.GetPayload()}, nil
+	case "big-header":
+		grpc.SetHeader(ctx, metadata.Pairs("x-big", strings.Repeat("h", int(in.GetResponseSize()))))
+		return &testpb.SimpleResponse{}, nil
+	case "big-trailer":
+		grpc.SetTrailer(ctx, metadata.Pairs("x-big", strings.Repeat("t", int(in.GetResponseSize()))))
+		return &testpb.SimpleResponse{}, nil
 	case "size":
 		return &testpb.SimpleResponse{Payload: &testpb.Payload{Body: make([]byte, in.GetResponseSize())}}, nil
 	case "details":

@@ -128,6 +128,22 @@ func (l *Listener) Close() error {
 	return nil
 }
 
+// checkFresh checks that a connection segment is as a client leaves it
+// before announcing it: client open, server control block and both rings'
+// counters zero. The counters are trusted from here on only because they
+// start at zero.
+func checkFresh(lay *pool.ConnLayout) error {
+	if lay.Client.State.Load() != pool.StateOpen {
+		return errors.New("notnets: client gave up on the connection")
+	}
+	if lay.Server.State.Load() != pool.StateNew || lay.Server.Sleeping.Load() != 0 ||
+		lay.Client.Tail.Load() != 0 || lay.Client.Head.Load() != 0 ||
+		lay.Server.Tail.Load() != 0 || lay.Server.Head.Load() != 0 {
+		return errors.New("notnets: connection segment announced with used control blocks")
+	}
+	return nil
+}
+
 // accepted is a connection segment a client announced, mapped and checked.
 type accepted struct {
 	seg *pool.Segment
@@ -186,10 +202,13 @@ func (l *Listener) take(s pool.Slot) (*accepted, error) {
 		return nil, err
 	}
 	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
-	if err == nil && lay.Client.State.Load() != pool.StateOpen {
-		err = errors.New("notnets: client gave up on the connection")
+	if err == nil {
+		err = checkFresh(lay)
 	}
 	if err != nil {
+		if lay != nil {
+			lay.Server.State.Store(pool.StateClosed) // tell the client at once
+		}
 		seg.Close()
 		return nil, err
 	}

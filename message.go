@@ -2,6 +2,7 @@ package notnets
 
 import (
 	"context"
+	"math"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
@@ -42,6 +43,10 @@ func prepareMsg(codec encoding.CodecV2, v any, maxSend int) (outMsg, error) {
 			return m, status.Errorf(codes.Internal, "grpc: error while marshaling: %v", err)
 		}
 		m.data, m.size = data, data.Len()
+	}
+	if m.size > math.MaxUint32 {
+		m.free()
+		return outMsg{}, status.Errorf(codes.ResourceExhausted, "notnets: message of %d bytes exceeds the protocol limit of 4 GiB", m.size)
 	}
 	if maxSend > 0 && m.size > maxSend {
 		m.free()

@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -36,8 +38,11 @@ type Server struct {
 	lis      map[*Listener]bool
 	conns    map[*serverConn]bool
 	stopped  bool
-	draining bool
+	draining atomic.Bool
 	serving  sync.WaitGroup
+	workers  *workers
+
+	monitoring atomic.Bool // the inline-handler monitor is running
 }
 
 var _ grpc.ServiceRegistrar = (*Server)(nil)
@@ -62,6 +67,7 @@ func NewServer(opts ...ServerOption) *Server {
 		services:  make(map[string]*serviceInfo),
 		lis:       make(map[*Listener]bool),
 		conns:     make(map[*serverConn]bool),
+		workers:   newWorkers(),
 	}
 	s.cv = sync.NewCond(&s.mu)
 	return s
@@ -119,7 +125,7 @@ func (s *Server) GetServiceInfo() map[string]grpc.ServiceInfo {
 // GracefulStop, after which it returns nil; lis is closed when it returns.
 func (s *Server) Serve(lis *Listener) error {
 	s.mu.Lock()
-	if s.stopped || s.draining {
+	if s.stopped || s.draining.Load() {
 		s.mu.Unlock()
 		lis.Close()
 		return ErrServerStopped
@@ -133,7 +139,7 @@ func (s *Server) Serve(lis *Listener) error {
 		a, err := lis.accept()
 		if err != nil {
 			s.mu.Lock()
-			quit := s.stopped || s.draining
+			quit := s.stopped || s.draining.Load()
 			delete(s.lis, lis)
 			s.mu.Unlock()
 			if quit {
@@ -143,14 +149,14 @@ func (s *Server) Serve(lis *Listener) error {
 		}
 		sc := newServerConn(s, lis, a)
 		s.mu.Lock()
-		if s.stopped || s.draining {
+		if s.stopped || s.draining.Load() {
 			s.mu.Unlock()
 			sc.c.fail(errServerStopping)
 			continue
 		}
 		s.conns[sc] = true
 		s.mu.Unlock()
-		go sc.c.readLoop()
+		s.workers.submit(sc.readRole)
 	}
 }
 
@@ -178,7 +184,7 @@ func (s *Server) Stop() {
 // closes every connection.
 func (s *Server) GracefulStop() {
 	s.mu.Lock()
-	s.draining = true
+	s.draining.Store(true)
 	s.closeListeners()
 	conns := make([]*serverConn, 0, len(s.conns))
 	for sc := range s.conns {
@@ -270,6 +276,12 @@ type serverConn struct {
 	mu      sync.Mutex
 	streams map[uint32]*serverStream
 	lastID  uint32
+
+	ready []*serverStream // unary calls whose request is complete; reader only
+
+	// inlineSince is when the handler running on the reading goroutine
+	// started (Unix ns), or 0.
+	inlineSince atomic.Int64
 }
 
 func newServerConn(s *Server, lis *Listener, a *accepted) *serverConn {
@@ -318,6 +330,109 @@ func (sc *serverConn) onClose(err error) {
 	s.mu.Unlock()
 }
 
+// readRole drains the ring, and hands each unary call whose request is
+// complete to a handler. The last such call of a batch runs right here, on
+// the goroutine that read it: the request reaches its handler with no
+// hand-off between goroutines and no other thread woken on the way (waking
+// one costs a futex call and a migration between cores, measured as a
+// larger p99 on the development machine). If the handler runs long, the
+// server's monitor passes the reading role to a worker, so that other calls
+// and cancellations on the connection are still read.
+func (sc *serverConn) readRole() {
+	c := sc.c
+	var idle idler
+	for {
+		n, ok := c.drainOrCheck()
+		if !ok {
+			c.endReader()
+			return
+		}
+		if n == 0 {
+			if idle.spent(c.wait.spin) {
+				c.block()
+				idle.reset()
+			}
+			continue
+		}
+		idle.busy()
+		if k := len(sc.ready); k > 0 {
+			last := sc.ready[k-1]
+			for _, st := range sc.ready[:k-1] {
+				sc.srv.workers.submit(st.run)
+			}
+			clear(sc.ready)
+			sc.ready = sc.ready[:0]
+			if !sc.runInline(last) {
+				return // the monitor handed the reading role to another goroutine
+			}
+		}
+	}
+}
+
+// runInline runs st on the reading goroutine and reports whether this
+// goroutine still holds the reading role afterwards.
+func (sc *serverConn) runInline(st *serverStream) bool {
+	start := time.Now().UnixNano()
+	sc.inlineSince.Store(start)
+	sc.srv.watchInline()
+	st.run()
+	return sc.inlineSince.CompareAndSwap(start, 0)
+}
+
+// handoffAfter is how long a handler may run on the reading goroutine
+// before the monitor passes the reading role to another goroutine. The
+// monitor ticks with time.Sleep, whose resolution is about 1 ms on Linux.
+const handoffAfter = time.Millisecond
+
+// watchInline makes sure the monitor runs while handlers run inline.
+func (s *Server) watchInline() {
+	if !s.monitoring.Load() && s.monitoring.CompareAndSwap(false, true) {
+		go s.monitor()
+	}
+}
+
+// monitor hands the reading role of a connection whose inline handler has
+// run for handoffAfter to a worker. It exits after 100 quiet ticks.
+func (s *Server) monitor() {
+	for quiet := 0; ; {
+		time.Sleep(handoffAfter)
+		if s.rescueInline() {
+			quiet = 0
+			continue
+		}
+		if quiet++; quiet < 100 {
+			continue
+		}
+		s.monitoring.Store(false)
+		// An inline run may have started after the last look; if so, and no
+		// other monitor has started since, keep watching.
+		if !s.rescueInline() || !s.monitoring.CompareAndSwap(false, true) {
+			return
+		}
+		quiet = 0
+	}
+}
+
+// rescueInline reports whether any handler runs inline, after taking the
+// reading role from those that have run for handoffAfter.
+func (s *Server) rescueInline() bool {
+	now := time.Now().UnixNano()
+	busy := false
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sc := range s.conns {
+		t := sc.inlineSince.Load()
+		if t == 0 {
+			continue
+		}
+		busy = true
+		if now-t >= int64(handoffAfter) && sc.inlineSince.CompareAndSwap(t, 0) {
+			s.workers.submit(sc.readRole)
+		}
+	}
+	return busy
+}
+
 // onFrame handles a frame from the client on the reader goroutine.
 func (sc *serverConn) onFrame(h frame.Header, p []byte) error {
 	if h.Type == frame.TypeGoAway {
@@ -343,9 +458,11 @@ func (sc *serverConn) onFrame(h frame.Header, p []byte) error {
 		}
 		if h.Flags&frame.FlagEndStream != 0 {
 			st.halfClose()
+			sc.requestDone(st)
 		}
 	case frame.TypeHalfClose:
 		st.halfClose()
+		sc.requestDone(st)
 	case frame.TypeCancel:
 		var fs frame.Status
 		if err := fs.Decode(p); err != nil {
@@ -355,9 +472,15 @@ func (sc *serverConn) onFrame(h frame.Header, p []byte) error {
 			// The handler's own deadline, set from the same timeout, ends
 			// its context as DeadlineExceeded at the same moment.
 			st.stop()
+			if !st.started {
+				sc.remove(st)
+			}
 			return nil
 		}
 		st.cancel(status.Error(codes.Code(fs.Code), fs.Message))
+		if !st.started {
+			sc.remove(st) // a unary call cancelled before its request was whole
+		}
 	case frame.TypeWindowUpdate:
 		return st.onWindowUpdate(h.Aux)
 	default:
@@ -387,9 +510,23 @@ func (sc *serverConn) open(h frame.Header, p []byte) error {
 	sc.lastID = h.Stream
 	sc.streams[h.Stream] = st
 	sc.mu.Unlock()
-	st.codec, st.codecErr = sc.srv.codecFor(rh.ContentSubtype)
-	go st.run()
+	st.codec, st.err = sc.srv.codecFor(rh.ContentSubtype)
+	if st.err == nil {
+		st.info, st.md, st.sd, st.err = sc.srv.lookup(rh.Method)
+	}
+	if st.md == nil || st.closed {
+		st.started = true
+		sc.srv.workers.submit(st.run)
+	}
 	return nil
+}
+
+// requestDone queues a unary call whose request has fully arrived to run.
+func (sc *serverConn) requestDone(st *serverStream) {
+	if !st.started {
+		st.started = true
+		sc.ready = append(sc.ready, st)
+	}
 }
 
 func (sc *serverConn) remove(st *serverStream) {
@@ -397,12 +534,9 @@ func (sc *serverConn) remove(st *serverStream) {
 	delete(sc.streams, st.id)
 	idle := len(sc.streams) == 0
 	sc.mu.Unlock()
-	if idle {
-		s := sc.srv
+	if s := sc.srv; idle && s.draining.Load() {
 		s.mu.Lock()
-		if s.draining {
-			s.cv.Broadcast()
-		}
+		s.cv.Broadcast()
 		s.mu.Unlock()
 	}
 }

@@ -25,7 +25,11 @@ type serverStream struct {
 	cancelCtx context.CancelCauseFunc
 	method    string
 	codec     encoding.CodecV2
-	codecErr  error
+	info      *serviceInfo
+	md        *grpc.MethodDesc // set for a unary call
+	sd        *grpc.StreamDesc // set for a streaming call
+	err       error            // why the call cannot run: unknown method, no codec
+	started   bool             // handed to a handler; reader only
 
 	hmu        sync.Mutex // guards the fields below
 	header     metadata.MD
@@ -44,6 +48,8 @@ var (
 type transportStream struct{ *serverStream }
 
 func (t transportStream) SetTrailer(md metadata.MD) error { return t.setTrailer(md) }
+
+var okStatus = status.New(codes.OK, "")
 
 // newServerContext builds a handler's context: incoming metadata, peer,
 // the transport stream, and the client's deadline.
@@ -65,10 +71,7 @@ func (st *serverStream) run() {
 	defer st.sc.remove(st)
 	defer st.cancelCtx(nil)
 	s := st.sc.srv
-	info, md, sd, err := s.lookup(st.method)
-	if err == nil {
-		err = st.codecErr
-	}
+	info, md, sd, err := st.info, st.md, st.sd, st.err
 	switch {
 	case err != nil:
 	case md != nil:
@@ -106,7 +109,7 @@ func (st *serverStream) sendReply(reply any) error {
 		return err
 	}
 	defer msg.free()
-	return st.finish(status.New(codes.OK, ""), &msg)
+	return st.finish(okStatus, &msg)
 }
 
 // finish writes any unsent headers, msg if not nil, and the trailers with
@@ -136,10 +139,13 @@ func (st *serverStream) finish(s *status.Status, msg *outMsg) error {
 	}
 	defer c.unlock()
 	wctx := context.Background()
-	if !st.headerSent && (msg != nil || len(st.header) > 0) {
+	if !st.headerSent && len(st.header) > 0 {
 		st.headerSent = true
 		if err := c.writeFrame(wctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header}); err != nil {
-			return err
+			if status.Code(err) != codes.ResourceExhausted {
+				return err
+			}
+			msg, fs = nil, frame.Status{Code: uint32(codes.Internal), Message: "notnets: response headers too large: " + status.Convert(err).Message()}
 		}
 	}
 	if msg != nil {
@@ -147,7 +153,14 @@ func (st *serverStream) finish(s *status.Status, msg *outMsg) error {
 			fs = frame.Status{Code: uint32(status.Code(err)), Message: status.Convert(err).Message()}
 		}
 	}
-	return c.writeFrame(wctx, frame.TypeTrailers, 0, st.id, 0, &fs)
+	err = c.writeFrame(wctx, frame.TypeTrailers, 0, st.id, 0, &fs)
+	if status.Code(err) == codes.ResourceExhausted {
+		// The client still gets a status, without the trailers or the
+		// details that made it too large.
+		fs = frame.Status{Code: uint32(codes.Internal), Message: "notnets: response trailers too large"}
+		err = c.writeFrame(wctx, frame.TypeTrailers, 0, st.id, 0, &fs)
+	}
+	return err
 }
 
 // cancel ends the call from the client's side or the connection's: the
@@ -241,8 +254,10 @@ func (st *serverStream) SendMsg(m any) error {
 	defer c.unlock()
 	if !st.headerSent {
 		st.headerSent = true
-		if err := c.writeFrame(st.ctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header}); err != nil {
-			return err
+		if len(st.header) > 0 {
+			if err := c.writeFrame(st.ctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header}); err != nil {
+				return err
+			}
 		}
 	}
 	return c.writeMsg(st.ctx, st.id, 0, &msg)

@@ -30,6 +30,9 @@ func statusFromFrame(fs *frame.Status) (*status.Status, error) {
 
 // statusToFrame encodes st; details travel as the serialized status.
 func statusToFrame(st *status.Status) (frame.Status, error) {
+	if st.Code() == codes.OK && st.Message() == "" {
+		return frame.Status{}, nil
+	}
 	fs := frame.Status{Code: uint32(st.Code()), Message: st.Message()}
 	p := st.Proto()
 	if len(p.GetDetails()) > 0 {

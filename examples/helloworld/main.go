@@ -13,6 +13,7 @@ import (
 	"log"
 	"os"
 	"os/exec"
+	"slices"
 	"time"
 
 	"github.com/notnets/notnets"
@@ -87,14 +88,22 @@ func run(name string, n int) error {
 		return err
 	}
 	fmt.Printf("server (pid %d) says: %s\n", child.Process.Pid, r.GetMessage())
+	if n <= 0 {
+		return nil
+	}
+	lat := make([]time.Duration, n)
 	start := time.Now()
-	for i := 0; i < n; i++ {
+	for i := range lat {
+		t0 := time.Now()
 		if _, err := c.SayHello(ctx, &pb.HelloRequest{Name: "notnets"}); err != nil {
 			return err
 		}
+		lat[i] = time.Since(t0)
 	}
-	if n > 0 {
-		fmt.Printf("%d calls, %v per call on average\n", n, time.Since(start)/time.Duration(n))
-	}
+	total := time.Since(start)
+	slices.Sort(lat)
+	at := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+	fmt.Printf("%d calls: average %v, p50 %v, p99 %v, p99.9 %v, max %v\n",
+		n, total/time.Duration(n), at(0.5), at(0.99), at(0.999), lat[len(lat)-1])
 	return nil
 }

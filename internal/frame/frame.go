@@ -113,6 +113,9 @@ func Parse(rec []byte) (Header, []byte, error) {
 	if h.Flags&^knownFlags != 0 {
 		return h, nil, fmt.Errorf("%v frame with unknown flags %#x", h.Type, byte(h.Flags))
 	}
+	if h.Flags == FlagMore|FlagEndStream {
+		return h, nil, fmt.Errorf("%v frame ends the stream in the middle of a message", h.Type)
+	}
 	if b[6] != 0 || b[7] != 0 {
 		return h, nil, fmt.Errorf("%v frame with non-zero reserved bytes", h.Type)
 	}

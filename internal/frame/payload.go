@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"google.golang.org/grpc/metadata"
@@ -93,7 +94,7 @@ func (s *Status) Append(b []byte) []byte {
 func (s *Status) Decode(p []byte) error {
 	d := decoder{b: p}
 	c := d.uvarint()
-	if c > 1<<31 {
+	if c > math.MaxUint32 {
 		d.fail("status code %d out of range", c)
 	}
 	s.Code = uint32(c)

@@ -10,8 +10,8 @@
 // the position of a counter in the data region is counter & (Cap-1).
 //
 // The ring holds records. A record is a 16-byte header followed by its
-// payload, padded with zeros to a multiple of 16 bytes, and never wraps
-// around the end of the data region. Header bytes 0-3 hold the payload length
+// payload, padded to a multiple of 16 bytes (the padding bytes are
+// unspecified), and never wraps around the end of the data region. Header bytes 0-3 hold the payload length
 // (little-endian uint32) and byte 4 the record kind; kind 0 is invalid and
 // kind 1 (KindPad) is a record the consumer skips. The remaining header bytes
 // belong to the layer above (package frame).
@@ -19,12 +19,14 @@
 // The producer writes records past tail, then publishes them by storing the
 // new tail (a release store). When a record does not fit between tail and the
 // end of the data region, the producer first writes a pad record that covers
-// the rest of the region. The consumer loads tail (an acquire load), reads
+// the rest of the region. A producer may also turn a record it reserved but
+// could not fill into a pad record by setting its kind byte. The consumer loads tail (an acquire load), reads
 // records from head, and frees them by storing the new head.
 //
 // Invariants the consumer checks, since the producer may be broken or hostile:
-// head <= tail <= head+Cap, tail is a multiple of 16, every record lies inside
-// the published bytes and inside the data region, and its kind is not 0. A
+// head and tail are multiples of 16, head <= tail <= head+Cap (head as the
+// consumer last stored it), every record lies inside the published bytes and
+// inside the data region, and its kind is not 0. A
 // violation is reported as an error; the ring is not used after that.
 package ring
 
@@ -144,6 +146,7 @@ type Consumer struct {
 	mask       uint64
 	tail, head *atomic.Uint64
 	read       uint64 // head including records returned but not released
+	released   uint64 // head as last stored; a valid tail is at most Cap past it
 	tailSeen   uint64
 }
 
@@ -151,7 +154,7 @@ type Consumer struct {
 // counters.
 func NewConsumer(data []byte, tail, head *atomic.Uint64) *Consumer {
 	h := head.Load()
-	return &Consumer{data: data, mask: uint64(len(data) - 1), tail: tail, head: head, read: h, tailSeen: h}
+	return &Consumer{data: data, mask: uint64(len(data) - 1), tail: tail, head: head, read: h, released: h, tailSeen: h}
 }
 
 // Next returns the next record, header and payload, or nil when none is
@@ -159,14 +162,17 @@ func NewConsumer(data []byte, tail, head *atomic.Uint64) *Consumer {
 // owned by the consumer, until Release. Its contents may still be changed by
 // a hostile producer, so callers copy header fields before checking them.
 func (c *Consumer) Next() ([]byte, error) {
+	if c.released%Align != 0 {
+		return nil, fmt.Errorf("%w: head %d is not a multiple of %d", ErrCorrupt, c.released, Align)
+	}
 	for {
 		if c.read == c.tailSeen {
 			t := c.tail.Load()
 			if t == c.read {
 				return nil, nil
 			}
-			if t%Align != 0 || t-c.read > uint64(len(c.data)) || t < c.read {
-				return nil, fmt.Errorf("%w: tail %d with head %d and capacity %d", ErrCorrupt, t, c.read, len(c.data))
+			if t%Align != 0 || t < c.read || t-c.released > uint64(len(c.data)) {
+				return nil, fmt.Errorf("%w: tail %d with head %d and capacity %d", ErrCorrupt, t, c.released, len(c.data))
 			}
 			c.tailSeen = t
 		}
@@ -190,7 +196,8 @@ func (c *Consumer) Next() ([]byte, error) {
 
 // Release frees the space of every record Next has returned so far.
 func (c *Consumer) Release() {
-	if c.head.Load() != c.read {
+	if c.released != c.read {
+		c.released = c.read
 		c.head.Store(c.read)
 	}
 }
