@@ -1,20 +1,27 @@
-// Command helloworld runs the gRPC tutorial's Greeter between two processes
-// through a notnets memory pool: it starts itself again as the server, then
-// calls it as an ordinary generated gRPC client would.
+// Command helloworld runs the gRPC tutorial's Greeter between two
+// processes: it starts itself again as the server, then calls it through a
+// notnets memory pool exactly as a generated gRPC client would, and, for
+// comparison, through grpc-go over TCP loopback.
 //
-//	go run ./examples/helloworld            # client, which starts the server
-//	go run ./examples/helloworld -n 100000  # and times 100000 calls
+//	go run ./examples/helloworld             # one call each way, then 10000 timed calls each
+//	go run ./examples/helloworld -n 100000   # more timed calls
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"log"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/notnets/notnets"
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
@@ -28,8 +35,8 @@ func (greeter) SayHello(_ context.Context, in *pb.HelloRequest) (*pb.HelloReply,
 
 func main() {
 	server := flag.Bool("server", false, "run as the server (the client starts it)")
-	name := flag.String("name", "helloworld", "listener name in the pool")
-	n := flag.Int("n", 10000, "number of calls to time after the first")
+	name := flag.String("name", fmt.Sprintf("helloworld-%d", os.Getpid()), "listener name in the pool")
+	n := flag.Int("n", 10000, "timed calls per transport, after a warm-up")
 	flag.Parse()
 	if *server {
 		serve(*name)
@@ -40,8 +47,8 @@ func main() {
 	}
 }
 
-// serve listens, tells the parent it is ready, and serves until its
-// standard input closes (the parent exited).
+// serve serves the Greeter on a notnets listener and on TCP loopback,
+// prints the TCP address, and serves until its standard input closes.
 func serve(name string) {
 	lis, err := notnets.Listen(name)
 	if err != nil {
@@ -49,14 +56,18 @@ func serve(name string) {
 	}
 	srv := notnets.NewServer()
 	pb.RegisterGreeterServer(srv, greeter{})
-	go func() {
-		os.Stdin.Read(make([]byte, 1))
-		srv.Stop()
-	}()
-	fmt.Println("ready")
-	if err := srv.Serve(lis); err != nil {
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		log.Fatal(err)
 	}
+	gsrv := grpc.NewServer()
+	pb.RegisterGreeterServer(gsrv, greeter{})
+	go gsrv.Serve(tcp)
+	go srv.Serve(lis)
+	fmt.Println(tcp.Addr())
+	os.Stdin.Read(make([]byte, 1))
+	srv.Stop()
+	gsrv.Stop()
 }
 
 func run(name string, n int) error {
@@ -72,38 +83,69 @@ func run(name string, n int) error {
 		return err
 	}
 	defer func() { stdin.Close(); child.Wait() }()
-	if _, err := stdout.Read(make([]byte, 6)); err != nil {
+	addr, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
 		return fmt.Errorf("server did not start: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
+
 	cc, err := notnets.Dial(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer cc.Close()
-	c := pb.NewGreeterClient(cc)
-	r, err := c.SayHello(ctx, &pb.HelloRequest{Name: "notnets"})
+	gcc, err := grpc.NewClient(strings.TrimSpace(addr), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
-	fmt.Printf("server (pid %d) says: %s\n", child.Process.Pid, r.GetMessage())
+	defer gcc.Close()
+
+	clients := []struct {
+		name string
+		c    pb.GreeterClient
+	}{{"notnets", pb.NewGreeterClient(cc)}, {"grpc-tcp", pb.NewGreeterClient(gcc)}}
+	for _, c := range clients {
+		r, err := c.c.SayHello(ctx, &pb.HelloRequest{Name: c.name})
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+		fmt.Printf("%-8s server (pid %d) says: %s\n", c.name, child.Process.Pid, r.GetMessage())
+	}
 	if n <= 0 {
 		return nil
 	}
-	lat := make([]time.Duration, n)
-	start := time.Now()
-	for i := range lat {
-		t0 := time.Now()
-		if _, err := c.SayHello(ctx, &pb.HelloRequest{Name: "notnets"}); err != nil {
-			return err
+	// Interleave the transports in rounds so that both see the same machine.
+	const rounds = 10
+	lat := make([][]time.Duration, len(clients))
+	for r := 0; r < rounds; r++ {
+		for i, c := range clients {
+			for j := 0; j < n/rounds; j++ {
+				t0 := time.Now()
+				if _, err := c.c.SayHello(ctx, &pb.HelloRequest{Name: "notnets"}); err != nil {
+					return fmt.Errorf("%s: %w", c.name, err)
+				}
+				if r > 0 || j >= n/rounds/10 { // the first tenth of round 0 warms up
+					lat[i] = append(lat[i], time.Since(t0))
+				}
+			}
 		}
-		lat[i] = time.Since(t0)
 	}
-	total := time.Since(start)
-	slices.Sort(lat)
-	at := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
-	fmt.Printf("%d calls: average %v, p50 %v, p99 %v, p99.9 %v, max %v\n",
-		n, total/time.Duration(n), at(0.5), at(0.99), at(0.999), lat[len(lat)-1])
+	fmt.Printf("\n%d calls each, interleaved in %d rounds, server in another process:\n", len(lat[0]), rounds)
+	fmt.Printf("%-8s %10s %10s %10s %10s %10s\n", "", "average", "p50", "p99", "p99.9", "max")
+	var avgs []time.Duration
+	for i, c := range clients {
+		l := lat[i]
+		var sum time.Duration
+		for _, d := range l {
+			sum += d
+		}
+		slices.Sort(l)
+		at := func(q float64) time.Duration { return l[min(len(l)-1, int(q*float64(len(l))))] }
+		avg := sum / time.Duration(len(l))
+		avgs = append(avgs, avg)
+		fmt.Printf("%-8s %10v %10v %10v %10v %10v\n", c.name, avg.Round(10*time.Nanosecond), at(0.5), at(0.99), at(0.999), l[len(l)-1])
+	}
+	fmt.Printf("grpc-tcp / notnets average: %.1fx\n", float64(avgs[1])/float64(avgs[0]))
 	return nil
 }
