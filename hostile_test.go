@@ -1,0 +1,115 @@
+package notnets
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
+	"github.com/notnets/notnets/internal/frame"
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/ring"
+)
+
+type echoGreeter struct{ pb.UnimplementedGreeterServer }
+
+func (echoGreeter) SayHello(_ context.Context, in *pb.HelloRequest) (*pb.HelloReply, error) {
+	return &pb.HelloReply{Message: "Hello " + in.GetName()}, nil
+}
+
+// TestHostileClientFrames writes broken frames and ring counters into a
+// live connection, as a buggy or hostile client could, and checks that the
+// server closes only that connection, with a status that names the problem,
+// and keeps serving the others. (The server runs in this process here so
+// that the test can reach into the client's side of the segment; the
+// end-to-end tests run it in another.)
+func TestHostileClientFrames(t *testing.T) {
+	dir := t.TempDir()
+	lis, err := Listen("hostile", WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer()
+	pb.RegisterGreeterServer(srv, echoGreeter{})
+	go srv.Serve(lis)
+	defer srv.Stop()
+	dial := func() *ClientConn {
+		cc, err := Dial(context.Background(), "hostile", WithPool(dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return cc
+	}
+	// frame writes one record of the given type and payload on stream.
+	frameOf := func(typ frame.Type, flags frame.Flags, stream, aux uint32, payload []byte) func(*conn) {
+		return func(c *conn) {
+			rec := c.out.Reserve(len(payload), byte(typ))
+			frame.Put(rec, flags, stream, aux)
+			copy(rec[frame.HeaderSize:], payload)
+			c.out.Publish()
+		}
+	}
+	tests := []struct {
+		name   string
+		inject func(*conn)
+		want   string // in the server's reason for closing
+	}{
+		{"unknown frame type", frameOf(42, 0, 1, 0, nil), "unknown frame type 42"},
+		{"unknown flags", frameOf(frame.TypeHeaders, 0x80, 1, 0, nil), "unknown flags"},
+		{"garbage request headers", frameOf(frame.TypeHeaders, 0, 1, 0, []byte{0xff, 0xff, 0xff}), "request headers"},
+		{"message for a stream never opened", frameOf(frame.TypeMessage, 0, 7, 0, nil), "never opened"},
+		{"fragment longer than its message", frameOf(frame.TypeMessage, 0, 1, 2, []byte("four")), ""},
+		{"unaligned tail", func(c *conn) { c.self.Tail.Add(3) }, "ring corrupt: tail"},
+		{"tail beyond the ring", func(c *conn) { c.self.Tail.Add(1 << 30) }, "ring corrupt: tail"},
+		{"record overruns the ring", func(c *conn) {
+			rec := c.out.Reserve(0, byte(frame.TypeHeaders))
+			rec[0], rec[1], rec[2], rec[3] = 0xff, 0xff, 0xff, 0x7f
+			c.out.Publish()
+		}, "overruns the ring"},
+	}
+	healthy := dial()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cc := dial()
+			c := pb.NewGreeterClient(cc)
+			if tc.name == "fragment longer than its message" {
+				// Open stream 1 first so that the message is not refused as
+				// belonging to no stream.
+				if _, err := cc.NewStream(context.Background(), unaryDesc, "/helloworld.Greeter/SayHello"); err != nil {
+					t.Fatal(err)
+				}
+				tc.want = "fragment of 4 bytes for a message of 2"
+			}
+			// Inject under the write lock and never release it, so that no
+			// later publish repairs what the injection broke; then ring the
+			// server's doorbell.
+			if err := cc.c.lock(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			tc.inject(cc.c)
+			pool.FutexWake(ring.TailWord(cc.c.self.Tail), 1)
+			select {
+			case <-cc.c.done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the server did not close the connection within 10 s")
+			}
+			<-cc.c.wlock // let the connection release its segment
+			// The reason the server gave travels in its GOAWAY frame.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := c.SayHello(ctx, &pb.HelloRequest{Name: "x"})
+			st := status.Convert(err)
+			if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "protocol violation") || !strings.Contains(st.Message(), tc.want) {
+				t.Errorf("call after the injection = %v, want Unavailable naming a protocol violation with %q", err, tc.want)
+			}
+			if _, err := pb.NewGreeterClient(healthy).SayHello(ctx, &pb.HelloRequest{Name: "y"}); err != nil {
+				t.Errorf("another connection after the injection: %v", err)
+			}
+		})
+	}
+}
