@@ -2,8 +2,14 @@ package notnets_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/notnets/notnets"
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
 )
 
@@ -24,4 +30,75 @@ func BenchmarkUnaryHelloWorld(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkWakeAfterIdle measures a call made after both sides have been
+// idle for longer than their spin period, so that both have blocked: with
+// the futex doorbell, and polling only (sleeping between polls, as across
+// hosts).
+func BenchmarkWakeAfterIdle(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		env  []string
+		opts []notnets.DialOption
+	}{
+		{"doorbell", nil, nil},
+		{"poll-only", []string{"NOTNETS_TEST_POLLONLY=1"}, []notnets.DialOption{notnets.WithPollOnly()}},
+	} {
+		b.Run(mode.name, func(b *testing.B) {
+			srv := startServer(b, mode.env...)
+			c := pb.NewGreeterClient(srv.dial(b, mode.opts...))
+			ctx := context.Background()
+			req := &pb.HelloRequest{Name: "world"}
+			var total time.Duration
+			for b.Loop() {
+				time.Sleep(5 * time.Millisecond) // idle: both sides block
+				t0 := time.Now()
+				if _, err := c.SayHello(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+				total += time.Since(t0)
+			}
+			b.ReportMetric(float64(total.Nanoseconds())/float64(b.N)/1e3, "us/wake-call")
+		})
+	}
+}
+
+// BenchmarkIdleCPU measures the CPU time both processes spend per second
+// while a connection is open and idle.
+func BenchmarkIdleCPU(b *testing.B) {
+	srv := startServer(b)
+	c := pb.NewGreeterClient(srv.dial(b))
+	if _, err := c.SayHello(context.Background(), &pb.HelloRequest{}); err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // let the spin periods and the monitor run out
+	self0, child0 := cpuTime(b, os.Getpid()), cpuTime(b, srv.cmd.Process.Pid)
+	start := time.Now()
+	for b.Loop() {
+		time.Sleep(100 * time.Millisecond)
+	}
+	secs := time.Since(start).Seconds()
+	self1, child1 := cpuTime(b, os.Getpid()), cpuTime(b, srv.cmd.Process.Pid)
+	b.ReportMetric((self1-self0).Seconds()*1e3/secs, "client-cpu-ms/s")
+	b.ReportMetric((child1-child0).Seconds()*1e3/secs, "server-cpu-ms/s")
+}
+
+// cpuTime sums the time the threads of process pid have run
+// (/proc/PID/task/*/schedstat, nanoseconds).
+func cpuTime(b *testing.B, pid int) time.Duration {
+	tasks, err := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/schedstat")
+	if err != nil || len(tasks) == 0 {
+		b.Skipf("no /proc schedstat for pid %d: %v", pid, err)
+	}
+	var total time.Duration
+	for _, t := range tasks {
+		data, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread exited
+		}
+		ns, _ := strconv.ParseInt(strings.Fields(string(data))[0], 10, 64)
+		total += time.Duration(ns)
+	}
+	return total
 }

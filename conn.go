@@ -377,7 +377,7 @@ func (c *conn) resumeReader() {
 
 // maxBlock bounds one futex wait, so that a closed peer that could not ring
 // the doorbell is still noticed.
-const maxBlock = 50 * time.Millisecond
+const maxBlock = 500 * time.Millisecond
 
 func (c *conn) block() {
 	if c.wait.pollOnly {

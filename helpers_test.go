@@ -154,10 +154,14 @@ func runServer() {
 		fmt.Fprintln(os.Stderr, "server:", err)
 		os.Exit(2)
 	}
-	srv := notnets.NewServer(
+	opts := []notnets.ServerOption{
 		notnets.ChainUnaryInterceptor(unaryTag("s1"), unaryTag("s2")),
 		notnets.ChainStreamInterceptor(streamTag("s1"), streamTag("s2")),
-	)
+	}
+	if os.Getenv("NOTNETS_TEST_POLLONLY") != "" {
+		opts = append(opts, notnets.WithPollOnly())
+	}
+	srv := notnets.NewServer(opts...)
 	pb.RegisterGreeterServer(srv, greeter{})
 	testgrpc.RegisterTestServiceServer(srv, interop.NewTestServer())
 	desc := testgrpc.TestService_ServiceDesc
