@@ -61,12 +61,20 @@ func connect(ctx context.Context, o *dialOptions, name string) (*pool.Segment, *
 // server to open the connection.
 func announce(ctx context.Context, o *dialOptions, lis *pool.ListenerLayout, segName string, lay *pool.ConnLayout) error {
 	var slot pool.Slot
+	var word uint32
 	err := poll(ctx, o.wait, func() (bool, error) {
 		if lis.Server.State.Load() != pool.StateOpen {
 			return false, status.Error(codes.Unavailable, "notnets: listener closed")
 		}
 		for _, s := range lis.Slots {
-			if s.State.CompareAndSwap(pool.SlotFree, pool.SlotClaimed) {
+			w, ok := s.Claim()
+			if !ok {
+				continue
+			}
+			s.PID.Store(uint32(os.Getpid()))
+			s.SetName(segName)
+			// Fails if the server reclaimed the slot meanwhile; then try again.
+			if word, ok = s.Advance(w, pool.SlotReady); ok {
 				slot = s
 				return true, nil
 			}
@@ -76,9 +84,6 @@ func announce(ctx context.Context, o *dialOptions, lis *pool.ListenerLayout, seg
 	if err != nil {
 		return err
 	}
-	slot.PID.Store(uint32(os.Getpid()))
-	slot.SetName(segName)
-	slot.State.Store(pool.SlotReady)
 	lis.Knock.Add(1)
 	pool.FutexWake(lis.Knock, 1)
 	err = poll(ctx, o.wait, func() (bool, error) {
@@ -94,7 +99,7 @@ func announce(ctx context.Context, o *dialOptions, lis *pool.ListenerLayout, seg
 		return false, nil
 	})
 	if err != nil {
-		slot.State.CompareAndSwap(pool.SlotReady, pool.SlotFree) // withdraw if still unread
+		slot.Free(word) // withdraw, unless the server has taken it
 	}
 	return err
 }

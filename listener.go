@@ -47,6 +47,7 @@ type Listener struct {
 	closeOnce sync.Once
 	done      chan struct{}
 	mu        sync.Mutex // held by Accept while it touches the segment
+	claimed   [pool.Slots]claimSeen
 }
 
 // Listen publishes a listener under name in the pool. It fails if a live
@@ -163,20 +164,20 @@ func (l *Listener) accept() (*accepted, error) {
 		default:
 		}
 		knock := l.lay.Knock.Load()
-		for _, s := range l.lay.Slots {
-			switch s.State.Load() {
+		for i, s := range l.lay.Slots {
+			w := s.State.Load()
+			switch pool.SlotState(w) {
 			case pool.SlotReady:
 				a, err := l.take(s)
-				s.State.Store(pool.SlotFree)
+				// If the client withdrew meanwhile, it also marked its side
+				// closed, and the connection ends as soon as it is served.
+				s.Free(w)
 				if err == nil {
 					return a, nil
 				}
 				idleSince = time.Now()
 			case pool.SlotClaimed:
-				// A client died between claiming and filling the slot.
-				if pid := int(s.PID.Load()); pid != 0 && !processAlive(pid) {
-					s.State.CompareAndSwap(pool.SlotClaimed, pool.SlotFree)
-				}
+				l.reclaim(i, s, w)
 			}
 		}
 		if time.Since(idleSince) < l.wait.spin {
@@ -187,6 +188,27 @@ func (l *Listener) accept() (*accepted, error) {
 			pool.FutexWait(l.lay.Knock, knock, maxBlock)
 		}
 	}
+}
+
+// claimLimit is how long a slot may stay claimed but not ready before the
+// server frees it: a client fills a slot in microseconds.
+const claimLimit = 10 * time.Second
+
+// reclaim frees a slot whose client died between claiming and filling it,
+// or has held it claimed for claimLimit.
+func (l *Listener) reclaim(i int, s pool.Slot, w uint32) {
+	if l.claimed[i].word != w {
+		l.claimed[i] = claimSeen{word: w, since: time.Now()}
+	}
+	pid := int(s.PID.Load())
+	if (pid != 0 && !processAlive(pid)) || time.Since(l.claimed[i].since) > claimLimit {
+		s.Free(w)
+	}
+}
+
+type claimSeen struct {
+	word  uint32
+	since time.Time
 }
 
 func (l *Listener) take(s pool.Slot) (*accepted, error) {

@@ -174,7 +174,11 @@ func MapConn(mem []byte, checkCap func(int) error) (*ConnLayout, error) {
 // client increments after filling a slot, and that the server waits on. The
 // slots follow from offset 64, SlotSize bytes each:
 //
-//	0   state (uint32): 0 free, 1 claimed by a client, 2 ready for the server
+//	0   state word (uint32): bits 0-7 the state (0 free, 1 claimed by a
+//	    client, 2 ready for the server), bits 8-31 a generation that every
+//	    return to free increments, so that a late compare-and-swap from a
+//	    client that gave up, or from a server reclaiming the slot, cannot
+//	    succeed on a later use of the slot
 //	4   client pid (uint32)
 //	8   name length (uint32), at most SlotNameMax
 //	16  name bytes
@@ -194,6 +198,33 @@ type Slot struct {
 	PID   *atomic.Uint32
 	mem   []byte
 }
+
+// Claim takes the slot for a client if it is free, and returns the state
+// word it now holds.
+func (s Slot) Claim() (uint32, bool) {
+	w := s.State.Load()
+	if w&0xff != SlotFree {
+		return 0, false
+	}
+	c := w&^0xff | SlotClaimed
+	return c, s.State.CompareAndSwap(w, c)
+}
+
+// Advance moves the slot from state word w to state st in the same
+// generation, and returns the new word; it fails if the word has changed.
+func (s Slot) Advance(w, st uint32) (uint32, bool) {
+	n := w&^0xff | st
+	return n, s.State.CompareAndSwap(w, n)
+}
+
+// Free returns the slot from state word w to free in the next generation;
+// it fails if the word has changed.
+func (s Slot) Free(w uint32) bool {
+	return s.State.CompareAndSwap(w, (w>>8+1)<<8|SlotFree)
+}
+
+// SlotState returns the state in a slot's state word.
+func SlotState(w uint32) uint32 { return w & 0xff }
 
 // SetName stores name in the slot; the client calls it between claiming and
 // marking the slot ready.
