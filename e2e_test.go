@@ -76,6 +76,9 @@ func TestMetadataHeadersAndTrailers(t *testing.T) {
 			t.Errorf("%s x-echo-bin = %q, want %q", name, got, bin)
 		}
 	}
+	if got := header.Get("x-sent"); len(got) != 1 || got[0] != "yes" {
+		t.Errorf("header x-sent = %q, want [yes] (from grpc.SendHeader)", got)
+	}
 	// Server interceptors ran in order, outermost first.
 	if got := trailer.Get("x-interceptors"); strings.Join(got, ",") != "s1,s2" {
 		t.Errorf("trailer x-interceptors = %q, want [s1 s2]", got)

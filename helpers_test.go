@@ -271,7 +271,11 @@ func (s *semantics) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*t
 				trl[k] = v
 			}
 		}
-		if err := grpc.SendHeader(ctx, hdr); err != nil {
+		// SetHeader's keys go out with SendHeader's.
+		if err := grpc.SetHeader(ctx, hdr); err != nil {
+			return nil, err
+		}
+		if err := grpc.SendHeader(ctx, metadata.Pairs("x-sent", "yes")); err != nil {
 			return nil, err
 		}
 		grpc.SetTrailer(ctx, trl)
