@@ -16,6 +16,7 @@ import (
 	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
+	"github.com/notnets/notnets/internal/spin"
 )
 
 // ErrClientConnClosing is the status of calls made on, or cut short by, a
@@ -99,11 +100,11 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 func (cc *ClientConn) readLoop() {
 	c := cc.c
 	defer c.endReader()
-	var idle idler
+	var idle spin.Idler
 	for {
 		if c.pollers.Load() > 0 {
 			c.park()
-			idle.reset()
+			idle.Reset()
 			continue
 		}
 		n, ok := c.drainOrCheck()
@@ -111,10 +112,10 @@ func (cc *ClientConn) readLoop() {
 			return
 		}
 		if n > 0 {
-			idle.busy()
-		} else if idle.spent(c.wait.spin) {
+			idle.Busy()
+		} else if idle.Spent(c.wait.spin) {
 			c.block()
-			idle.reset()
+			idle.Reset()
 		}
 	}
 }
@@ -417,9 +418,9 @@ func (s *clientStream) wait(ready func() bool) error {
 	c := s.c
 	c.pollers.Add(1)
 	done := false
-	var idle idler
+	var idle spin.Idler
 	for c.poll() {
-		if done = s.ready(ready); done || s.ctx.Err() != nil || idle.spent(c.wait.spin) {
+		if done = s.ready(ready); done || s.ctx.Err() != nil || idle.Spent(c.wait.spin) {
 			break
 		}
 	}

@@ -3,7 +3,6 @@ package notnets
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
+	"github.com/notnets/notnets/internal/spin"
 )
 
 // conn is one side of a connection segment: the ring it produces, the ring
@@ -131,7 +131,7 @@ func (c *conn) reserve(ctx context.Context, n int, t frame.Type) ([]byte, error)
 		return rec, nil
 	}
 	c.publish() // the peer must see what is there to make room
-	var idle idler
+	var idle spin.Idler
 	for {
 		if rec := c.out.Reserve(n, byte(t)); rec != nil {
 			return rec, nil
@@ -145,7 +145,7 @@ func (c *conn) reserve(ctx context.Context, n int, t frame.Type) ([]byte, error)
 		if c.peer.State.Load() == pool.StateClosed {
 			return nil, status.Error(codes.Unavailable, "notnets: peer closed the connection")
 		}
-		if idle.spent(fullRingSpin) {
+		if idle.Spent(fullRingSpin) {
 			time.Sleep(50 * time.Microsecond)
 		}
 	}
@@ -285,70 +285,6 @@ func (c *conn) checkPeer() bool {
 	c.fail(status.Error(codes.Unavailable, msg))
 	return false
 }
-
-// Pollers spin on shared memory without yielding, and call
-// runtime.Gosched only once per yieldInterval of continuous spinning, so
-// that goroutines queued behind them on their P still run. Yielding on
-// every poll is ruinous with GOMAXPROCS > 1: Gosched puts the goroutine on
-// the global run queue and wakes an idle P's thread each time, so the
-// poller hops between threads and both processes' threads fight for the
-// cores (measured on the 2-core development machine: a two-process ring
-// ping-pong takes 16 us yielding on every poll, 0.23 us yielding every
-// few hundred polls).
-const yieldInterval = time.Millisecond
-
-// clockEvery is how many polls pass between two readings of the clock.
-const clockEvery = 256
-
-// idler paces a poller: it tells when the poller has found nothing for a
-// given time, and yields the processor once per yieldInterval.
-type idler struct {
-	polls   int
-	idle    bool
-	since   time.Time // start of the current run of empty polls
-	yielded time.Time
-}
-
-// spent records an empty poll and reports whether d has passed since the
-// first empty poll in a row.
-func (w *idler) spent(d time.Duration) bool {
-	if !w.idle {
-		w.idle, w.since = true, time.Now()
-	}
-	if w.polls++; w.polls%clockEvery != 0 {
-		return false
-	}
-	now := time.Now()
-	w.pace(now)
-	if now.Sub(w.since) >= osYieldAfter {
-		// The peer may be waiting for this very core: let the kernel run it.
-		pool.OSYield()
-	}
-	return now.Sub(w.since) >= d
-}
-
-// osYieldAfter is how long a poller finds nothing before it offers its core
-// to other threads now and then (sched_yield): when the kernel has put both
-// peers' pollers on one core, each would otherwise wait out the other's
-// time slice.
-const osYieldAfter = 2 * time.Microsecond
-
-// busy records a poll that found work.
-func (w *idler) busy() {
-	w.idle = false
-	if w.polls++; w.polls%clockEvery == 0 {
-		w.pace(time.Now())
-	}
-}
-
-func (w *idler) pace(now time.Time) {
-	if now.Sub(w.yielded) >= yieldInterval {
-		w.yielded = now
-		runtime.Gosched()
-	}
-}
-
-func (w *idler) reset() { w.idle = false }
 
 // endReader marks the end of reading for good: the segment may be
 // unmapped once the write lock is also held.

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
+	"github.com/notnets/notnets/internal/spin"
 )
 
 // ErrServerStopped is returned by Serve after Stop or GracefulStop.
@@ -340,7 +341,7 @@ func (sc *serverConn) onClose(err error) {
 // and cancellations on the connection are still read.
 func (sc *serverConn) readRole() {
 	c := sc.c
-	var idle idler
+	var idle spin.Idler
 	for {
 		n, ok := c.drainOrCheck()
 		if !ok {
@@ -348,13 +349,13 @@ func (sc *serverConn) readRole() {
 			return
 		}
 		if n == 0 {
-			if idle.spent(c.wait.spin) {
+			if idle.Spent(c.wait.spin) {
 				c.block()
-				idle.reset()
+				idle.Reset()
 			}
 			continue
 		}
-		idle.busy()
+		idle.Busy()
 		if k := len(sc.ready); k > 0 {
 			last := sc.ready[k-1]
 			for _, st := range sc.ready[:k-1] {

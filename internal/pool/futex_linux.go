@@ -26,7 +26,3 @@ func FutexWait(addr *atomic.Uint32, val uint32, d time.Duration) {
 func FutexWake(addr *atomic.Uint32, n int) {
 	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWake, uintptr(n), 0, 0, 0)
 }
-
-// OSYield offers the calling thread's core to other runnable threads
-// (sched_yield). Unlike runtime.Gosched it wakes no other thread.
-func OSYield() { unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
