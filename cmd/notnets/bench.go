@@ -1,0 +1,498 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+)
+
+// benchConfig is what the flags of `notnets bench` say.
+type benchConfig struct {
+	transports  []string
+	calls       int
+	duration    time.Duration
+	warmup      int
+	rounds      int
+	sizes       []int
+	concurrency []int
+	jsonOut     bool
+	outDir      string
+	quiet       bool
+}
+
+var allTransports = []string{"grpc-tcp", "grpc-uds", "notnets", "notnets-raw", "floor"}
+
+func parseBenchFlags(args []string) (*benchConfig, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: notnets bench [flags]
+
+Runs the gRPC tutorial's helloworld echo (Greeter.SayHello) with the server in
+another process, over each transport in turn, interleaved in rounds so that all
+share the machine's conditions, and prints per transport: average, p50, p99,
+p99.9 and max latency, calls per second, CPU time per call (client and server
+processes together), and each one's ratio to grpc-tcp.
+
+transports:
+  grpc-tcp     grpc-go over HTTP/2 on TCP loopback (the paper's http2)
+  grpc-uds     grpc-go over HTTP/2 on a Unix domain socket
+  notnets      notnets, protobuf codec (the paper's notnets)
+  notnets-raw  notnets, payload sent as raw bytes with no serialization (the paper's notnets-)
+  floor        a bare ping-pong of the payload through the same ring code, no gRPC
+
+flags:
+`)
+		fs.PrintDefaults()
+	}
+	transports := fs.String("transports", strings.Join(allTransports, ","), "comma-separated transports to measure")
+	calls := fs.Int("n", 20000, "timed calls per transport, size and concurrency")
+	duration := fs.Duration("duration", 0, "time per transport, size and concurrency instead of -n (e.g. 5s)")
+	warmup := fs.Int("warmup", 2000, "untimed calls per transport before each size")
+	rounds := fs.Int("rounds", 10, "rounds the calls are split into, transports taking turns in each")
+	sizes := fs.String("sizes", "16", "payload sizes in bytes, comma-separated; K and M suffixes (e.g. 0,64,1K,16K,256K,1M)")
+	conc := fs.String("c", "1", "concurrent callers on one connection, comma-separated (e.g. 1,16)")
+	jsonOut := fs.Bool("json", false, "print results as JSON instead of tables")
+	outDir := fs.String("out", "bench-out", "directory for the plots (PNG); empty for none")
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	cfg := &benchConfig{calls: *calls, duration: *duration, warmup: *warmup, rounds: max(*rounds, 1),
+		jsonOut: *jsonOut, outDir: *outDir, quiet: *quiet}
+	for _, t := range strings.Split(*transports, ",") {
+		if t = strings.TrimSpace(t); !contains(allTransports, t) {
+			return nil, fmt.Errorf("unknown transport %q (have %s)", t, strings.Join(allTransports, ", "))
+		}
+		cfg.transports = append(cfg.transports, t)
+	}
+	for _, s := range strings.Split(*sizes, ",") {
+		n, err := parseSize(s)
+		if err != nil {
+			return nil, err
+		}
+		if n > 4<<20-64 {
+			return nil, fmt.Errorf("payload size %d exceeds the 4 MiB message limit", n)
+		}
+		cfg.sizes = append(cfg.sizes, n)
+	}
+	for _, s := range strings.Split(*conc, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("bad concurrency %q", s)
+		}
+		cfg.concurrency = append(cfg.concurrency, n)
+	}
+	if cfg.calls < cfg.rounds && cfg.duration == 0 {
+		return nil, fmt.Errorf("-n %d is smaller than -rounds %d", cfg.calls, cfg.rounds)
+	}
+	return cfg, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func parseSize(s string) (int, error) {
+	s = strings.ToUpper(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(s), "B")))
+	mult := 1
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult, s = 1<<10, strings.TrimSuffix(s, "K")
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, strings.TrimSuffix(s, "M")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("bad payload size %q", s)
+	}
+	return n * mult, nil
+}
+
+// Result is one transport's figures at one payload size and concurrency.
+type Result struct {
+	Transport   string  `json:"transport"`
+	Size        int     `json:"size_bytes"`
+	Concurrency int     `json:"concurrency"`
+	Calls       int64   `json:"calls"`
+	AvgUS       float64 `json:"avg_us"`
+	P50US       float64 `json:"p50_us"`
+	P99US       float64 `json:"p99_us"`
+	P999US      float64 `json:"p999_us"`
+	MaxUS       float64 `json:"max_us"`
+	CallsPerSec float64 `json:"calls_per_sec"`
+	MBPerSec    float64 `json:"payload_mb_per_sec"` // request payload bytes per second of calls
+	ClientCPUUS float64 `json:"client_cpu_us_per_call"`
+	ServerCPUUS float64 `json:"server_cpu_us_per_call"`
+	// Ratios to grpc-tcp in the same run (grpc-tcp's figure over this one's):
+	// above 1 means faster or cheaper than grpc-tcp.
+	AvgRatio  float64 `json:"avg_ratio_vs_grpc_tcp,omitempty"`
+	P999Ratio float64 `json:"p999_ratio_vs_grpc_tcp,omitempty"`
+	TputRatio float64 `json:"throughput_ratio_vs_grpc_tcp,omitempty"` // this one's calls/s over grpc-tcp's
+	CPURatio  float64 `json:"cpu_ratio_vs_grpc_tcp,omitempty"`
+
+	hist    *hdrhistogram.Histogram
+	elapsed time.Duration
+	cpuSelf time.Duration
+	cpuPeer time.Duration
+}
+
+// Report is everything one run of `notnets bench` measured.
+type Report struct {
+	Machine string    `json:"machine"`
+	Go      string    `json:"go"`
+	Started time.Time `json:"started"`
+	Rounds  int       `json:"rounds"`
+	Results []*Result `json:"results"`
+}
+
+func bench(args []string) error {
+	cfg, err := parseBenchFlags(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	env, err := startBenchServer()
+	if err != nil {
+		return err
+	}
+	defer env.close()
+	rep := &Report{Machine: machine(), Go: runtime.Version(), Started: time.Now(), Rounds: cfg.rounds}
+	bar := newBar(cfg)
+	for _, c := range cfg.concurrency {
+		for _, size := range cfg.sizes {
+			results, err := env.measure(cfg, size, c, bar)
+			if err != nil {
+				return err
+			}
+			rep.Results = append(rep.Results, results...)
+		}
+	}
+	if bar != nil {
+		bar.Finish()
+		fmt.Fprintln(os.Stderr)
+	}
+	if cfg.jsonOut {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printReport(os.Stdout, rep, env.cmd.Process.Pid)
+	if cfg.outDir != "" {
+		files, err := plotReport(cfg.outDir, rep)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("\nplots: %s\n", strings.Join(files, ", "))
+	}
+	return nil
+}
+
+func newBar(cfg *benchConfig) *progressbar.ProgressBar {
+	if cfg.quiet || !term.IsTerminal(int(os.Stderr.Fd())) {
+		return nil
+	}
+	segments := len(cfg.concurrency) * len(cfg.sizes) * cfg.rounds * len(cfg.transports)
+	return progressbar.NewOptions(segments,
+		progressbar.OptionSetWriter(os.Stderr),
+		progressbar.OptionSetDescription("measuring"),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionThrottle(100*time.Millisecond))
+}
+
+// measure runs every transport at one size and concurrency, in rounds.
+func (e *benchEnv) measure(cfg *benchConfig, size, conc int, bar *progressbar.ProgressBar) ([]*Result, error) {
+	payload := make([]byte, size)
+	for i := range payload {
+		payload[i] = 'a' + byte(i%26)
+	}
+	var results []*Result
+	callers := make([][]caller, len(cfg.transports))
+	for i, name := range cfg.transports {
+		if name == "floor" && conc > 1 {
+			continue // the floor has no multiplexing: one caller only
+		}
+		cs, err := e.callers(name, conc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		callers[i] = cs
+		for j := 0; j < cfg.warmup; j++ {
+			if err := cs[0](payload); err != nil {
+				return nil, fmt.Errorf("%s warm-up: %w", name, err)
+			}
+		}
+		results = append(results, &Result{Transport: name, Size: size, Concurrency: conc,
+			hist: hdrhistogram.New(1, int64(100*time.Second), 3)})
+	}
+	for r := 0; r < cfg.rounds; r++ {
+		k := 0
+		for i := range cfg.transports {
+			if callers[i] == nil {
+				continue
+			}
+			if err := e.segment(cfg, results[k], callers[i], payload); err != nil {
+				return nil, fmt.Errorf("%s: %w", cfg.transports[i], err)
+			}
+			k++
+			if bar != nil {
+				bar.Add(1)
+			}
+		}
+	}
+	for _, res := range results {
+		res.finish()
+	}
+	ratios(results)
+	return results, nil
+}
+
+// segment runs one round's share of calls on one transport with conc
+// callers, recording latencies and CPU time.
+func (e *benchEnv) segment(cfg *benchConfig, res *Result, cs []caller, payload []byte) error {
+	quota := int64(cfg.calls / cfg.rounds)
+	deadline := time.Time{}
+	if cfg.duration > 0 {
+		quota = 1 << 62
+		deadline = time.Now().Add(cfg.duration / time.Duration(cfg.rounds))
+	}
+	peer0, err := e.peerCPU()
+	if err != nil {
+		return err
+	}
+	self0 := selfCPU()
+	start := time.Now()
+	var issued atomic.Int64
+	hists := make([]*hdrhistogram.Histogram, len(cs))
+	errs := make([]error, len(cs))
+	var wg sync.WaitGroup
+	for g, call := range cs {
+		hists[g] = hdrhistogram.New(1, int64(100*time.Second), 3)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := int64(0); issued.Add(1) <= quota; n++ {
+				if !deadline.IsZero() && n%64 == 0 && time.Now().After(deadline) {
+					return
+				}
+				t0 := time.Now()
+				if err := call(payload); err != nil {
+					errs[g] = err
+					return
+				}
+				hists[g].RecordValue(int64(time.Since(t0)))
+			}
+		}()
+	}
+	wg.Wait()
+	res.elapsed += time.Since(start)
+	res.cpuSelf += selfCPU() - self0
+	peer1, err := e.peerCPU()
+	if err != nil {
+		return err
+	}
+	res.cpuPeer += peer1 - peer0
+	for g := range cs {
+		if errs[g] != nil {
+			return errs[g]
+		}
+		res.hist.Merge(hists[g])
+	}
+	return nil
+}
+
+func (r *Result) finish() {
+	us := func(ns int64) float64 { return float64(ns) / 1e3 }
+	r.Calls = r.hist.TotalCount()
+	if r.Calls == 0 {
+		return
+	}
+	r.AvgUS = r.hist.Mean() / 1e3
+	r.P50US = us(r.hist.ValueAtQuantile(50))
+	r.P99US = us(r.hist.ValueAtQuantile(99))
+	r.P999US = us(r.hist.ValueAtQuantile(99.9))
+	r.MaxUS = us(r.hist.Max())
+	r.CallsPerSec = float64(r.Calls) / r.elapsed.Seconds()
+	r.MBPerSec = r.CallsPerSec * float64(r.Size) / 1e6
+	r.ClientCPUUS = float64(r.cpuSelf.Nanoseconds()) / 1e3 / float64(r.Calls)
+	r.ServerCPUUS = float64(r.cpuPeer.Nanoseconds()) / 1e3 / float64(r.Calls)
+}
+
+// ratios sets each result's ratios to grpc-tcp's.
+func ratios(results []*Result) {
+	var base *Result
+	for _, r := range results {
+		if r.Transport == "grpc-tcp" {
+			base = r
+		}
+	}
+	if base == nil || base.Calls == 0 {
+		return
+	}
+	for _, r := range results {
+		if r.Calls == 0 {
+			continue
+		}
+		r.AvgRatio = base.AvgUS / r.AvgUS
+		r.P999Ratio = base.P999US / r.P999US
+		r.TputRatio = r.CallsPerSec / base.CallsPerSec
+		if cpu := r.ClientCPUUS + r.ServerCPUUS; cpu > 0 {
+			r.CPURatio = (base.ClientCPUUS + base.ServerCPUUS) / cpu
+		}
+	}
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func machine() string {
+	model := "unknown CPU"
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%d cores, %s, %s/%s", runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH)
+}
+
+// benchEnv is the server process and the connections to it.
+type benchEnv struct {
+	cmd     *exec.Cmd
+	stdin   *bufio.Writer
+	stdinC  interface{ Close() error }
+	stdout  *bufio.Scanner
+	info    serverInfo
+	pool    string
+	udsDir  string
+	closers []func()
+}
+
+func startBenchServer() (*benchEnv, error) {
+	base := "/dev/shm"
+	if _, err := os.Stat(base); err != nil {
+		base = ""
+	}
+	pool, err := os.MkdirTemp(base, "notnets-bench-")
+	if err != nil {
+		return nil, err
+	}
+	udsDir, err := os.MkdirTemp("", "notnets-bench-uds-")
+	if err != nil {
+		return nil, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	e := &benchEnv{pool: pool, udsDir: udsDir}
+	e.cmd = exec.Command(exe, "bench-server", "-pool", pool, "-uds-dir", udsDir)
+	e.cmd.Stderr = os.Stderr
+	w, err := e.cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	r, err := e.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := e.cmd.Start(); err != nil {
+		return nil, err
+	}
+	e.stdin, e.stdinC, e.stdout = bufio.NewWriter(w), w, bufio.NewScanner(r)
+	line, err := e.readLine()
+	if err == nil {
+		err = json.Unmarshal([]byte(line), &e.info)
+	}
+	if err != nil {
+		e.close()
+		return nil, fmt.Errorf("bench server did not start: %v", err)
+	}
+	return e, nil
+}
+
+func (e *benchEnv) readLine() (string, error) {
+	if !e.stdout.Scan() {
+		if err := e.stdout.Err(); err != nil {
+			return "", err
+		}
+		return "", errors.New("bench server exited")
+	}
+	return e.stdout.Text(), nil
+}
+
+// command sends one line to the server and returns its answer.
+func (e *benchEnv) command(cmd string) (string, error) {
+	fmt.Fprintln(e.stdin, cmd)
+	if err := e.stdin.Flush(); err != nil {
+		return "", err
+	}
+	return e.readLine()
+}
+
+// peerCPU returns the CPU time the server process has used.
+func (e *benchEnv) peerCPU() (time.Duration, error) {
+	line, err := e.command("rusage")
+	if err != nil {
+		return 0, err
+	}
+	var user, sys int64
+	if _, err := fmt.Sscan(line, &user, &sys); err != nil {
+		return 0, fmt.Errorf("bench server rusage %q: %v", line, err)
+	}
+	return time.Duration(user+sys) * time.Microsecond, nil
+}
+
+func (e *benchEnv) close() {
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		e.closers[i]()
+	}
+	if e.stdinC != nil {
+		e.stdinC.Close()
+	}
+	if e.cmd.Process != nil {
+		done := make(chan struct{})
+		go func() { e.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			e.cmd.Process.Kill()
+			<-done
+		}
+	}
+	os.RemoveAll(e.pool)
+	os.RemoveAll(e.udsDir)
+}
+
+// caller makes one echo call with the payload.
+type caller func(payload []byte) error
+
+var background = context.Background()

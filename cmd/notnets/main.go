@@ -1,0 +1,45 @@
+// Command notnets is the notnets tool.
+//
+//	notnets bench [flags]   measure notnets against grpc-go, side by side (see -h)
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "bench":
+		err = bench(os.Args[2:])
+	case "bench-server": // started by bench in a child process
+		err = benchServer(os.Args[2:])
+	case "help", "-h", "-help", "--help":
+		usage()
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "notnets: unknown command %q\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "notnets:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: notnets <command> [flags]
+
+commands:
+  bench    run the helloworld echo over notnets, grpc-go (TCP, Unix socket) and
+           a bare ring ping-pong, with the server in another process, and
+           print latency percentiles, throughput and CPU per call side by side
+           (notnets bench -h lists its flags)
+`)
+}
