@@ -26,8 +26,14 @@ const (
 	// the Go scheduler.
 	YieldInterval = time.Millisecond
 	// OSYieldAfter is how long a poller finds nothing before it starts
+	// calling sched_yield. A notnets round trip takes a few microseconds
+	// when both pollers have a core; much longer suggests they share one.
+	// (Measured with notnets bench on the 2-core development machine: 2 us
+	// turns ordinary hiccups into 15-20 us losses of the core; no yield at
+	// all leaves 200 us stalls when pollers outnumber cores.)
+	OSYieldAfter = 5 * time.Microsecond
+	// OSYieldAfter is how long a poller finds nothing before it starts
 	// calling sched_yield.
-	OSYieldAfter = 2 * time.Microsecond
 	// clockEvery is how many polls pass between two readings of the clock.
 	clockEvery = 256
 )
