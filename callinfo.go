@@ -31,6 +31,9 @@ type callInfo struct {
 // are recognised by their exported types; options that make no sense over
 // shared memory (compression, per-RPC credentials, authority) are ignored.
 func newCallInfo(o *dialOptions, opts []grpc.CallOption) (*callInfo, error) {
+	if len(opts) == 0 && len(o.callOptions) == 0 && o.plainCall != nil {
+		return o.plainCall, nil // shared: nothing in it is written after this
+	}
 	ci := &callInfo{maxRecv: o.maxRecvSize, maxSend: o.maxSendSize}
 	for _, set := range [][]grpc.CallOption{o.callOptions, opts} {
 		for _, opt := range set {

@@ -69,6 +69,12 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 	if err := checkPool(o.pool); err != nil {
 		return nil, err
 	}
+	if len(o.callOptions) == 0 {
+		var err error
+		if o.plainCall, err = newCallInfo(&o, nil); err != nil {
+			return nil, err
+		}
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.connectLimit)

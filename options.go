@@ -40,6 +40,8 @@ type dialOptions struct {
 	maxSendSize  int
 	window       int
 	connectLimit time.Duration
+
+	plainCall *callInfo // the call info of a call without options
 }
 
 type serverOptions struct {

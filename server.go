@@ -295,6 +295,7 @@ func newServerConn(s *Server, lis *Listener, a *accepted) *serverConn {
 		},
 	}
 	sc.ctx, sc.cancel = context.WithCancel(context.Background())
+	sc.ctx = peer.NewContext(sc.ctx, sc.peer) // once per connection, not per call
 	sc.c = newConn(a.seg, a.lay.Server, a.lay.Client, a.lay.S2C, a.lay.C2S, s.opts.wait)
 	sc.c.onFrame = sc.onFrame
 	sc.c.onClose = sc.onClose
@@ -498,7 +499,7 @@ func (sc *serverConn) open(h frame.Header, p []byte) error {
 	}
 	st := &serverStream{sc: sc, method: rh.Method}
 	st.init(h.Stream, sc.c, sc.srv.opts.maxRecvSize, sc.srv.opts.window)
-	st.ctx, st.cancelCtx = newServerContext(sc.ctx, &rh, sc.peer, st)
+	st.ctx, st.cancelCtx = newServerContext(sc.ctx, &rh, st)
 	if h.Flags&frame.FlagEndStream != 0 {
 		st.closed = true
 	}

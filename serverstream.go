@@ -9,7 +9,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
@@ -51,11 +50,11 @@ func (t transportStream) SetTrailer(md metadata.MD) error { return t.setTrailer(
 
 var okStatus = status.New(codes.OK, "")
 
-// newServerContext builds a handler's context: incoming metadata, peer,
-// the transport stream, and the client's deadline.
-func newServerContext(base context.Context, rh *frame.RequestHeaders, p *peer.Peer, st *serverStream) (context.Context, context.CancelCauseFunc) {
+// newServerContext builds a handler's context from the connection's (which
+// carries the peer): incoming metadata, the transport stream, and the
+// client's deadline.
+func newServerContext(base context.Context, rh *frame.RequestHeaders, st *serverStream) (context.Context, context.CancelCauseFunc) {
 	ctx := metadata.NewIncomingContext(base, rh.MD)
-	ctx = peer.NewContext(ctx, p)
 	ctx = grpc.NewContextWithServerTransportStream(ctx, transportStream{st})
 	if rh.Timeout > 0 {
 		var cancel context.CancelFunc

@@ -15,6 +15,9 @@ import (
 // With details, the frame holds the whole google.rpc.Status, whose code
 // and message must agree with the frame's.
 func statusFromFrame(fs *frame.Status) (*status.Status, error) {
+	if fs.Code == 0 && fs.Message == "" && len(fs.Details) == 0 {
+		return okStatus, nil
+	}
 	if len(fs.Details) == 0 {
 		return status.New(codes.Code(fs.Code), fs.Message), nil
 	}

@@ -21,12 +21,16 @@ type inMsg struct {
 // streamBase is the receive side and send window shared by client and
 // server streams. The reader goroutine fills it; the stream's user drains it.
 type streamBase struct {
-	id     uint32
-	c      *conn
-	notify chan struct{} // capacity 1: a pending wake-up for the stream's user
+	id uint32
+	c  *conn
 
-	mu     sync.Mutex
+	mu sync.Mutex
+	// notify (capacity 1) holds a pending wake-up for the stream's user.
+	// It is made only when the user first has to park: a call answered
+	// while its caller polls never needs one.
+	notify chan struct{}
 	msgs   []inMsg
+	msg0   [1]inMsg // msgs' first backing array
 	quota  int  // message bytes the peer still accepts before a window update
 	closed bool // the peer sends nothing more on the stream
 
@@ -38,13 +42,18 @@ type streamBase struct {
 
 func (s *streamBase) init(id uint32, c *conn, maxRecv, window int) {
 	s.id, s.c, s.maxRecv, s.window, s.quota = id, c, maxRecv, window, window
-	s.notify = make(chan struct{}, 1)
+	s.msgs = s.msg0[:0]
 }
 
 func (s *streamBase) signal() {
-	select {
-	case s.notify <- struct{}{}:
-	default:
+	s.mu.Lock()
+	ch := s.notify
+	s.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -53,12 +62,16 @@ func (s *streamBase) await(ctx context.Context, ready func() bool) error {
 	for {
 		s.mu.Lock()
 		ok := ready()
+		if !ok && s.notify == nil {
+			s.notify = make(chan struct{}, 1)
+		}
+		ch := s.notify
 		s.mu.Unlock()
 		if ok {
 			return nil
 		}
 		select {
-		case <-s.notify:
+		case <-ch:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -97,7 +110,7 @@ func (s *streamBase) takeMsg() inMsg {
 	s.msgs[0] = inMsg{}
 	s.msgs = s.msgs[1:]
 	if len(s.msgs) == 0 {
-		s.msgs = s.msgs[:0:0]
+		s.msgs = s.msg0[:0]
 	}
 	return m
 }
@@ -166,6 +179,11 @@ func (a *assembler) add(h frame.Header, p []byte, limit int) (inMsg, bool, error
 		} else {
 			if len(p) > a.want || (!more && len(p) != a.want) {
 				return inMsg{}, false, fmt.Errorf("stream %d: fragment of %d bytes for a message of %d", h.Stream, len(p), a.want)
+			}
+			if !more && mem.IsBelowBufferPoolingThreshold(a.want) {
+				// Small and whole: a plain slice, as grpc-go does for
+				// messages it would not pool.
+				return inMsg{data: mem.BufferSlice{mem.SliceBuffer(append([]byte(nil), p...))}}, true, nil
 			}
 			a.buf = mem.DefaultBufferPool().Get(a.want)
 			*a.buf = append((*a.buf)[:0], p...)

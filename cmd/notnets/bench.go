@@ -34,6 +34,7 @@ type benchConfig struct {
 	jsonOut     bool
 	outDir      string
 	quiet       bool
+	settle      time.Duration
 }
 
 var allTransports = []string{"grpc-tcp", "grpc-uds", "notnets", "notnets-raw", "floor"}
@@ -70,11 +71,12 @@ flags:
 	jsonOut := fs.Bool("json", false, "print results as JSON instead of tables")
 	outDir := fs.String("out", "bench-out", "directory for the plots (PNG); empty for none")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	settle := fs.Duration("settle", 0, "pause before each transport's turn, so that the previous transport's pollers and goroutines go idle")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	cfg := &benchConfig{calls: *calls, duration: *duration, warmup: *warmup, rounds: max(*rounds, 1),
-		jsonOut: *jsonOut, outDir: *outDir, quiet: *quiet}
+		jsonOut: *jsonOut, outDir: *outDir, quiet: *quiet, settle: *settle}
 	for _, t := range strings.Split(*transports, ",") {
 		if t = strings.TrimSpace(t); !contains(allTransports, t) {
 			return nil, fmt.Errorf("unknown transport %q (have %s)", t, strings.Join(allTransports, ", "))
@@ -279,6 +281,7 @@ func (e *benchEnv) segment(cfg *benchConfig, res *Result, cs []caller, payload [
 		quota = 1 << 62
 		deadline = time.Now().Add(cfg.duration / time.Duration(cfg.rounds))
 	}
+	time.Sleep(cfg.settle)
 	peer0, err := e.peerCPU()
 	if err != nil {
 		return err

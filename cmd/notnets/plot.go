@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"image/color"
 	"os"
 	"path/filepath"
 
@@ -68,11 +67,14 @@ func plotCDF(file string, results []*Result) error {
 	p.Add(plotter.NewGrid())
 	for i, r := range results {
 		var pts plotter.XYs
-		for _, b := range r.hist.CumulativeDistribution() {
-			if b.Count == 0 || b.ValueAt <= 0 {
+		var seen int64
+		total := r.hist.TotalCount()
+		for _, b := range r.hist.Distribution() {
+			if b.Count == 0 {
 				continue
 			}
-			pts = append(pts, plotter.XY{X: float64(b.ValueAt) / 1e3, Y: b.Quantile / 100})
+			seen += b.Count
+			pts = append(pts, plotter.XY{X: float64(max(b.To, 1)) / 1e3, Y: float64(seen) / float64(total)})
 		}
 		if len(pts) == 0 {
 			continue
@@ -134,6 +136,5 @@ func plotSizes(file string, results []*Result) error {
 		p.Legend.Add(name, la)
 	}
 	p.Legend.Top, p.Legend.Left = true, true
-	_ = color.Black
 	return p.Save(8*vg.Inch, 5*vg.Inch, file)
 }

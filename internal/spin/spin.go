@@ -32,8 +32,6 @@ const (
 	// turns ordinary hiccups into 15-20 us losses of the core; no yield at
 	// all leaves 200 us stalls when pollers outnumber cores.)
 	OSYieldAfter = 5 * time.Microsecond
-	// OSYieldAfter is how long a poller finds nothing before it starts
-	// calling sched_yield.
 	// clockEvery is how many polls pass between two readings of the clock.
 	clockEvery = 256
 )
