@@ -31,8 +31,8 @@ type streamBase struct {
 	notify chan struct{}
 	msgs   []inMsg
 	msg0   [1]inMsg // msgs' first backing array
-	quota  int  // message bytes the peer still accepts before a window update
-	closed bool // the peer sends nothing more on the stream
+	quota  int      // message bytes the peer still accepts before a window update
+	closed bool     // the peer sends nothing more on the stream
 
 	asm     assembler // reader goroutine only
 	maxRecv int
