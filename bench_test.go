@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/notnets/notnets"
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
 )
@@ -18,6 +21,30 @@ import (
 func BenchmarkUnaryHelloWorld(b *testing.B) {
 	srv := startServer(b)
 	c := pb.NewGreeterClient(srv.dial(b))
+	ctx := context.Background()
+	req := &pb.HelloRequest{Name: "world"}
+	if _, err := c.SayHello(ctx, req); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := c.SayHello(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkUnaryHelloWorldGRPCTCP is the same call over grpc-go on TCP
+// loopback, for the allocations and time per call side by side.
+func BenchmarkUnaryHelloWorldGRPCTCP(b *testing.B) {
+	srv := startServer(b)
+	cc, err := grpc.NewClient(srv.tcpAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Close()
+	c := pb.NewGreeterClient(cc)
 	ctx := context.Background()
 	req := &pb.HelloRequest{Name: "world"}
 	if _, err := c.SayHello(ctx, req); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -69,10 +70,11 @@ func testPool(t testing.TB) string {
 
 // serverProc is a test server running in a child process.
 type serverProc struct {
-	pool  string
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	out   *bufio.Reader
+	pool    string
+	tcpAddr string // grpc-go's Greeter over TCP loopback
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	out     *bufio.Reader
 }
 
 // startServer starts the test server in a child process with a pool of its
@@ -96,9 +98,12 @@ func startServer(t testing.TB, env ...string) *serverProc {
 	}
 	p.out = bufio.NewReader(stdout)
 	t.Cleanup(p.shutdown)
-	if line, err := p.out.ReadString('\n'); err != nil || line != "ready\n" {
+	line, err := p.out.ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
+	if err != nil || !ok {
 		t.Fatalf("server process did not start: %q, %v", line, err)
 	}
+	p.tcpAddr = addr
 	return p
 }
 
@@ -179,7 +184,17 @@ func runServer() {
 	srv.RegisterService(&desc, newSemantics())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
-	fmt.Println("ready")
+	// grpc-go over TCP loopback, for benchmarks that compare.
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "server:", err)
+		os.Exit(2)
+	}
+	gsrv := grpc.NewServer()
+	pb.RegisterGreeterServer(gsrv, greeter{})
+	go gsrv.Serve(tcp)
+	defer gsrv.Stop()
+	fmt.Println("ready", tcp.Addr())
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		switch in.Text() {
