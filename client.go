@@ -382,7 +382,11 @@ func (s *clientStream) cancel(err error) {
 	}
 	c := s.cc.c
 	if c.lock(context.Background()) == nil {
-		c.writeFrame(context.Background(), frame.TypeCancel, 0, s.id, 0, &frame.Status{Code: uint32(st.Code()), Message: st.Message()})
+		msg := st.Message()
+		if len(msg) > 1024 {
+			msg = msg[:1024] // the server only needs to know the call ended
+		}
+		c.writeFrame(context.Background(), frame.TypeCancel, 0, s.id, 0, &frame.Status{Code: uint32(st.Code()), Message: msg})
 		c.unlock()
 	}
 	s.done()

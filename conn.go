@@ -58,11 +58,12 @@ type conn struct {
 
 func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait waitConfig) *conn {
 	return &conn{
-		seg:        seg,
-		self:       self,
-		peer:       peer,
-		out:        ring.NewProducer(out, self.Tail, peer.Head),
-		in:         ring.NewConsumer(in, peer.Tail, self.Head),
+		seg:  seg,
+		self: self,
+		peer: peer,
+		// Connections start fresh (checked at accept): both rings at 0.
+		out:        ring.NewProducerAt(out, self.Tail, peer.Head, 0),
+		in:         ring.NewConsumerAt(in, peer.Tail, self.Head, 0),
 		wait:       wait,
 		wlock:      make(chan struct{}, 1),
 		done:       make(chan struct{}),

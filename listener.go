@@ -200,8 +200,11 @@ func (l *Listener) reclaim(i int, s pool.Slot, w uint32) {
 	if l.claimed[i].word != w {
 		l.claimed[i] = claimSeen{word: w, since: time.Now()}
 	}
+	// The pid may still be the slot's previous user's for a moment after a
+	// claim, so a dead pid counts only once the claim is a second old.
+	age := time.Since(l.claimed[i].since)
 	pid := int(s.PID.Load())
-	if (pid != 0 && !processAlive(pid)) || time.Since(l.claimed[i].since) > claimLimit {
+	if (age > time.Second && pid != 0 && !processAlive(pid)) || age > claimLimit {
 		s.Free(w)
 	}
 }

@@ -95,8 +95,8 @@ func (w WaitOption) applyDial(o *dialOptions)     { w.w(&o.wait) }
 func (w WaitOption) applyServer(o *serverOptions) { w.w(&o.wait) }
 func (w WaitOption) applyListen(o *listenOptions) { w.w(&o.wait) }
 
-// WithSpin sets how long an idle side keeps polling shared memory (yielding
-// with runtime.Gosched between polls) before it blocks. Longer spins lower
+// WithSpin sets how long an idle side keeps polling shared memory before it
+// blocks on the doorbell (or, with WithPollOnly, sleeps). Longer spins lower
 // latency after a pause and cost CPU while idle.
 func WithSpin(d time.Duration) WaitOption {
 	return WaitOption{func(w *waitConfig) { w.spin = max(d, 0) }}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
+	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/spin"
 )
 
@@ -299,7 +300,7 @@ func newServerConn(s *Server, lis *Listener, a *accepted) *serverConn {
 	sc.c = newConn(a.seg, a.lay.Server, a.lay.Client, a.lay.S2C, a.lay.C2S, s.opts.wait)
 	sc.c.onFrame = sc.onFrame
 	sc.c.onClose = sc.onClose
-	a.lay.Server.State.Store(1) // open: the client may start calls
+	a.lay.Server.State.Store(pool.StateOpen) // the client may start calls
 	return sc
 }
 
@@ -476,6 +477,7 @@ func (sc *serverConn) onFrame(h frame.Header, p []byte) error {
 			st.stop()
 			if !st.started {
 				sc.remove(st)
+				st.cancelCtx(nil) // it never runs: release its deadline's timer
 			}
 			return nil
 		}

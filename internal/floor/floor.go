@@ -71,8 +71,8 @@ func Open(dir, name string) (*Conn, error) {
 func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte) *Conn {
 	return &Conn{
 		seg: seg, self: self, peer: peer,
-		out: ring.NewProducer(out, self.Tail, peer.Head),
-		in:  ring.NewConsumer(in, peer.Tail, self.Head),
+		out: ring.NewProducerAt(out, self.Tail, peer.Head, 0),
+		in:  ring.NewConsumerAt(in, peer.Tail, self.Head, 0),
 	}
 }
 

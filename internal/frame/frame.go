@@ -31,10 +31,10 @@ const (
 	TypeHeaders      Type = 2 // client: call start; server: response headers
 	TypeMessage      Type = 3 // one fragment of a message
 	TypeTrailers     Type = 4 // server: status and trailers; ends the stream
-	TypeCancel       Type = 5 // either side: abort the stream with a status
+	TypeCancel       Type = 5 // client: abort the stream with a status
 	TypeHalfClose    Type = 6 // client: no more messages on the stream
 	TypeWindowUpdate Type = 7 // receiver: aux bytes of the stream's window consumed
-	TypeGoAway       Type = 8 // server: no new streams; client: connection closing
+	TypeGoAway       Type = 8 // stream 0; server: no new streams; either side: why it closes
 	maxType          Type = 8
 )
 

@@ -33,14 +33,15 @@ import (
 //
 // A control block holds, each on a 64-byte line of its own:
 //
-//	0    state (uint32): 0 new, 1 open, 2 closed; heartbeat (uint64) at 8
+//	0    state (uint32): 0 new, 1 open, 2 closed; heartbeat (uint64) at 8,
+//	     reserved (not written yet)
 //	64   tail of the ring this side produces (uint64)
 //	128  head of the ring this side consumes (uint64)
 //	192  sleeping (uint32): 1 while this side may block in futex on the tail
 //	     of the ring it consumes, and must be woken after a publish
 //
-// A listener segment has the header page, a server control page (state,
-// heartbeat, sleeping as above), and a slot page shared by clients and server.
+// A listener segment has the header page, a server control page (only its
+// state word is used), and a slot page shared by clients and server.
 const (
 	PageSize = 4096
 	Magic    = 0x53544e4e

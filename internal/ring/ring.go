@@ -72,14 +72,24 @@ type Producer struct {
 	mask       uint64
 	tail, head *atomic.Uint64
 	next       uint64 // tail including reserved, unpublished records
+	published  uint64 // tail as last stored
 	headSeen   uint64 // last head loaded from the consumer
 }
 
 // NewProducer returns the producer of the ring over data with the given
-// counters. data must have a length that CheckCap accepts.
+// counters, continuing from the tail stored there, which must be a multiple
+// of Align. data must have a length that CheckCap accepts.
 func NewProducer(data []byte, tail, head *atomic.Uint64) *Producer {
-	t := tail.Load()
-	return &Producer{data: data, mask: uint64(len(data) - 1), tail: tail, head: head, next: t, headSeen: head.Load()}
+	return NewProducerAt(data, tail, head, tail.Load())
+}
+
+// NewProducerAt is NewProducer starting from the tail value start (a
+// multiple of Align) instead of the one in shared memory. The producer
+// never reads its own tail back, so a peer that overwrites it cannot make
+// the producer misbehave.
+func NewProducerAt(data []byte, tail, head *atomic.Uint64, start uint64) *Producer {
+	return &Producer{data: data, mask: uint64(len(data) - 1), tail: tail, head: head,
+		next: start, published: start, headSeen: start}
 }
 
 // MaxPayload is the largest payload one record may carry: half the ring less
@@ -126,13 +136,16 @@ func (p *Producer) fits(size uint64) bool {
 }
 
 // Unpublished reports whether records were reserved since the last Publish.
-func (p *Producer) Unpublished() bool { return p.next != p.tail.Load() }
+func (p *Producer) Unpublished() bool { return p.next != p.published }
 
 // Publish makes every reserved record visible to the consumer.
-func (p *Producer) Publish() { p.tail.Store(p.next) }
+func (p *Producer) Publish() {
+	p.published = p.next
+	p.tail.Store(p.next)
+}
 
 // Empty reports whether the consumer has freed everything published.
-func (p *Producer) Empty() bool { return p.head.Load() == p.tail.Load() }
+func (p *Producer) Empty() bool { return p.head.Load() == p.published }
 
 func writeHeader(b []byte, n int, kind byte) {
 	binary.LittleEndian.PutUint32(b[0:4], uint32(n))
@@ -153,8 +166,13 @@ type Consumer struct {
 // NewConsumer returns the consumer of the ring over data with the given
 // counters.
 func NewConsumer(data []byte, tail, head *atomic.Uint64) *Consumer {
-	h := head.Load()
-	return &Consumer{data: data, mask: uint64(len(data) - 1), tail: tail, head: head, read: h, released: h, tailSeen: h}
+	return NewConsumerAt(data, tail, head, head.Load())
+}
+
+// NewConsumerAt is NewConsumer starting from the head value start instead
+// of the one in shared memory; the consumer never reads its own head back.
+func NewConsumerAt(data []byte, tail, head *atomic.Uint64, start uint64) *Consumer {
+	return &Consumer{data: data, mask: uint64(len(data) - 1), tail: tail, head: head, read: start, released: start, tailSeen: start}
 }
 
 // Next returns the next record, header and payload, or nil when none is
