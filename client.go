@@ -420,13 +420,18 @@ func (s *clientStream) done() {
 // wait blocks until ready (called with s.mu held) holds or the call's
 // context ends. For the spin period it polls the ring itself, so that the
 // reply is read by the goroutine that waits for it; then it leaves reading
-// to the background reader and parks.
+// to the background reader and parks. Only one caller polls at a time: with
+// many calls in flight the others park at once, and the poller (or the
+// background reader) hands them their replies; many spinning callers would
+// only take the processors from each other.
 func (s *clientStream) wait(ready func() bool) error {
 	if s.ready(ready) {
 		return nil
 	}
 	c := s.c
-	c.pollers.Add(1)
+	if !c.pollers.CompareAndSwap(0, 1) {
+		return s.await(s.ctx, ready)
+	}
 	done := false
 	var idle spin.Idler
 	for c.poll() {

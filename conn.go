@@ -121,9 +121,11 @@ func (c *conn) publish() {
 	}
 }
 
-// fullRingSpin is how long a writer facing a full ring polls before it
-// sleeps between polls: the peer is active, so space comes back soon.
-const fullRingSpin = 2 * time.Millisecond
+// fullRingSpin is how long a writer facing a full ring polls (pacing itself
+// as every poller does) before it sleeps between polls: while the peer is
+// active, space comes back within microseconds, and a sleep costs about a
+// millisecond.
+const fullRingSpin = 50 * time.Millisecond
 
 // reserve returns space for a frame with an n-byte payload, waiting while
 // the ring is full. The caller holds the write lock.
@@ -147,7 +149,7 @@ func (c *conn) reserve(ctx context.Context, n int, t frame.Type) ([]byte, error)
 			return nil, status.Error(codes.Unavailable, "notnets: peer closed the connection")
 		}
 		if idle.Spent(fullRingSpin) {
-			time.Sleep(50 * time.Microsecond)
+			time.Sleep(time.Millisecond)
 		}
 	}
 }

@@ -78,7 +78,11 @@ func (c *conn) writeMsg(ctx context.Context, stream uint32, flags frame.Flags, m
 		return nil
 	}
 	if m.direct != nil {
-		b, err := proto.Marshal(m.direct)
+		// Too large for one frame: marshal into a pooled buffer, then copy
+		// it into the ring a fragment at a time.
+		buf := mem.DefaultBufferPool().Get(m.size)
+		defer mem.DefaultBufferPool().Put(buf)
+		b, err := marshalCached.MarshalAppend((*buf)[:0], m.direct)
 		if err != nil {
 			return status.Errorf(codes.Internal, "grpc: error while marshaling: %v", err)
 		}
