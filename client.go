@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 	"time"
 
@@ -420,23 +421,24 @@ func (s *clientStream) done() {
 // wait blocks until ready (called with s.mu held) holds or the call's
 // context ends. For the spin period it polls the ring itself, so that the
 // reply is read by the goroutine that waits for it; then it leaves reading
-// to the background reader and parks. Only one caller polls at a time: with
-// many calls in flight the others park at once, and the poller (or the
-// background reader) hands them their replies; many spinning callers would
-// only take the processors from each other.
+// to the background reader and parks. Several callers may poll at once;
+// they then yield to each other every few polls (Gosched is cheap when no
+// processor is idle), so that none holds a processor another one's answered
+// caller needs.
 func (s *clientStream) wait(ready func() bool) error {
 	if s.ready(ready) {
 		return nil
 	}
 	c := s.c
-	if !c.pollers.CompareAndSwap(0, 1) {
-		return s.await(s.ctx, ready)
-	}
+	c.pollers.Add(1)
 	done := false
 	var idle spin.Idler
-	for c.poll() {
+	for polls := 1; c.poll(); polls++ {
 		if done = s.ready(ready); done || s.ctx.Err() != nil || idle.Spent(c.wait.spin) {
 			break
+		}
+		if polls%crowdedYield == 0 && c.pollers.Load() > 1 {
+			runtime.Gosched()
 		}
 	}
 	if c.pollers.Add(-1) == 0 && (!done || s.cc.openStreams()) {
@@ -447,6 +449,10 @@ func (s *clientStream) wait(ready func() bool) error {
 	}
 	return s.await(s.ctx, ready)
 }
+
+// crowdedYield is how many polls a caller makes between yields while other
+// callers poll too.
+const crowdedYield = 16
 
 func (s *clientStream) ready(ready func() bool) bool {
 	s.mu.Lock()
