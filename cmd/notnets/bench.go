@@ -62,10 +62,10 @@ flags:
 		fs.PrintDefaults()
 	}
 	transports := fs.String("transports", strings.Join(allTransports, ","), "comma-separated transports to measure")
-	calls := fs.Int("n", 20000, "timed calls per transport, size and concurrency")
+	calls := fs.Int("n", 50000, "timed calls per transport, size and concurrency")
 	duration := fs.Duration("duration", 0, "time per transport, size and concurrency instead of -n (e.g. 5s)")
 	warmup := fs.Int("warmup", 2000, "untimed calls per transport before each size")
-	rounds := fs.Int("rounds", 10, "rounds the calls are split into, transports taking turns in each")
+	rounds := fs.Int("rounds", 5, "rounds the calls are split into, transports taking turns in each")
 	sizes := fs.String("sizes", "16", "payload sizes in bytes, comma-separated; K and M suffixes (e.g. 0,64,1K,16K,256K,1M)")
 	conc := fs.String("c", "1", "concurrent callers on one connection, comma-separated (e.g. 1,16)")
 	jsonOut := fs.Bool("json", false, "print results as JSON instead of tables")
