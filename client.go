@@ -54,6 +54,7 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 		maxRecvSize:  DefaultMaxRecvMsgSize,
 		window:       defaultWindow,
 		connectLimit: 20 * time.Second,
+		liveness:     DefaultLivenessTimeout,
 	}
 	for _, opt := range opts {
 		opt.applyDial(&o)
@@ -81,7 +82,7 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 		ctx, cancel = context.WithTimeout(ctx, o.connectLimit)
 		defer cancel()
 	}
-	seg, lay, err := connect(ctx, &o, name)
+	seg, lay, serverPID, err := connect(ctx, &o, name)
 	if err != nil {
 		return nil, err
 	}
@@ -97,6 +98,7 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 	cc.c.onFrame = cc.onFrame
 	cc.c.onClose = cc.onClose
 	go cc.readLoop()
+	watch(cc.c, o.liveness, localPID(o.wait, serverPID))
 	return cc, nil
 }
 

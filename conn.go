@@ -54,6 +54,9 @@ type conn struct {
 	err       error // why it closed; set before done is closed
 
 	peerReason atomic.Pointer[string] // the reason in the peer's last GOAWAY
+
+	mapMu    sync.RWMutex // held for reading by the liveness watch while it touches the segment
+	unmapped bool
 }
 
 func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait waitConfig) *conn {
@@ -384,6 +387,9 @@ func (c *conn) release() {
 	<-c.readerDone
 	c.pollMu.Lock()       // held for good: no poller touches the segment again
 	c.wlock <- struct{}{} // held for good: no writer touches the segment again
+	c.mapMu.Lock()
+	c.unmapped = true
+	c.mapMu.Unlock()
 	c.seg.Unlink()
 	c.seg.Close()
 }

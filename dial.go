@@ -18,43 +18,44 @@ import (
 // connect creates a connection segment, announces it through the listener
 // name, and waits until the server has mapped it. The segment's file is
 // removed from the pool as soon as both sides have it mapped.
-func connect(ctx context.Context, o *dialOptions, name string) (*pool.Segment, *pool.ConnLayout, error) {
+// It also returns the server's pid, from the listener.
+func connect(ctx context.Context, o *dialOptions, name string) (*pool.Segment, *pool.ConnLayout, int, error) {
 	lseg, err := pool.Open(o.pool, pool.ListenerFile(name), pool.ListenerSize, pool.ListenerSize)
 	if err != nil {
-		return nil, nil, status.Errorf(codes.Unavailable, "notnets: no listener %q in pool %s: %v", name, o.pool, err)
+		return nil, nil, 0, status.Errorf(codes.Unavailable, "notnets: no listener %q in pool %s: %v", name, o.pool, err)
 	}
 	defer lseg.Close()
 	lis, err := pool.MapListener(lseg.Mem)
 	if err != nil {
-		return nil, nil, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
+		return nil, nil, 0, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
 	}
 	if lis.Server.State.Load() != pool.StateOpen {
-		return nil, nil, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
+		return nil, nil, 0, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
 	}
 	segName, err := pool.NewConnName()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	seg, err := pool.Create(o.pool, segName, pool.ConnSize(o.ringSize, o.ringSize))
 	if err != nil {
-		return nil, nil, status.Error(codes.Unavailable, err.Error())
+		return nil, nil, 0, status.Error(codes.Unavailable, err.Error())
 	}
 	pool.InitConn(seg.Mem, o.ringSize, o.ringSize, os.Getpid())
 	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
 	if err != nil {
 		seg.Unlink()
 		seg.Close()
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	lay.Client.State.Store(pool.StateOpen)
 	if err := announce(ctx, o, lis, segName, lay); err != nil {
 		lay.Client.State.Store(pool.StateClosed)
 		seg.Unlink()
 		seg.Close()
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	seg.Unlink()
-	return seg, lay, nil
+	return seg, lay, lis.PID, nil
 }
 
 // announce puts segName in a free slot of the listener and waits for the

@@ -50,6 +50,9 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	case "interop-client":
 		os.Exit(runInteropCase(os.Getenv(caseEnv)))
+	case "blocking-client":
+		runBlockingClient()
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }

@@ -1,11 +1,14 @@
 package notnets
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -104,12 +107,39 @@ func removeStaleListener(dir, file string) error {
 }
 
 // processAlive reports whether a process with pid exists on this host.
+// A zombie (exited, not yet reaped by its parent) counts as gone.
 func processAlive(pid int) bool {
+	_, ok := processStart(pid)
+	return ok
+}
+
+// processStart returns when process pid started (in clock ticks since boot,
+// from /proc), and whether it is alive; the start time tells a process from
+// a later one that reuses its pid. Without /proc it falls back to kill(pid, 0)
+// and returns a start time of 0.
+func processStart(pid int) (uint64, bool) {
 	if pid <= 0 {
-		return false
+		return 0, false
 	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		if _, statErr := os.Stat("/proc/self/stat"); statErr == nil {
+			return 0, false // /proc works, and has no such process
+		}
+		err := syscall.Kill(pid, 0)
+		return 0, err == nil || errors.Is(err, syscall.EPERM)
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, false
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	if len(fields) < 20 || fields[0] == "Z" || fields[0] == "X" {
+		return 0, false
+	}
+	start, err := strconv.ParseUint(fields[19], 10, 64) // field 22 of the line
+	return start, err == nil
 }
 
 // Addr returns the listener's address.

@@ -22,6 +22,20 @@ const (
 
 // waitConfig says how a side waits for its peer once it has polled for Spin
 // without seeing anything.
+// LivenessOption sets the liveness timeout; it is both a DialOption and a
+// ServerOption.
+type LivenessOption time.Duration
+
+func (l LivenessOption) applyDial(o *dialOptions)     { o.liveness = time.Duration(l) }
+func (l LivenessOption) applyServer(o *serverOptions) { o.liveness = time.Duration(l) }
+
+// WithLivenessTimeout sets how long a peer's heartbeat may stand still
+// before its connection fails with Unavailable (default
+// DefaultLivenessTimeout; 0 turns the check off, though this side still
+// beats for its peer). On one host (unless WithPollOnly) a peer whose
+// process has exited is noticed within about 100 ms, whatever the timeout.
+func WithLivenessTimeout(d time.Duration) LivenessOption { return LivenessOption(d) }
+
 type waitConfig struct {
 	spin     time.Duration
 	pollOnly bool // never block in futex; sleep instead (pools shared across hosts)
@@ -42,6 +56,7 @@ type dialOptions struct {
 	connectLimit time.Duration
 
 	plainCall *callInfo // the call info of a call without options
+	liveness  time.Duration
 }
 
 type serverOptions struct {
@@ -52,6 +67,7 @@ type serverOptions struct {
 	maxSendSize int
 	codec       encoding.CodecV2
 	window      int
+	liveness    time.Duration
 }
 
 type listenOptions struct {

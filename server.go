@@ -58,7 +58,7 @@ type serviceInfo struct {
 
 // NewServer returns a server with no services registered.
 func NewServer(opts ...ServerOption) *Server {
-	o := serverOptions{wait: defaultWait(), maxRecvSize: DefaultMaxRecvMsgSize, window: defaultWindow}
+	o := serverOptions{wait: defaultWait(), maxRecvSize: DefaultMaxRecvMsgSize, window: defaultWindow, liveness: DefaultLivenessTimeout}
 	for _, opt := range opts {
 		opt.applyServer(&o)
 	}
@@ -159,6 +159,7 @@ func (s *Server) Serve(lis *Listener) error {
 		s.conns[sc] = true
 		s.mu.Unlock()
 		s.workers.submit(sc.readRole)
+		watch(sc.c, s.opts.liveness, localPID(s.opts.wait, a.lay.PeerPID))
 	}
 }
 
@@ -321,7 +322,10 @@ func (sc *serverConn) goAway(reason string) {
 func (sc *serverConn) onClose(err error) {
 	sc.cancel()
 	sc.mu.Lock()
-	streams := sc.streams
+	streams := make([]*serverStream, 0, len(sc.streams))
+	for _, st := range sc.streams {
+		streams = append(streams, st)
+	}
 	sc.mu.Unlock()
 	for _, st := range streams {
 		st.cancel(err)

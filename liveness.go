@@ -1,0 +1,135 @@
+package notnets
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Liveness without the kernel on the data path: every side increments the
+// heartbeat word of its control block every beatInterval, and watches its
+// peer's. A peer whose heartbeat has not moved for the liveness timeout is
+// dead or hung, and the connection fails with Unavailable. On one host the
+// peer's pid is also checked, which notices a killed process within one
+// beat. One goroutine per process does this for all its connections, so an
+// idle process wakes beatInterval times a second whatever its number of
+// connections.
+
+// DefaultLivenessTimeout is how long a peer's heartbeat may stand still
+// before its connection fails.
+const DefaultLivenessTimeout = 2 * time.Second
+
+// beatInterval is how often heartbeats are incremented and checked.
+const beatInterval = 100 * time.Millisecond
+
+// watched is a connection under the liveness watch.
+type watched struct {
+	c        *conn
+	timeout  time.Duration
+	pid      int       // the peer's pid on this host, or 0 not to check it
+	start    uint64    // the peer process's start time, to tell it from a reuse of its pid
+	lastBeat uint64    // the peer's heartbeat when last seen to move
+	lastSeen time.Time // when it was last seen to move
+}
+
+var liveness struct {
+	sync.Mutex
+	conns   map[*conn]*watched
+	running bool
+}
+
+// peerAlive reports whether the peer's process, when its pid is known, is
+// still the one that was watched.
+func (w *watched) peerAlive() bool {
+	if w.pid == 0 {
+		return true
+	}
+	start, ok := processStart(w.pid)
+	return ok && start == w.start
+}
+
+// localPID returns pid if peers share this host (they do unless the side
+// polls only, as for a pool shared across hosts), else 0: a pid from
+// another host names nothing here.
+func localPID(w waitConfig, pid int) int {
+	if w.pollOnly {
+		return 0
+	}
+	return pid
+}
+
+// watch puts c under the liveness watch until it closes: its heartbeat is
+// kept, and, unless timeout is 0, its peer's checked.
+func watch(c *conn, timeout time.Duration, peerPID int) {
+	w := &watched{c: c, timeout: timeout, pid: peerPID, lastBeat: c.peer.Heartbeat.Load(), lastSeen: time.Now()}
+	if peerPID != 0 {
+		w.start, _ = processStart(peerPID)
+	}
+	c.self.Heartbeat.Add(1)
+	liveness.Lock()
+	defer liveness.Unlock()
+	if liveness.conns == nil {
+		liveness.conns = make(map[*conn]*watched)
+	}
+	liveness.conns[c] = w
+	if !liveness.running {
+		liveness.running = true
+		go beat()
+	}
+}
+
+// beat runs while any connection is watched.
+func beat() {
+	t := time.NewTicker(beatInterval)
+	defer t.Stop()
+	for now := range t.C {
+		if !beatOnce(now) {
+			return
+		}
+	}
+}
+
+// beatOnce increments every watched connection's heartbeat and fails those
+// whose peer is gone. It reports whether any connection is still watched.
+func beatOnce(now time.Time) bool {
+	liveness.Lock()
+	var dead []*watched
+	for c, w := range liveness.conns {
+		if c.closeErr() != nil {
+			delete(liveness.conns, c)
+			continue
+		}
+		c.mapMu.RLock()
+		if c.unmapped {
+			c.mapMu.RUnlock()
+			continue
+		}
+		c.self.Heartbeat.Add(1)
+		b := c.peer.Heartbeat.Load()
+		c.mapMu.RUnlock()
+		if b != w.lastBeat {
+			w.lastBeat, w.lastSeen = b, now
+		}
+		if w.timeout <= 0 {
+			continue
+		}
+		if !w.peerAlive() || now.Sub(w.lastSeen) > w.timeout {
+			dead = append(dead, w)
+			delete(liveness.conns, c)
+		}
+	}
+	running := len(liveness.conns) > 0
+	liveness.running = running
+	liveness.Unlock()
+	for _, w := range dead {
+		msg := "notnets: peer stopped answering (no heartbeat for " + w.timeout.String() + ")"
+		if !w.peerAlive() {
+			msg = fmt.Sprintf("notnets: peer process %d has exited", w.pid)
+		}
+		w.c.fail(status.Error(codes.Unavailable, msg))
+	}
+	return running
+}

@@ -1,0 +1,161 @@
+package notnets_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+
+	"github.com/notnets/notnets"
+)
+
+// TestServerKilled kills the server process with SIGKILL while a unary call
+// and a server stream wait on it, and checks that both end with
+// Unavailable in time: within a few heartbeats when the client may check the
+// server's pid (one host), and after the liveness timeout when it may not
+// (poll-only mode, as for a pool shared across hosts).
+func TestServerKilled(t *testing.T) {
+	const timeout = time.Second
+	for _, tc := range []struct {
+		name     string
+		opts     []notnets.DialOption
+		min, max time.Duration
+	}{
+		{"pid check", nil, 0, 500 * time.Millisecond},
+		{"heartbeat only", []notnets.DialOption{notnets.WithPollOnly()}, timeout - 200*time.Millisecond, timeout + 500*time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startServer(t)
+			c := semanticsClient(srv.dial(t, append(tc.opts, notnets.WithLivenessTimeout(timeout))...))
+			ctx := context.Background()
+			unary := make(chan error, 1)
+			go func() {
+				_, err := c.UnaryCall(withMode(ctx, "block", "u"), &testpb.SimpleRequest{})
+				unary <- err
+			}()
+			if _, err := c.UnaryCall(withMode(ctx, "started", "u"), &testpb.SimpleRequest{}); err != nil {
+				t.Fatal(err)
+			}
+			stream, err := c.StreamingOutputCall(withMode(ctx, "block", "s"), &testpb.StreamingOutputCallRequest{
+				ResponseParameters: []*testpb.ResponseParameters{{Size: 1}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := stream.Recv(); err != nil {
+				t.Fatal(err)
+			}
+			streamErr := make(chan error, 1)
+			go func() {
+				_, err := stream.Recv()
+				streamErr <- err
+			}()
+
+			killed := time.Now()
+			if err := srv.cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			for name, ch := range map[string]chan error{"unary call": unary, "stream": streamErr} {
+				select {
+				case err := <-ch:
+					after := time.Since(killed)
+					if status.Code(err) != codes.Unavailable {
+						t.Errorf("%s after the kill = %v, want Unavailable", name, err)
+					}
+					if after < tc.min || after > tc.max {
+						t.Errorf("%s ended %v after the kill, want %v to %v (liveness timeout %v)", name, after, tc.min, tc.max, timeout)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatalf("%s still waiting 10 s after the server was killed", name)
+				}
+			}
+			// New calls on the dead connection fail fast.
+			start := time.Now()
+			if _, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable || time.Since(start) > time.Second {
+				t.Errorf("call on the dead connection = %v after %v, want Unavailable at once", err, time.Since(start))
+			}
+		})
+	}
+}
+
+// runBlockingClient is a client process that starts a call that blocks on
+// the server, says so on stdout, and waits to be killed.
+func runBlockingClient() {
+	ctx := context.Background()
+	cc, err := notnets.Dial(ctx, listenName)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dial:", err)
+		os.Exit(1)
+	}
+	c := semanticsClient(cc)
+	go c.UnaryCall(withMode(ctx, "block", "k"), &testpb.SimpleRequest{})
+	if _, err := c.UnaryCall(withMode(ctx, "started", "k"), &testpb.SimpleRequest{}); err != nil {
+		fmt.Fprintln(os.Stderr, "started:", err)
+		os.Exit(1)
+	}
+	fmt.Println("blocked")
+	select {}
+}
+
+// TestClientKilled serves in this process and kills a client process with
+// SIGKILL while its call blocks in a handler: the handler's context is
+// cancelled within a few heartbeats, and another connection is untouched.
+func TestClientKilled(t *testing.T) {
+	dir := testPool(t)
+	lis, err := notnets.Listen(listenName, notnets.WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := notnets.NewServer(notnets.WithLivenessTimeout(time.Second))
+	sem := newSemantics()
+	desc := testgrpc.TestService_ServiceDesc
+	desc.ServiceName = semanticsService
+	srv.RegisterService(&desc, sem)
+	go srv.Serve(lis)
+	defer srv.Stop()
+
+	other, err := notnets.Dial(context.Background(), listenName, notnets.WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"=blocking-client", "NOTNETS_POOL="+dir)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "blocked\n" {
+		cmd.Process.Kill()
+		t.Fatalf("client process: %q, %v", line, err)
+	}
+	killed := time.Now()
+	cmd.Process.Kill()
+	_, ended := sem.chans("k")
+	select {
+	case how := <-ended:
+		if after := time.Since(killed); !strings.HasPrefix(how, "context canceled") || after > 500*time.Millisecond {
+			t.Errorf("handler of the killed client ended %q, %v after the kill; want context canceled within 500 ms", how, after)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler of the killed client still running 10 s after the kill")
+	}
+	if _, err := semanticsClient(other).UnaryCall(withMode(context.Background(), "echo", "o"), &testpb.SimpleRequest{}); err != nil {
+		t.Errorf("another connection after the kill: %v", err)
+	}
+}
