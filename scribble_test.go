@@ -110,7 +110,7 @@ func scribble(c *conn, rng *rand.Rand, n int) {
 	}
 	mem := c.seg.Mem
 	const page = 4096
-	ctl := []int{0, 8, 64, 128, 192} // state, heartbeat, tail, head, sleeping
+	ctl := []int{0, 8, 64, 128, 192}           // state, heartbeat, tail, head, sleeping
 	ringOf := func(i int) (int, int, uint64) { // data offset, size, the reader's head
 		size := (len(mem) - 3*page) / 2
 		if i == 0 {
