@@ -71,6 +71,7 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 	if err := checkPool(o.pool); err != nil {
 		return nil, err
 	}
+	pool.Clean(o.pool) // best effort: files of processes that died
 	if len(o.callOptions) == 0 {
 		var err error
 		if o.plainCall, err = newCallInfo(&o, nil); err != nil {

@@ -1,14 +1,11 @@
 package notnets
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -69,6 +66,8 @@ func Listen(name string, opts ...ListenOption) (*Listener, error) {
 	if err := pool.Prepare(o.pool); err != nil {
 		return nil, err
 	}
+	pool.Clean(o.pool) // best effort: files of processes that died
+
 	file := pool.ListenerFile(name)
 	seg, err := pool.Create(o.pool, file, pool.ListenerSize)
 	if errors.Is(err, syscall.EEXIST) {
@@ -100,46 +99,10 @@ func removeStaleListener(dir, file string) error {
 	}
 	defer seg.Close()
 	lay, err := pool.MapListener(seg.Mem)
-	if err == nil && lay.Server.State.Load() == pool.StateOpen && processAlive(lay.PID) {
+	if err == nil && lay.Server.State.Load() == pool.StateOpen && pool.ProcessAlive(lay.PID) {
 		return fmt.Errorf("notnets: listen %s/%s: address in use by process %d", dir, file, lay.PID)
 	}
 	return seg.Unlink()
-}
-
-// processAlive reports whether a process with pid exists on this host.
-// A zombie (exited, not yet reaped by its parent) counts as gone.
-func processAlive(pid int) bool {
-	_, ok := processStart(pid)
-	return ok
-}
-
-// processStart returns when process pid started (in clock ticks since boot,
-// from /proc), and whether it is alive; the start time tells a process from
-// a later one that reuses its pid. Without /proc it falls back to kill(pid, 0)
-// and returns a start time of 0.
-func processStart(pid int) (uint64, bool) {
-	if pid <= 0 {
-		return 0, false
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		if _, statErr := os.Stat("/proc/self/stat"); statErr == nil {
-			return 0, false // /proc works, and has no such process
-		}
-		err := syscall.Kill(pid, 0)
-		return 0, err == nil || errors.Is(err, syscall.EPERM)
-	}
-	// The command name (field 2) is in parentheses and may hold spaces.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, false
-	}
-	fields := strings.Fields(string(data[i+1:]))
-	if len(fields) < 20 || fields[0] == "Z" || fields[0] == "X" {
-		return 0, false
-	}
-	start, err := strconv.ParseUint(fields[19], 10, 64) // field 22 of the line
-	return start, err == nil
 }
 
 // Addr returns the listener's address.
@@ -234,7 +197,7 @@ func (l *Listener) reclaim(i int, s pool.Slot, w uint32) {
 	// claim, so a dead pid counts only once the claim is a second old.
 	age := time.Since(l.claimed[i].since)
 	pid := int(s.PID.Load())
-	if (age > time.Second && pid != 0 && !processAlive(pid)) || age > claimLimit {
+	if (age > time.Second && pid != 0 && !pool.ProcessAlive(pid)) || age > claimLimit {
 		s.Free(w)
 	}
 }

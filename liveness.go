@@ -7,6 +7,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/notnets/notnets/internal/pool"
 )
 
 // Liveness without the kernel on the data path: every side increments the
@@ -47,7 +49,7 @@ func (w *watched) peerAlive() bool {
 	if w.pid == 0 {
 		return true
 	}
-	start, ok := processStart(w.pid)
+	start, ok := pool.ProcessStart(w.pid)
 	return ok && start == w.start
 }
 
@@ -66,7 +68,7 @@ func localPID(w waitConfig, pid int) int {
 func watch(c *conn, timeout time.Duration, peerPID int) {
 	w := &watched{c: c, timeout: timeout, pid: peerPID, lastBeat: c.peer.Heartbeat.Load(), lastSeen: time.Now()}
 	if peerPID != 0 {
-		w.start, _ = processStart(peerPID)
+		w.start, _ = pool.ProcessStart(peerPID)
 	}
 	c.self.Heartbeat.Add(1)
 	liveness.Lock()

@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/notnets/notnets"
 )
 
 // The test binary stands in for the notnets command: bench starts it again
@@ -15,6 +17,18 @@ func TestMain(m *testing.M) {
 		switch os.Args[1] {
 		case "bench-server":
 			if err := benchServer(os.Args[2:]); err != nil {
+				os.Exit(1)
+			}
+			os.Exit(0)
+		case "pool-listen-and-hang":
+			if _, err := notnets.Listen("dead", notnets.WithPool(os.Args[2])); err != nil {
+				os.Exit(1)
+			}
+			os.Stdout.WriteString("ready\n")
+			select {}
+		case "pool":
+			if err := poolCmd(os.Args[2:]); err != nil {
+				os.Stderr.WriteString(err.Error() + "\n")
 				os.Exit(1)
 			}
 			os.Exit(0)

@@ -1,6 +1,8 @@
 // Command notnets is the notnets tool.
 //
-//	notnets bench [flags]   measure notnets against grpc-go, side by side (see -h)
+//	notnets bench [flags]          measure notnets against grpc-go, side by side (see -h)
+//	notnets pool [-dir DIR] ls     list a pool's files and which are stale
+//	notnets pool [-dir DIR] clean  remove the stale ones
 package main
 
 import (
@@ -17,6 +19,8 @@ func main() {
 	switch os.Args[1] {
 	case "bench":
 		err = bench(os.Args[2:])
+	case "pool":
+		err = poolCmd(os.Args[2:])
 	case "bench-server": // started by bench in a child process
 		err = benchServer(os.Args[2:])
 	case "help", "-h", "-help", "--help":
@@ -41,5 +45,7 @@ commands:
            a bare ring ping-pong, with the server in another process, and
            print latency percentiles, throughput and CPU per call side by side
            (notnets bench -h lists its flags)
+  pool     ls: list a pool's files and which are stale (left by processes
+           that died); clean: remove the stale ones
 `)
 }
