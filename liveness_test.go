@@ -87,6 +87,9 @@ func TestServerKilled(t *testing.T) {
 	}
 }
 
+// blockingID names the blocking call of the client process pid.
+func blockingID(pid int) string { return fmt.Sprintf("k-%d", pid) }
+
 // runBlockingClient is a client process that starts a call that blocks on
 // the server, says so on stdout, and waits to be killed.
 func runBlockingClient() {
@@ -97,8 +100,9 @@ func runBlockingClient() {
 		os.Exit(1)
 	}
 	c := semanticsClient(cc)
-	go c.UnaryCall(withMode(ctx, "block", "k"), &testpb.SimpleRequest{})
-	if _, err := c.UnaryCall(withMode(ctx, "started", "k"), &testpb.SimpleRequest{}); err != nil {
+	id := blockingID(os.Getpid())
+	go c.UnaryCall(withMode(ctx, "block", id), &testpb.SimpleRequest{})
+	if _, err := c.UnaryCall(withMode(ctx, "started", id), &testpb.SimpleRequest{}); err != nil {
 		fmt.Fprintln(os.Stderr, "started:", err)
 		os.Exit(1)
 	}
@@ -146,7 +150,7 @@ func TestClientKilled(t *testing.T) {
 	}
 	killed := time.Now()
 	cmd.Process.Kill()
-	_, ended := sem.chans("k")
+	_, ended := sem.chans(blockingID(cmd.Process.Pid))
 	select {
 	case how := <-ended:
 		if after := time.Since(killed); !strings.HasPrefix(how, "context canceled") || after > 500*time.Millisecond {

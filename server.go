@@ -105,6 +105,13 @@ func (s *Server) RegisterService(sd *grpc.ServiceDesc, impl any) {
 	s.services[sd.ServiceName] = info
 }
 
+// ConnCount returns the number of connections the server holds.
+func (s *Server) ConnCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
 // GetServiceInfo returns the registered services, keyed by name.
 func (s *Server) GetServiceInfo() map[string]grpc.ServiceInfo {
 	s.mu.Lock()

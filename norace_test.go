@@ -1,0 +1,5 @@
+//go:build !race
+
+package notnets_test
+
+const raceEnabled = false
