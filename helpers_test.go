@@ -392,6 +392,9 @@ func (s *semantics) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallSer
 
 // StreamingInputCall sums the payload sizes it receives.
 func (s *semantics) StreamingInputCall(stream testgrpc.TestService_StreamingInputCallServer) error {
+	if mdValue(stream.Context(), "x-mode") == "block" {
+		return s.block(stream.Context()) // never reads: the client's sends fill the window
+	}
 	total := 0
 	for {
 		in, err := stream.Recv()
