@@ -3,6 +3,7 @@ package notnets_test
 import (
 	"context"
 	"os"
+	"slices"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -10,7 +11,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets"
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
@@ -128,4 +132,34 @@ func cpuTime(b *testing.B, pid int) time.Duration {
 		total += time.Duration(ns)
 	}
 	return total
+}
+
+// BenchmarkKillToError kills the server process (SIGKILL) while a call
+// waits on it, once per iteration, and reports how long the call took to
+// fail: median and worst. Run it with -benchtime 100x for 100 kills.
+func BenchmarkKillToError(b *testing.B) {
+	var took []time.Duration
+	for b.Loop() {
+		srv := startServer(b)
+		c := semanticsClient(srv.dial(b))
+		ctx := context.Background()
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.UnaryCall(withMode(ctx, "block", "kill"), &testpb.SimpleRequest{})
+			done <- err
+		}()
+		if _, err := c.UnaryCall(withMode(ctx, "started", "kill"), &testpb.SimpleRequest{}); err != nil {
+			b.Fatal(err)
+		}
+		killed := time.Now()
+		srv.cmd.Process.Kill()
+		err := <-done
+		took = append(took, time.Since(killed))
+		if status.Code(err) != codes.Unavailable {
+			b.Fatalf("call after the kill = %v, want Unavailable", err)
+		}
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Microseconds())/1e3, "ms-median")
+	b.ReportMetric(float64(took[len(took)-1].Microseconds())/1e3, "ms-worst")
 }
