@@ -352,6 +352,7 @@ type clientStream struct {
 	gotHeader bool
 	trailer   metadata.MD
 	st        *status.Status // the final status, once the stream is over
+	endedHere bool           // st came from this side (deadline, cancel, local error)
 
 	// Used only by the caller's goroutine(s).
 	halfClosed bool
@@ -363,6 +364,7 @@ type clientStream struct {
 // finish records the stream's final status, unless it already has one,
 // and removes it from the connection. Messages already queued stay readable.
 func (s *clientStream) finish(st *status.Status, trailer metadata.MD) bool {
+
 	s.mu.Lock()
 	if s.st != nil {
 		s.mu.Unlock()
@@ -384,6 +386,12 @@ func (s *clientStream) cancel(err error) {
 	if !s.finish(st, nil) {
 		return
 	}
+	s.mu.Lock()
+	// Messages not yet read are dropped, and so are any still on their
+	// way: the caller gets the status, not a stream with a gap in it.
+	s.endedHere, s.discard = true, true
+	s.freeAll()
+	s.mu.Unlock()
 	c := s.cc.c
 	if c.lock(context.Background()) == nil {
 		msg := st.Message()
@@ -465,10 +473,10 @@ func (s *clientStream) ready(ready func() bool) bool {
 
 // recvUnary waits for the reply and status of a unary call.
 func (s *clientStream) recvUnary(reply any) error {
-	err := s.wait(func() bool { return s.st != nil })
-	if err != nil {
+	if err := s.wait(func() bool { return s.st != nil }); err != nil {
+		// The reply may have come as the deadline passed: then it stands,
+		// and the cancel does nothing.
 		s.cancel(err)
-		return s.st.Err()
 	}
 	defer s.done()
 	s.mu.Lock()
@@ -549,22 +557,44 @@ func (s *clientStream) SendMsg(m any) error {
 		return nil
 	}
 	if err := s.takeQuota(s.ctx, msg.size, ended); err != nil {
-		if err != io.EOF {
-			s.cancel(err)
-		}
-		return io.EOF
+		return s.sendFailed(err)
 	}
 	c := s.cc.c
 	if err := c.lock(s.ctx); err != nil {
-		return io.EOF
+		return s.sendFailed(err)
 	}
 	err = c.writeMsg(s.ctx, s.id, 0, &msg)
 	c.unlock()
 	if err != nil {
-		s.cancel(err)
-		return io.EOF
+		return s.sendFailed(err)
 	}
 	return nil
+}
+
+// sendResult is what SendMsg returns for err: grpc-go returns nil instead
+// of io.EOF on calls whose client sends one message, because generated code
+// would pass io.EOF to the user; RecvMsg then returns the status.
+func (s *clientStream) sendResult(err error) error {
+	if err == io.EOF && !s.desc.ClientStreams {
+		return nil
+	}
+	return err
+}
+
+// sendFailed ends the stream after a failed send and says what SendMsg
+// returns: as in grpc-go, the call's own status when the call ended here
+// (its deadline, its cancellation, a local error), io.EOF when the server
+// or the connection ended it (RecvMsg then returns the status).
+func (s *clientStream) sendFailed(err error) error {
+	if err != io.EOF && s.cc.c.closeErr() == nil {
+		s.cancel(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.endedHere {
+		return s.st.Err()
+	}
+	return s.sendResult(io.EOF)
 }
 
 // RecvMsg receives the next message into m. It returns io.EOF when the

@@ -291,6 +291,9 @@ func (s *semantics) block(ctx context.Context) error {
 func (s *semantics) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 	switch mdValue(ctx, "x-mode") {
 	case "echo":
+		if want := mdValue(ctx, "x-len"); want != "" && want != fmt.Sprint(len(in.GetPayload().GetBody())) {
+			return nil, status.Errorf(codes.DataLoss, "request payload of %d bytes, the client sent %s", len(in.GetPayload().GetBody()), want)
+		}
 		md, _ := metadata.FromIncomingContext(ctx)
 		hdr, trl := metadata.MD{}, metadata.MD{}
 		for k, v := range md {
@@ -306,6 +309,7 @@ func (s *semantics) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*t
 		if err := grpc.SendHeader(ctx, metadata.Pairs("x-sent", "yes")); err != nil {
 			return nil, err
 		}
+		trl.Set("x-reply-len", fmt.Sprint(len(in.GetPayload().GetBody())))
 		grpc.SetTrailer(ctx, trl)
 		return &testpb.SimpleResponse{Payload: in.GetPayload()}, nil
 	case "big-header":

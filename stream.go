@@ -31,8 +31,10 @@ type streamBase struct {
 	notify chan struct{}
 	msgs   []inMsg
 	msg0   [1]inMsg // msgs' first backing array
-	quota  int      // message bytes the peer still accepts before a window update
-	closed bool     // the peer sends nothing more on the stream
+	// discard drops messages as they arrive: the stream ended on this side.
+	discard bool
+	quota   int  // message bytes the peer still accepts before a window update
+	closed  bool // the peer sends nothing more on the stream
 
 	asm     assembler // reader goroutine only
 	maxRecv int
@@ -85,6 +87,11 @@ func (s *streamBase) onData(h frame.Header, p []byte) error {
 		return err
 	}
 	s.mu.Lock()
+	if s.discard {
+		s.mu.Unlock()
+		m.data.Free()
+		return nil
+	}
 	s.msgs = append(s.msgs, m)
 	s.mu.Unlock()
 	s.signal()
@@ -139,14 +146,17 @@ func (s *streamBase) consumed(ctx context.Context, n int) {
 }
 
 // takeQuota waits until the peer's window is open, then charges n bytes to
-// it. A message larger than the window goes out once the window is whole.
+// it. Any open window lets a whole message go, even one larger than what is
+// left (the window may go negative): waiting for room for the whole message
+// could wait forever, since the receiver returns credit only in quarters of
+// the window. A stream thus has at most a window plus one message in flight.
 func (s *streamBase) takeQuota(ctx context.Context, n int, done func() error) error {
 	var stop error
 	err := s.await(ctx, func() bool {
 		if stop = done(); stop != nil {
 			return true
 		}
-		return s.quota > 0 && (s.quota >= n || s.quota == s.window)
+		return s.quota > 0
 	})
 	if err != nil {
 		return contextStatus(err)
