@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"runtime"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
@@ -27,14 +29,30 @@ var ErrClientConnClosing = status.Error(codes.Canceled, "grpc: the client connec
 // ClientConn is a client connection to a notnets server through a memory
 // pool. It implements grpc.ClientConnInterface, so generated clients take it:
 // pb.NewGreeterClient(cc). It is safe for concurrent use; calls on it are
-// multiplexed by stream id.
+// multiplexed by stream id. When its connection fails or the server goes
+// away, it connects again with backoff, as grpc-go does; calls made
+// meanwhile fail with Unavailable, or with grpc.WaitForReady(true) wait for
+// the new connection.
 type ClientConn struct {
 	name      string
 	opts      dialOptions
-	c         *conn
 	peerAddr  *Addr
 	unaryInt  grpc.UnaryClientInterceptor
 	streamInt grpc.StreamClientInterceptor
+
+	mu        sync.Mutex
+	cur       *transport    // the connection calls start on; nil while there is none
+	ready     chan struct{} // closed when cur is replaced
+	lastErr   error         // why there is no usable connection
+	closed    bool
+	quit      chan struct{} // closed by Close: stops reconnecting
+	reconnect bool          // a reconnecting goroutine runs
+}
+
+// transport is one connection of a ClientConn and the calls on it.
+type transport struct {
+	cc *ClientConn
+	c  *conn
 
 	mu      sync.Mutex
 	streams map[uint32]*clientStream
@@ -55,6 +73,7 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 		window:       defaultWindow,
 		connectLimit: 20 * time.Second,
 		liveness:     DefaultLivenessTimeout,
+		backoff:      backoff.DefaultConfig,
 	}
 	for _, opt := range opts {
 		opt.applyDial(&o)
@@ -71,21 +90,11 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 	if err := checkPool(o.pool); err != nil {
 		return nil, err
 	}
-	pool.Clean(o.pool) // best effort: files of processes that died
 	if len(o.callOptions) == 0 {
 		var err error
 		if o.plainCall, err = newCallInfo(&o, nil); err != nil {
 			return nil, err
 		}
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.connectLimit)
-		defer cancel()
-	}
-	seg, lay, serverPID, err := connect(ctx, &o, name)
-	if err != nil {
-		return nil, err
 	}
 	cc := &ClientConn{
 		name:      name,
@@ -93,22 +102,176 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 		peerAddr:  &Addr{Pool: o.pool, Name: name},
 		unaryInt:  chainUnaryClient(o.unary),
 		streamInt: chainStreamClient(o.stream),
-		streams:   make(map[uint32]*clientStream),
+		ready:     make(chan struct{}),
+		quit:      make(chan struct{}),
 	}
-	cc.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, o.wait)
-	cc.c.onFrame = cc.onFrame
-	cc.c.onClose = cc.onClose
-	go cc.readLoop()
-	watch(cc.c, o.liveness, localPID(o.wait, serverPID))
+	t, err := cc.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cc.cur = t
 	return cc, nil
+}
+
+// connect makes a new connection, bounded by ctx and the connect timeout.
+func (cc *ClientConn) connect(ctx context.Context) (*transport, error) {
+	pool.Clean(cc.opts.pool) // best effort: files of processes that died
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cc.opts.connectLimit)
+		defer cancel()
+	}
+	seg, lay, serverPID, err := connect(ctx, &cc.opts, cc.name)
+	if err != nil {
+		return nil, err
+	}
+	t := &transport{cc: cc, streams: make(map[uint32]*clientStream)}
+	t.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, cc.opts.wait)
+	t.c.onFrame = t.onFrame
+	t.c.onClose = t.onClose
+	go t.readLoop()
+	watch(t.c, cc.opts.liveness, localPID(cc.opts.wait, serverPID))
+	return t, nil
+}
+
+// lost is called when t can take no new calls (it failed, or the server
+// said it is going away): calls now fail fast, or wait for ready, while a
+// goroutine connects again with backoff.
+func (cc *ClientConn) lost(t *transport, why error) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.cur != t || cc.closed {
+		return
+	}
+	cc.cur, cc.lastErr = nil, why
+	if !cc.reconnect {
+		cc.reconnect = true
+		go cc.reconnectLoop()
+	}
+}
+
+// reconnectLoop connects again, waiting between tries as grpc-go's
+// connection backoff does, until it succeeds or the ClientConn closes.
+func (cc *ClientConn) reconnectLoop() {
+	for retries := 0; ; retries++ {
+		if retries > 0 {
+			select {
+			case <-time.After(backoffDelay(cc.opts.backoff, retries-1)):
+			case <-cc.quit:
+				return
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), cc.opts.connectLimit)
+		go func() {
+			select {
+			case <-cc.quit:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		t, err := cc.connect(ctx)
+		cancel()
+		cc.mu.Lock()
+		if cc.closed {
+			cc.mu.Unlock()
+			if t != nil {
+				t.close(ErrClientConnClosing)
+			}
+			return
+		}
+		if err != nil {
+			cc.lastErr = err
+			cc.mu.Unlock()
+			continue
+		}
+		cc.cur, cc.lastErr, cc.reconnect = t, nil, false
+		close(cc.ready)
+		cc.ready = make(chan struct{})
+		cc.mu.Unlock()
+		return
+	}
+}
+
+// backoffDelay is grpc-go's exponential backoff with jitter.
+func backoffDelay(cfg backoff.Config, retries int) time.Duration {
+	d := float64(cfg.BaseDelay)
+	for i := 0; i < retries && d < float64(cfg.MaxDelay); i++ {
+		d *= cfg.Multiplier
+	}
+	d = min(d, float64(cfg.MaxDelay))
+	d *= 1 + cfg.Jitter*(rand.Float64()*2-1)
+	return time.Duration(max(d, 0))
+}
+
+// transport returns the connection a new call starts on. Without one, the
+// call fails with the reason, or, when it waits for ready, waits for a new
+// connection as long as ctx allows.
+func (cc *ClientConn) transport(ctx context.Context, waitForReady bool) (*transport, error) {
+	for {
+		cc.mu.Lock()
+		t, ready, closed, why := cc.cur, cc.ready, cc.closed, cc.lastErr
+		cc.mu.Unlock()
+		if closed {
+			return nil, ErrClientConnClosing
+		}
+		if t != nil {
+			return t, nil
+		}
+		if !waitForReady {
+			return nil, status.Convert(why).Err()
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, contextStatus(ctx.Err())
+		}
+	}
+}
+
+// Target returns the listener name the connection was dialled to.
+func (cc *ClientConn) Target() string { return cc.name }
+
+// Close closes the connection. Calls in progress fail with Canceled; the
+// server sees the connection close and cancels their handlers.
+func (cc *ClientConn) Close() error {
+	cc.mu.Lock()
+	if cc.closed {
+		cc.mu.Unlock()
+		return nil
+	}
+	cc.closed = true
+	close(cc.quit)
+	t := cc.cur
+	cc.cur = nil
+	cc.mu.Unlock()
+	if t != nil {
+		t.close(ErrClientConnClosing)
+	}
+	return nil
+}
+
+// close closes the connection and waits until it is released.
+func (t *transport) close(err error) {
+	t.c.fail(err)
+	t.c.waitReleased()
+}
+
+// conn returns the current connection's conn, for tests.
+func (cc *ClientConn) conn() *conn {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.cur == nil {
+		return nil
+	}
+	return cc.cur.c
 }
 
 // readLoop is the background reader. It drains the ring whenever no call
 // is polling for its own reply, spins for the spin period after the last
 // frame, then blocks on the doorbell. While callers poll it parks, so that
 // a burst of calls costs no goroutine hand-off at all.
-func (cc *ClientConn) readLoop() {
-	c := cc.c
+func (t *transport) readLoop() {
+	c := t.c
 	defer c.endReader()
 	var idle spin.Idler
 	for {
@@ -131,46 +294,38 @@ func (cc *ClientConn) readLoop() {
 }
 
 // openStreams reports whether any call is in progress.
-func (cc *ClientConn) openStreams() bool {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	return len(cc.streams) > 0
+func (t *transport) openStreams() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.streams) > 0
 }
 
-// Target returns the listener name the connection was dialled to.
-func (cc *ClientConn) Target() string { return cc.name }
-
-// Close closes the connection. Calls in progress fail with Canceled; the
-// server sees the connection close and cancels their handlers.
-func (cc *ClientConn) Close() error {
-	cc.c.fail(ErrClientConnClosing)
-	cc.c.waitReleased()
-	return nil
-}
-
-func (cc *ClientConn) onClose(err error) {
-	cc.mu.Lock()
-	streams := cc.streams
-	cc.streams = map[uint32]*clientStream{}
-	cc.mu.Unlock()
+func (t *transport) onClose(err error) {
+	t.mu.Lock()
+	streams := t.streams
+	t.streams = map[uint32]*clientStream{}
+	t.mu.Unlock()
 	st := status.Convert(err)
 	for _, s := range streams {
 		s.finish(st, nil)
 	}
+	t.cc.lost(t, err)
 }
 
 // onFrame handles a frame from the server on the reader goroutine.
-func (cc *ClientConn) onFrame(h frame.Header, p []byte) error {
+func (t *transport) onFrame(h frame.Header, p []byte) error {
 	if h.Type == frame.TypeGoAway {
-		cc.mu.Lock()
-		cc.goAway = status.Errorf(codes.Unavailable, "notnets: server is going away: %s", *cc.c.peerReason.Load())
-		cc.mu.Unlock()
+		why := status.Errorf(codes.Unavailable, "notnets: server is going away: %s", *t.c.peerReason.Load())
+		t.mu.Lock()
+		t.goAway = why
+		t.mu.Unlock()
+		t.cc.lost(t, why) // calls in progress go on; new ones need a new connection
 		return nil
 	}
-	cc.mu.Lock()
-	s := cc.streams[h.Stream]
-	last := cc.lastID
-	cc.mu.Unlock()
+	t.mu.Lock()
+	s := t.streams[h.Stream]
+	last := t.lastID
+	t.mu.Unlock()
 	if s == nil {
 		if h.Stream > last {
 			return fmt.Errorf("%v frame for stream %d, which was never opened", h.Type, h.Stream)
@@ -281,67 +436,71 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 		return nil, contextStatus(err)
 	}
 	hdr.MD, _ = metadata.FromOutgoingContext(ctx)
-	s := &clientStream{cc: cc, ctx: ctx, desc: desc, ci: ci, method: method}
-	if err := cc.c.lock(ctx); err != nil {
+	t, err := cc.transport(ctx, ci.waitForReady)
+	if err != nil {
+		return nil, err
+	}
+	s := &clientStream{cc: cc, t: t, ctx: ctx, desc: desc, ci: ci, method: method}
+	if err := t.c.lock(ctx); err != nil {
 		return nil, err
 	}
 	// Ids are taken under the write lock, so they reach the server in order.
-	if err := cc.register(s); err != nil {
-		cc.c.unlock()
+	if err := t.register(s); err != nil {
+		t.c.unlock()
 		return nil, err
 	}
-	if err := cc.c.writeFrame(ctx, frame.TypeHeaders, 0, s.id, 0, &hdr); err != nil {
-		cc.c.unlock()
+	if err := t.c.writeFrame(ctx, frame.TypeHeaders, 0, s.id, 0, &hdr); err != nil {
+		t.c.unlock()
 		// The server never saw the stream: end it here without a CANCEL.
 		s.finish(status.Convert(err), nil)
 		s.done()
 		return nil, err
 	}
-	var err error
 	if msg != nil {
 		s.quota -= msg.size
-		err = cc.c.writeMsg(ctx, s.id, frame.FlagEndStream, msg)
+		err = t.c.writeMsg(ctx, s.id, frame.FlagEndStream, msg)
 		s.halfClosed = true
 	}
-	cc.c.unlock()
+	t.c.unlock()
 	if err != nil {
 		s.cancel(err)
 		return nil, err
 	}
 	if msg == nil {
-		cc.c.kick() // a stream's messages may come while nobody polls
+		t.c.kick() // a stream's messages may come while nobody polls
 	}
 	return s, nil
 }
 
-func (cc *ClientConn) register(s *clientStream) error {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	if err := cc.c.closeErr(); err != nil {
+func (t *transport) register(s *clientStream) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.c.closeErr(); err != nil {
 		return err
 	}
-	if cc.goAway != nil {
-		return cc.goAway
+	if t.goAway != nil {
+		return t.goAway
 	}
-	if cc.lastID == 1<<32-1 {
+	if t.lastID == 1<<32-1 {
 		return status.Error(codes.Unavailable, "notnets: stream ids exhausted on this connection")
 	}
-	cc.lastID++
-	s.init(cc.lastID, cc.c, s.ci.maxRecv, cc.opts.window)
-	cc.streams[s.id] = s
+	t.lastID++
+	s.init(t.lastID, t.c, s.ci.maxRecv, t.cc.opts.window)
+	t.streams[s.id] = s
 	return nil
 }
 
-func (cc *ClientConn) unregister(id uint32) {
-	cc.mu.Lock()
-	delete(cc.streams, id)
-	cc.mu.Unlock()
+func (t *transport) unregister(id uint32) {
+	t.mu.Lock()
+	delete(t.streams, id)
+	t.mu.Unlock()
 }
 
 // clientStream is one call on a ClientConn.
 type clientStream struct {
 	streamBase
 	cc     *ClientConn
+	t      *transport // the connection the call runs on
 	ctx    context.Context
 	desc   *grpc.StreamDesc
 	ci     *callInfo
@@ -372,7 +531,7 @@ func (s *clientStream) finish(st *status.Status, trailer metadata.MD) bool {
 	}
 	s.st, s.trailer, s.closed = st, trailer, true
 	s.mu.Unlock()
-	s.cc.unregister(s.id)
+	s.t.unregister(s.id)
 	s.signal()
 	return true
 }
@@ -392,7 +551,7 @@ func (s *clientStream) cancel(err error) {
 	s.endedHere, s.discard = true, true
 	s.freeAll()
 	s.mu.Unlock()
-	c := s.cc.c
+	c := s.t.c
 	if c.lock(context.Background()) == nil {
 		msg := st.Message()
 		if len(msg) > 1024 {
@@ -452,7 +611,7 @@ func (s *clientStream) wait(ready func() bool) error {
 			runtime.Gosched()
 		}
 	}
-	if c.pollers.Add(-1) == 0 && (!done || s.cc.openStreams()) {
+	if c.pollers.Add(-1) == 0 && (!done || s.t.openStreams()) {
 		c.resumeReader()
 	}
 	if done {
@@ -529,7 +688,7 @@ func (s *clientStream) CloseSend() error {
 		return nil
 	}
 	s.halfClosed = true
-	c := s.cc.c
+	c := s.t.c
 	if err := c.lock(s.ctx); err != nil {
 		return nil // the stream's error comes from RecvMsg, as in grpc-go
 	}
@@ -559,7 +718,7 @@ func (s *clientStream) SendMsg(m any) error {
 	if err := s.takeQuota(s.ctx, msg.size, ended); err != nil {
 		return s.sendFailed(err)
 	}
-	c := s.cc.c
+	c := s.t.c
 	if err := c.lock(s.ctx); err != nil {
 		return s.sendFailed(err)
 	}
@@ -586,7 +745,7 @@ func (s *clientStream) sendResult(err error) error {
 // (its deadline, its cancellation, a local error), io.EOF when the server
 // or the connection ended it (RecvMsg then returns the status).
 func (s *clientStream) sendFailed(err error) error {
-	if err != io.EOF && s.cc.c.closeErr() == nil {
+	if err != io.EOF && s.t.c.closeErr() == nil {
 		s.cancel(err)
 	}
 	s.mu.Lock()

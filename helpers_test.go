@@ -84,7 +84,13 @@ type serverProc struct {
 // own, and waits until it listens.
 func startServer(t testing.TB, env ...string) *serverProc {
 	t.Helper()
-	p := &serverProc{pool: testPool(t)}
+	return startServerIn(t, testPool(t), env...)
+}
+
+// startServerIn starts the test server in a child process on the pool dir.
+func startServerIn(t testing.TB, dir string, env ...string) *serverProc {
+	t.Helper()
+	p := &serverProc{pool: dir}
 	p.cmd = exec.Command(os.Args[0], "-test.run=^$")
 	p.cmd.Env = append(append(os.Environ(), roleEnv+"=server", "NOTNETS_POOL="+p.pool), env...)
 	p.cmd.Stderr = os.Stderr

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -88,27 +89,32 @@ func TestHostileClientFrames(t *testing.T) {
 			// Inject under the write lock and never release it, so that no
 			// later publish repairs what the injection broke; then ring the
 			// server's doorbell.
-			if err := cc.c.lock(context.Background()); err != nil {
+			cn := cc.conn()
+			if err := cn.lock(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			tc.inject(cc.c)
-			pool.FutexWake(ring.TailWord(cc.c.self.Tail), 1)
+			tc.inject(cn)
+			pool.FutexWake(ring.TailWord(cn.self.Tail), 1)
 			select {
-			case <-cc.c.done:
+			case <-cn.done:
 			case <-time.After(10 * time.Second):
 				t.Fatal("the server did not close the connection within 10 s")
 			}
-			<-cc.c.wlock // let the connection release its segment
-			// The reason the server gave travels in its GOAWAY frame.
+			<-cn.wlock // let the connection release its segment
+			// The connection's calls end with the reason the server gave, in
+			// its GOAWAY frame.
+			st := status.Convert(cn.closeErr())
+			if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "protocol violation") || !strings.Contains(st.Message(), tc.want) {
+				t.Errorf("connection closed with %v, want Unavailable naming a protocol violation with %q", st, tc.want)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			_, err := c.SayHello(ctx, &pb.HelloRequest{Name: "x"})
-			st := status.Convert(err)
-			if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "protocol violation") || !strings.Contains(st.Message(), tc.want) {
-				t.Errorf("call after the injection = %v, want Unavailable naming a protocol violation with %q", err, tc.want)
-			}
 			if _, err := pb.NewGreeterClient(healthy).SayHello(ctx, &pb.HelloRequest{Name: "y"}); err != nil {
 				t.Errorf("another connection after the injection: %v", err)
+			}
+			// The ClientConn connects again by itself.
+			if _, err := c.SayHello(ctx, &pb.HelloRequest{Name: "x"}, grpc.WaitForReady(true)); err != nil {
+				t.Errorf("call waiting for a new connection: %v", err)
 			}
 		})
 	}

@@ -66,11 +66,12 @@ func localPID(w waitConfig, pid int) int {
 // watch puts c under the liveness watch until it closes: its heartbeat is
 // kept, and, unless timeout is 0, its peer's checked.
 func watch(c *conn, timeout time.Duration, peerPID int) {
-	w := &watched{c: c, timeout: timeout, pid: peerPID, lastBeat: c.peer.Heartbeat.Load(), lastSeen: time.Now()}
+	// The segment is touched only by beatOnce, under mapMu: the connection
+	// may already be closing.
+	w := &watched{c: c, timeout: timeout, pid: peerPID, lastSeen: time.Now()}
 	if peerPID != 0 {
 		w.start, _ = pool.ProcessStart(peerPID)
 	}
-	c.self.Heartbeat.Add(1)
 	liveness.Lock()
 	defer liveness.Unlock()
 	if liveness.conns == nil {

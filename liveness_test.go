@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -161,5 +162,44 @@ func TestClientKilled(t *testing.T) {
 	}
 	if _, err := semanticsClient(other).UnaryCall(withMode(context.Background(), "echo", "o"), &testpb.SimpleRequest{}); err != nil {
 		t.Errorf("another connection after the kill: %v", err)
+	}
+}
+
+// TestReconnectAfterServerRestart kills the server, checks that calls fail
+// fast while no server listens, starts a new server on the same pool and
+// name, and checks that the same ClientConn reaches it: at once for a call
+// that waits for ready, and for every call once connected.
+func TestReconnectAfterServerRestart(t *testing.T) {
+	srv := startServer(t)
+	cc := srv.dial(t)
+	c := semanticsClient(cc)
+	ctx := context.Background()
+	if _, err := c.UnaryCall(withMode(ctx, "echo", "1"), &testpb.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	srv.cmd.Process.Kill()
+	srv.cmd.Wait()
+	// Until the loss is noticed, calls fail with Unavailable anyway; after,
+	// they fail fast.
+	for {
+		start := time.Now()
+		_, err := c.UnaryCall(withMode(ctx, "echo", "2"), &testpb.SimpleRequest{})
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("call with the server dead = %v, want Unavailable", err)
+		}
+		if time.Since(start) < 100*time.Millisecond {
+			break // failed fast: no connection
+		}
+	}
+	startServerIn(t, srv.pool)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if _, err := c.UnaryCall(withMode(wctx, "echo", "3"), &testpb.SimpleRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("call waiting for the new server: %v", err)
+	}
+	t.Logf("reconnected %v after the new server started", time.Since(start))
+	if _, err := c.UnaryCall(withMode(ctx, "echo", "4"), &testpb.SimpleRequest{}); err != nil {
+		t.Fatalf("call on the new connection: %v", err)
 	}
 }

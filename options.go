@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/encoding"
 )
 
@@ -57,6 +58,7 @@ type dialOptions struct {
 
 	plainCall *callInfo // the call info of a call without options
 	liveness  time.Duration
+	backoff   backoff.Config
 }
 
 type serverOptions struct {
@@ -171,6 +173,12 @@ func WithMaxRecvMsgSize(n int) DialOption {
 // (default unlimited); grpc.MaxCallSendMsgSize overrides it per call.
 func WithMaxSendMsgSize(n int) DialOption {
 	return dialFunc(func(o *dialOptions) { o.maxSendSize = n })
+}
+
+// WithBackoff sets how the connection waits between attempts to connect
+// again after it failed (default: grpc-go's backoff.DefaultConfig).
+func WithBackoff(cfg backoff.Config) DialOption {
+	return dialFunc(func(o *dialOptions) { o.backoff = cfg })
 }
 
 // WithConnectTimeout bounds how long Dial waits for the server to accept

@@ -90,7 +90,9 @@ func TestScribbleOverLiveSegment(t *testing.T) {
 			if closed(done) {
 				break
 			}
-			scribble(cc.c, rng, 1+rng.IntN(3))
+			if c := cc.conn(); c != nil {
+				scribble(c, rng, 1+rng.IntN(3))
+			}
 		}
 		wg.Wait()
 		scribbled += countFailed(cc)
@@ -146,7 +148,7 @@ func closed(ch chan struct{}) bool {
 
 // countFailed reports 1 if the connection has closed.
 func countFailed(cc *ClientConn) int {
-	if cc.c.closeErr() != nil {
+	if c := cc.conn(); c == nil || c.closeErr() != nil {
 		return 1
 	}
 	return 0
