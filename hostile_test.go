@@ -18,6 +18,21 @@ import (
 
 type echoGreeter struct{ pb.UnimplementedGreeterServer }
 
+// serveGreeter serves echoGreeter under name in a new pool in this process
+// until the test ends, and returns the pool.
+func serveGreeter(t *testing.T, name string) string {
+	dir := t.TempDir()
+	lis, err := Listen(name, WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer()
+	pb.RegisterGreeterServer(srv, echoGreeter{})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return dir
+}
+
 func (echoGreeter) SayHello(_ context.Context, in *pb.HelloRequest) (*pb.HelloReply, error) {
 	return &pb.HelloReply{Message: "Hello " + in.GetName()}, nil
 }
@@ -29,15 +44,7 @@ func (echoGreeter) SayHello(_ context.Context, in *pb.HelloRequest) (*pb.HelloRe
 // that the test can reach into the client's side of the segment; the
 // end-to-end tests run it in another.)
 func TestHostileClientFrames(t *testing.T) {
-	dir := t.TempDir()
-	lis, err := Listen("hostile", WithPool(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := NewServer()
-	pb.RegisterGreeterServer(srv, echoGreeter{})
-	go srv.Serve(lis)
-	defer srv.Stop()
+	dir := serveGreeter(t, "hostile")
 	dial := func() *ClientConn {
 		cc, err := Dial(context.Background(), "hostile", WithPool(dir))
 		if err != nil {

@@ -88,6 +88,28 @@ func TestServerKilled(t *testing.T) {
 	}
 }
 
+// startBlockingClient starts a client process on the pool dir whose call
+// blocks in the server, and returns once the call has started.
+func startBlockingClient(t *testing.T, dir string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"=blocking-client", "NOTNETS_POOL="+dir)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "blocked\n" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("client process: %q, %v", line, err)
+	}
+	return cmd
+}
+
 // blockingID names the blocking call of the client process pid.
 func blockingID(pid int) string { return fmt.Sprintf("k-%d", pid) }
 
@@ -134,21 +156,8 @@ func TestClientKilled(t *testing.T) {
 	}
 	defer other.Close()
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), roleEnv+"=blocking-client", "NOTNETS_POOL="+dir)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd := startBlockingClient(t, dir)
 	defer cmd.Wait()
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "blocked\n" {
-		cmd.Process.Kill()
-		t.Fatalf("client process: %q, %v", line, err)
-	}
 	killed := time.Now()
 	cmd.Process.Kill()
 	_, ended := sem.chans(blockingID(cmd.Process.Pid))

@@ -23,15 +23,7 @@ import (
 // working. Both sides run in this process so that the test reaches the
 // segment; a panic on either side fails it.
 func TestScribbleOverLiveSegment(t *testing.T) {
-	dir := t.TempDir()
-	lis, err := Listen("scribble", WithPool(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := NewServer()
-	pb.RegisterGreeterServer(srv, echoGreeter{})
-	go srv.Serve(lis)
-	defer srv.Stop()
+	dir := serveGreeter(t, "scribble")
 	healthy, err := Dial(context.Background(), "scribble", WithPool(dir))
 	if err != nil {
 		t.Fatal(err)
