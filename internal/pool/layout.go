@@ -21,6 +21,8 @@ import (
 //	16     4    creator's process id
 //	20     4    connection: client-to-server ring capacity; listener: slot count
 //	24     4    connection: server-to-client ring capacity; listener: zero
+//	28     4    connection: client-to-server heap size (0: no heap)
+//	32     4    connection: server-to-client heap size (0: no heap)
 //
 // A connection segment then has one control page per side, client first,
 // then the client-to-server ring data, then the server-to-client ring data:
@@ -30,6 +32,14 @@ import (
 //	page 2        server control block (written only by the server)
 //	page 3...     client-to-server ring data (written only by the client)
 //	after that    server-to-client ring data (written only by the server)
+//	after that    client-to-server heap (written only by the client)
+//	after that    server-to-client heap (written only by the server)
+//	after that    client-to-server return queue (written only by the server)
+//	after that    server-to-client return queue (written only by the client)
+//
+// A heap holds messages too large for the ring (package arena); its
+// receiver hands blocks back through the return queue, one uint32 page
+// index per entry, as many entries as the heap has pages (ReturnsSize).
 //
 // A control block holds, each on a 64-byte line of its own:
 //
@@ -39,6 +49,10 @@ import (
 //	128  head of the ring this side consumes (uint64)
 //	192  sleeping (uint32): 1 while this side may block in futex on the tail
 //	     of the ring it consumes, and must be woken after a publish
+//	256  tail of the return queue this side writes (uint64): blocks of the
+//	     peer's heap this side has finished with
+//	320  head of the return queue this side reads (uint64): returned blocks
+//	     of this side's heap taken back
 //
 // A listener segment has the header page, a server control page (only its
 // state word is used), and a slot page shared by clients and server.
@@ -57,12 +71,16 @@ const (
 	offPID     = 16
 	offParamA  = 20
 	offParamB  = 24
+	offParamC  = 28
+	offParamD  = 32
 
 	ctlState     = 0
 	ctlHeartbeat = 8
 	ctlTail      = 64
 	ctlHead      = 128
 	ctlSleeping  = 192
+	ctlRetTail   = 256
+	ctlRetHead   = 320
 )
 
 // Control-block states.
@@ -79,6 +97,11 @@ type Control struct {
 	Tail      *atomic.Uint64
 	Head      *atomic.Uint64
 	Sleeping  *atomic.Uint32
+	// ReturnTail and ReturnHead are the counters of the return queues: the
+	// one this side writes (blocks of the peer's heap it is done with) and
+	// the one it reads (blocks of its own heap the peer gave back).
+	ReturnTail *atomic.Uint64
+	ReturnHead *atomic.Uint64
 }
 
 func u32(mem []byte, off int) *atomic.Uint32 { return (*atomic.Uint32)(unsafe.Pointer(&mem[off])) }
@@ -91,10 +114,13 @@ func controlAt(mem []byte, off int) Control {
 		Tail:      u64(mem, off+ctlTail),
 		Head:      u64(mem, off+ctlHead),
 		Sleeping:  u32(mem, off+ctlSleeping),
+
+		ReturnTail: u64(mem, off+ctlRetTail),
+		ReturnHead: u64(mem, off+ctlRetHead),
 	}
 }
 
-func writeHeader(mem []byte, kind uint16, a, b uint32, pid int) {
+func writeHeader(mem []byte, kind uint16, a, b uint32, pid int, extra ...uint32) {
 	binary.LittleEndian.PutUint32(mem[offMagic:], Magic)
 	binary.LittleEndian.PutUint16(mem[offVersion:], Version)
 	binary.LittleEndian.PutUint16(mem[offKind:], kind)
@@ -102,16 +128,18 @@ func writeHeader(mem []byte, kind uint16, a, b uint32, pid int) {
 	binary.LittleEndian.PutUint32(mem[offPID:], uint32(pid))
 	binary.LittleEndian.PutUint32(mem[offParamA:], a)
 	binary.LittleEndian.PutUint32(mem[offParamB:], b)
+	for i, v := range extra {
+		binary.LittleEndian.PutUint32(mem[offParamC+4*i:], v)
+	}
 }
 
 // checkHeader validates the header page of mem for the given kind and
 // returns its two parameters and the creator's pid.
 func checkHeader(mem []byte, kind uint16) (a, b uint32, pid int, err error) {
-	var h [PageSize]byte
-	if len(mem) < PageSize {
-		return 0, 0, 0, fmt.Errorf("segment of %d bytes is smaller than its header page", len(mem))
+	h, err := headerCopy(mem)
+	if err != nil {
+		return 0, 0, 0, err
 	}
-	copy(h[:], mem) // one snapshot, so the checks below hold for the values used
 	if m := binary.LittleEndian.Uint32(h[offMagic:]); m != Magic {
 		return 0, 0, 0, fmt.Errorf("bad magic %#x, not a notnets segment", m)
 	}
@@ -128,20 +156,71 @@ func checkHeader(mem []byte, kind uint16) (a, b uint32, pid int, err error) {
 		int(binary.LittleEndian.Uint32(h[offPID:])), nil
 }
 
+// headerCopy returns one snapshot of the header page, so that checks hold
+// for the values used even if the creator rewrites it.
+func headerCopy(mem []byte) (*[PageSize]byte, error) {
+	if len(mem) < PageSize {
+		return nil, fmt.Errorf("segment of %d bytes is smaller than its header page", len(mem))
+	}
+	var h [PageSize]byte
+	copy(h[:], mem)
+	return &h, nil
+}
+
 // ConnLayout is a view of a connection segment.
 type ConnLayout struct {
 	Client, Server Control
 	C2S, S2C       []byte // ring data regions
-	PeerPID        int    // the client's pid, from the header
+	// C2SHeap and S2CHeap are the heaps (empty when the segment has none);
+	// C2SReturns is written by the server and hands back blocks of
+	// C2SHeap, S2CReturns is written by the client.
+	C2SHeap, S2CHeap       []byte
+	C2SReturns, S2CReturns []byte
+	PeerPID                int // the client's pid, from the header
+}
+
+// ConnSpec gives the sizes of a connection segment's regions.
+type ConnSpec struct {
+	C2S, S2C         int // ring capacities
+	C2SHeap, S2CHeap int // heap sizes, 0 for none
+}
+
+// Size returns the size of a connection segment with these regions.
+func (s ConnSpec) Size() int {
+	return 3*PageSize + s.C2S + s.S2C + s.C2SHeap + s.S2CHeap + ReturnsSize(s.C2SHeap) + ReturnsSize(s.S2CHeap)
+}
+
+// ReturnsSize is the size of the return queue of a heap of heapSize bytes:
+// one 4-byte entry per page of the heap, rounded up to whole pages.
+func ReturnsSize(heapSize int) int {
+	n := heapSize / PageSize * 4
+	return (n + PageSize - 1) &^ (PageSize - 1)
+}
+
+// Heap sizes: 0 (no heap), or a power of two in [MinHeap, MaxHeap].
+const (
+	MinHeap = 64 << 10
+	MaxHeap = 1 << 30
+)
+
+// CheckHeap validates a heap size from a segment header.
+func CheckHeap(n int) error {
+	if n != 0 && (n < MinHeap || n > MaxHeap || n&(n-1) != 0) {
+		return fmt.Errorf("heap size %d is not 0 or a power of two from %d to %d", n, MinHeap, MaxHeap)
+	}
+	return nil
 }
 
 // ConnSize returns the size of a connection segment with the given ring
-// capacities.
-func ConnSize(c2s, s2c int) int { return 3*PageSize + c2s + s2c }
+// capacities and no heaps.
+func ConnSize(c2s, s2c int) int { return ConnSpec{C2S: c2s, S2C: s2c}.Size() }
 
-// InitConn writes the header of a new connection segment.
-func InitConn(mem []byte, c2s, s2c, pid int) {
-	writeHeader(mem, KindConn, uint32(c2s), uint32(s2c), pid)
+// InitConn writes the header of a new connection segment without heaps.
+func InitConn(mem []byte, c2s, s2c, pid int) { InitConnSpec(mem, ConnSpec{C2S: c2s, S2C: s2c}, pid) }
+
+// InitConnSpec writes the header of a new connection segment.
+func InitConnSpec(mem []byte, s ConnSpec, pid int) {
+	writeHeader(mem, KindConn, uint32(s.C2S), uint32(s.S2C), pid, uint32(s.C2SHeap), uint32(s.S2CHeap))
 }
 
 // MapConn validates the connection segment mem and returns a view of it.
@@ -157,18 +236,30 @@ func MapConn(mem []byte, checkCap func(int) error) (*ConnLayout, error) {
 	if err := checkCap(int(b)); err != nil {
 		return nil, fmt.Errorf("server-to-client %w", err)
 	}
-	if ConnSize(int(a), int(b)) != len(mem) {
-		return nil, fmt.Errorf("segment of %d bytes does not match rings of %d and %d bytes", len(mem), a, b)
+	h, _ := headerCopy(mem)
+	spec := ConnSpec{C2S: int(a), S2C: int(b),
+		C2SHeap: int(binary.LittleEndian.Uint32(h[offParamC:])),
+		S2CHeap: int(binary.LittleEndian.Uint32(h[offParamD:]))}
+	if err := CheckHeap(spec.C2SHeap); err != nil {
+		return nil, fmt.Errorf("client-to-server %w", err)
 	}
-	c2s := 3 * PageSize
-	s2c := c2s + int(a)
-	return &ConnLayout{
-		Client:  controlAt(mem, PageSize),
-		Server:  controlAt(mem, 2*PageSize),
-		C2S:     mem[c2s:s2c:s2c],
-		S2C:     mem[s2c : s2c+int(b) : s2c+int(b)],
-		PeerPID: pid,
-	}, nil
+	if err := CheckHeap(spec.S2CHeap); err != nil {
+		return nil, fmt.Errorf("server-to-client %w", err)
+	}
+	if spec.Size() != len(mem) {
+		return nil, fmt.Errorf("segment of %d bytes does not match rings of %d and %d bytes and heaps of %d and %d bytes", len(mem), a, b, spec.C2SHeap, spec.S2CHeap)
+	}
+	off := 3 * PageSize
+	next := func(n int) []byte {
+		r := mem[off : off+n : off+n]
+		off += n
+		return r
+	}
+	lay := &ConnLayout{Client: controlAt(mem, PageSize), Server: controlAt(mem, 2*PageSize), PeerPID: pid}
+	lay.C2S, lay.S2C = next(spec.C2S), next(spec.S2C)
+	lay.C2SHeap, lay.S2CHeap = next(spec.C2SHeap), next(spec.S2CHeap)
+	lay.C2SReturns, lay.S2CReturns = next(ReturnsSize(spec.C2SHeap)), next(ReturnsSize(spec.S2CHeap))
+	return lay, nil
 }
 
 // Listener slots: the slot page starts with a knock counter (uint32) that a
