@@ -68,6 +68,7 @@ var _ grpc.ClientConnInterface = (*ClientConn)(nil)
 func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, error) {
 	o := dialOptions{
 		ringSize:     DefaultRingSize,
+		arenaSize:    DefaultArenaSize,
 		wait:         defaultWait(),
 		maxRecvSize:  DefaultMaxRecvMsgSize,
 		window:       defaultWindow,
@@ -86,6 +87,9 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 	}
 	if err := ring.CheckCap(o.ringSize); err != nil {
 		return nil, fmt.Errorf("notnets: %w", err)
+	}
+	if err := pool.CheckHeap(o.arenaSize); err != nil {
+		return nil, fmt.Errorf("notnets: arena %w", err)
 	}
 	if err := checkPool(o.pool); err != nil {
 		return nil, err
@@ -127,6 +131,7 @@ func (cc *ClientConn) connect(ctx context.Context) (*transport, error) {
 	}
 	t := &transport{cc: cc, streams: make(map[uint32]*clientStream)}
 	t.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, cc.opts.wait)
+	t.c.initHeaps(lay.C2SHeap, lay.C2SReturns, lay.S2CHeap, lay.S2CReturns, cc.opts.wait.checkViews)
 	t.c.onFrame = t.onFrame
 	t.c.onClose = t.onClose
 	go t.readLoop()
@@ -346,7 +351,7 @@ func (t *transport) onFrame(h frame.Header, p []byte) error {
 			return fmt.Errorf("second HEADERS frame on stream %d", h.Stream)
 		}
 		s.signal()
-	case frame.TypeMessage:
+	case frame.TypeMessage, frame.TypeMessageRef:
 		s.mu.Lock()
 		s.gotHeader = true // a message without HEADERS before it has empty headers
 		s.mu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
@@ -55,8 +56,14 @@ type conn struct {
 
 	peerReason atomic.Pointer[string] // the reason in the peer's last GOAWAY
 
+	// pendingRef is the message of the MESSAGE_REF frame being handled;
+	// onFrame takes it with takeRef or it is freed.
+	pendingRef mem.Buffer
+
 	mapMu    sync.RWMutex // held for reading by the liveness watch while it touches the segment
 	unmapped bool
+
+	heaps
 }
 
 func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait waitConfig) *conn {
@@ -235,8 +242,17 @@ func (c *conn) drain() (int, bool) {
 				c.peerReason.Store(&g.Reason)
 			}
 		}
+		if err == nil && h.Type == frame.TypeMessageRef {
+			// Taken before the stream is looked up, so that a reference
+			// for a stream that has ended still goes back to the peer.
+			c.pendingRef, err = c.takeView(p)
+		}
 		if err == nil {
 			err = c.onFrame(h, p)
+		}
+		if c.pendingRef != nil {
+			c.pendingRef.Free() // nobody wanted the message
+			c.pendingRef = nil
 		}
 		c.in.Release()
 		if err != nil {
@@ -391,7 +407,7 @@ func (c *conn) release() {
 	c.unmapped = true
 	c.mapMu.Unlock()
 	c.seg.Unlink()
-	c.seg.Close()
+	c.closeHeaps() // unmaps once the user lets go of every view and block
 }
 
 // waitReleased blocks until no goroutine reads the connection any more.
@@ -400,3 +416,11 @@ func (c *conn) waitReleased() {
 }
 
 func contextStatus(err error) error { return status.FromContextError(err).Err() }
+
+// takeRef hands the message of the MESSAGE_REF frame being handled to the
+// caller, on the reader goroutine.
+func (c *conn) takeRef() mem.Buffer {
+	b := c.pendingRef
+	c.pendingRef = nil
+	return b
+}

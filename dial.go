@@ -36,11 +36,12 @@ func connect(ctx context.Context, o *dialOptions, name string) (*pool.Segment, *
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	seg, err := pool.Create(o.pool, segName, pool.ConnSize(o.ringSize, o.ringSize))
+	spec := pool.ConnSpec{C2S: o.ringSize, S2C: o.ringSize, C2SHeap: o.arenaSize, S2CHeap: o.arenaSize}
+	seg, err := pool.Create(o.pool, segName, spec.Size())
 	if err != nil {
 		return nil, nil, 0, status.Error(codes.Unavailable, err.Error())
 	}
-	pool.InitConn(seg.Mem, o.ringSize, o.ringSize, os.Getpid())
+	pool.InitConnSpec(seg.Mem, spec, os.Getpid())
 	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
 	if err != nil {
 		seg.Unlink()

@@ -124,7 +124,7 @@ func (l *Listener) Close() error {
 
 // checkFresh checks that a connection segment is as a client leaves it
 // before announcing it: client open, server control block and both rings'
-// counters zero. The counters are trusted from here on only because they
+// counters and both return queues' counters zero. The counters are trusted from here on only because they
 // start at zero.
 func checkFresh(lay *pool.ConnLayout) error {
 	if lay.Client.State.Load() != pool.StateOpen {
@@ -132,7 +132,9 @@ func checkFresh(lay *pool.ConnLayout) error {
 	}
 	if lay.Server.State.Load() != pool.StateNew || lay.Server.Sleeping.Load() != 0 ||
 		lay.Client.Tail.Load() != 0 || lay.Client.Head.Load() != 0 ||
-		lay.Server.Tail.Load() != 0 || lay.Server.Head.Load() != 0 {
+		lay.Server.Tail.Load() != 0 || lay.Server.Head.Load() != 0 ||
+		lay.Client.ReturnTail.Load() != 0 || lay.Client.ReturnHead.Load() != 0 ||
+		lay.Server.ReturnTail.Load() != 0 || lay.Server.ReturnHead.Load() != 0 {
 		return errors.New("notnets: connection segment announced with used control blocks")
 	}
 	return nil
@@ -215,7 +217,7 @@ func (l *Listener) take(s pool.Slot) (*accepted, error) {
 	if !pool.ValidConnName(name) {
 		return nil, fmt.Errorf("notnets: slot names %q, not a connection segment", name)
 	}
-	seg, err := pool.Open(l.dir, name, pool.ConnSize(ring.MinCap, ring.MinCap), pool.ConnSize(1<<30, 1<<30))
+	seg, err := pool.Open(l.dir, name, pool.ConnSize(ring.MinCap, ring.MinCap), pool.ConnSpec{C2S: 1 << 30, S2C: 1 << 30, C2SHeap: pool.MaxHeap, S2CHeap: pool.MaxHeap}.Size())
 	if err != nil {
 		return nil, err
 	}

@@ -24,10 +24,16 @@ var grpcProto = encoding.GetCodecV2(protocodec.Name)
 type outMsg struct {
 	direct proto.Message
 	data   mem.BufferSlice
+	bytes  *Bytes // a Bytes message, sent without its codec
 	size   int
 }
 
-func (m *outMsg) free() { m.data.Free() }
+func (m *outMsg) free() {
+	m.data.Free()
+	if m.bytes != nil {
+		m.bytes.Free()
+	}
+}
 
 // prepareMsg sizes or marshals v with codec and checks it against maxSend.
 func prepareMsg(codec encoding.CodecV2, v any, maxSend int) (outMsg, error) {
@@ -37,6 +43,8 @@ func prepareMsg(codec encoding.CodecV2, v any, maxSend int) (outMsg, error) {
 	}
 	if pm, ok := v.(proto.Message); ok && codec == grpcProto && pm != nil {
 		m.direct, m.size = pm, proto.Size(pm)
+	} else if b, ok := v.(*Bytes); ok && b != nil && codec.Name() == BytesCodecName {
+		m.bytes, m.size = b, b.Len()
 	} else {
 		data, err := codec.Marshal(v)
 		if err != nil {
@@ -60,6 +68,21 @@ var marshalCached = proto.MarshalOptions{UseCachedSize: true}
 // writeMsg writes m as a MESSAGE frame (or fragments). The caller holds the
 // write lock.
 func (c *conn) writeMsg(ctx context.Context, stream uint32, flags frame.Flags, m *outMsg) error {
+	if b := m.bytes; b != nil && b.c == c {
+		if err := c.writeRef(ctx, stream, flags, b.off, b.Len()); err != nil {
+			return err
+		}
+		b.sent()
+		return nil
+	}
+	if m.size >= ArenaThreshold {
+		if off, blk, ok := c.allocBlock(m.size); ok {
+			return c.writeInHeap(ctx, stream, flags, m, off, blk)
+		}
+	}
+	if m.bytes != nil {
+		return c.writeData(ctx, stream, flags, m.bytes.Data())
+	}
 	if m.direct != nil && m.size <= c.out.MaxPayload() {
 		rec, err := c.reserve(ctx, m.size, frame.TypeMessage)
 		if err != nil {
@@ -92,6 +115,33 @@ func (c *conn) writeMsg(ctx context.Context, stream uint32, flags frame.Flags, m
 		return c.writeData(ctx, stream, flags, m.data[0].ReadOnlyData())
 	}
 	return c.writeData(ctx, stream, flags, m.data.Materialize())
+}
+
+// writeInHeap fills the block at off in the own heap with m and sends it
+// as a reference. The caller holds the write lock.
+func (c *conn) writeInHeap(ctx context.Context, stream uint32, flags frame.Flags, m *outMsg, off int, blk []byte) error {
+	var err error
+	switch {
+	case m.direct != nil:
+		b, merr := marshalCached.MarshalAppend(blk[:0:m.size], m.direct)
+		switch {
+		case merr != nil:
+			err = status.Errorf(codes.Internal, "grpc: error while marshaling: %v", merr)
+		case len(b) != m.size || &b[0] != &blk[0]:
+			err = status.Errorf(codes.Internal, "grpc: message changed size from %d to %d bytes while being sent", m.size, len(b))
+		}
+	case m.bytes != nil:
+		copy(blk, m.bytes.Data())
+	default:
+		m.data.CopyTo(blk)
+	}
+	if err == nil {
+		err = c.writeRef(ctx, stream, flags, off, m.size)
+	}
+	if err != nil {
+		c.freeBlock(off)
+	}
+	return err
 }
 
 // decodeMsg unmarshals a received message into v and frees it.

@@ -16,6 +16,10 @@ const (
 	DefaultMaxRecvMsgSize = 4 << 20
 	// DefaultSpin is how long an idle reader keeps polling before it blocks.
 	DefaultSpin = 100 * time.Microsecond
+	// DefaultArenaSize is the size of each of a connection's two heaps
+	// (WithArenaSize). The heaps are files on tmpfs: only pages that carry
+	// messages take memory.
+	DefaultArenaSize = 64 << 20
 	// defaultWindow is each stream's receive window: how many message bytes a
 	// sender may have in flight before the receiver's application reads them.
 	defaultWindow = 1 << 20
@@ -40,6 +44,9 @@ func WithLivenessTimeout(d time.Duration) LivenessOption { return LivenessOption
 type waitConfig struct {
 	spin     time.Duration
 	pollOnly bool // never block in futex; sleep instead (pools shared across hosts)
+	// checkViews protects each received heap block while nobody holds it
+	// (WithViewChecks).
+	checkViews bool
 }
 
 func defaultWait() waitConfig { return waitConfig{spin: DefaultSpin} }
@@ -47,6 +54,7 @@ func defaultWait() waitConfig { return waitConfig{spin: DefaultSpin} }
 type dialOptions struct {
 	pool         string
 	ringSize     int
+	arenaSize    int
 	unary        []grpc.UnaryClientInterceptor
 	stream       []grpc.StreamClientInterceptor
 	callOptions  []grpc.CallOption
@@ -132,6 +140,24 @@ func WithPollOnly() WaitOption {
 // makes: a power of two from 4 KiB to 1 GiB. Messages larger than half the
 // ring are split into fragments.
 func WithRingSize(n int) DialOption { return dialFunc(func(o *dialOptions) { o.ringSize = n }) }
+
+// WithArenaSize sets the size of each of the two heaps of connections this
+// client makes (default DefaultArenaSize): a power of two from 64 KiB to
+// 1 GiB, or 0 for none. Messages of ArenaThreshold bytes or more travel
+// through the heap as a reference instead of being copied through the
+// ring; a message larger than the heap, or one that finds the heap full,
+// goes through the ring.
+func WithArenaSize(n int) DialOption { return dialFunc(func(o *dialOptions) { o.arenaSize = n }) }
+
+// WithViewChecks makes a side protect every page of the peer's heap that
+// no received message holds (mprotect, two system calls per message), so
+// that reading a Bytes after Free, or a message a codec kept without a
+// reference, faults at once instead of reading another message's bytes.
+// Meant for tests and debugging; it is both a DialOption and a
+// ServerOption.
+func WithViewChecks() WaitOption {
+	return WaitOption{func(w *waitConfig) { w.checkViews = true }}
+}
 
 // WithUnaryInterceptor sets the client's unary interceptor; it runs before
 // any set with WithChainUnaryInterceptor.

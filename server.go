@@ -306,6 +306,7 @@ func newServerConn(s *Server, lis *Listener, a *accepted) *serverConn {
 	sc.ctx, sc.cancel = context.WithCancel(context.Background())
 	sc.ctx = peer.NewContext(sc.ctx, sc.peer) // once per connection, not per call
 	sc.c = newConn(a.seg, a.lay.Server, a.lay.Client, a.lay.S2C, a.lay.C2S, s.opts.wait)
+	sc.c.initHeaps(a.lay.S2CHeap, a.lay.S2CReturns, a.lay.C2SHeap, a.lay.C2SReturns, s.opts.wait.checkViews)
 	sc.c.onFrame = sc.onFrame
 	sc.c.onClose = sc.onClose
 	a.lay.Server.State.Store(pool.StateOpen) // the client may start calls
@@ -466,7 +467,7 @@ func (sc *serverConn) onFrame(h frame.Header, p []byte) error {
 		return nil // the handler has already finished
 	}
 	switch h.Type {
-	case frame.TypeMessage:
+	case frame.TypeMessage, frame.TypeMessageRef:
 		if err := st.onData(h, p); err != nil {
 			return err
 		}

@@ -82,7 +82,14 @@ func (s *streamBase) await(ctx context.Context, ready func() bool) error {
 
 // onData handles a MESSAGE frame on the reader goroutine.
 func (s *streamBase) onData(h frame.Header, p []byte) error {
-	m, complete, err := s.asm.add(h, p, s.maxRecv)
+	var m inMsg
+	var complete bool
+	var err error
+	if h.Type == frame.TypeMessageRef {
+		m, complete, err = s.asm.ref(h, s.c.takeRef(), s.maxRecv)
+	} else {
+		m, complete, err = s.asm.add(h, p, s.maxRecv)
+	}
 	if err != nil || !complete {
 		return err
 	}
@@ -217,6 +224,24 @@ func (a *assembler) add(h frame.Header, p []byte, limit int) (inMsg, bool, error
 	b := a.buf
 	a.buf = nil
 	return inMsg{data: mem.BufferSlice{mem.NewBuffer(b, mem.DefaultBufferPool())}}, true, nil
+}
+
+// ref takes a whole message that arrived as a MESSAGE_REF frame, viewed by
+// buf, which it frees unless it returns it.
+func (a *assembler) ref(h frame.Header, buf mem.Buffer, limit int) (inMsg, bool, error) {
+	if a.buf != nil || a.skip {
+		buf.Free()
+		return inMsg{}, false, fmt.Errorf("stream %d: MESSAGE_REF in the middle of a fragmented message", h.Stream)
+	}
+	if n := buf.Len(); int(h.Aux) != n {
+		buf.Free()
+		return inMsg{}, false, fmt.Errorf("stream %d: MESSAGE_REF of %d bytes says the message has %d", h.Stream, n, h.Aux)
+	}
+	if n := buf.Len(); n > limit {
+		buf.Free()
+		return inMsg{err: status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", n, limit)}, true, nil
+	}
+	return inMsg{data: mem.BufferSlice{buf}}, true, nil
 }
 
 // reset drops a partly assembled message.

@@ -7,9 +7,8 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/encoding"
-	"google.golang.org/grpc/mem"
 
+	"github.com/notnets/notnets"
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
 )
 
@@ -22,46 +21,17 @@ func (Greeter) SayHello(_ context.Context, in *pb.HelloRequest) (*pb.HelloReply,
 	return &pb.HelloReply{Message: "Hello " + in.GetName()}, nil
 }
 
-// Raw is a message that is its bytes.
-type Raw struct{ B []byte }
-
-// RawCodec sends a *Raw as its bytes: no serialization at all.
-type RawCodec struct{}
-
-// RawCodecName is the content subtype of RawCodec.
-const RawCodecName = "notnets-raw"
-
-func init() { encoding.RegisterCodecV2(RawCodec{}) }
-
-// Name implements encoding.CodecV2.
-func (RawCodec) Name() string { return RawCodecName }
-
-// Marshal implements encoding.CodecV2.
-func (RawCodec) Marshal(v any) (mem.BufferSlice, error) {
-	return mem.BufferSlice{mem.SliceBuffer(v.(*Raw).B)}, nil
-}
-
-// Unmarshal implements encoding.CodecV2; it reuses the message's buffer.
-func (RawCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	r := v.(*Raw)
-	n := data.Len()
-	if cap(r.B) < n {
-		r.B = make([]byte, n)
-	}
-	r.B = r.B[:n]
-	data.CopyTo(r.B)
-	return nil
-}
-
 // RawServiceDesc describes notnets.bench.Raw, whose Echo returns its
-// request.
+// request: a notnets.Bytes message, so a request that arrived in the
+// client's heap is copied once, into the server's heap, and handed back
+// to the client when the reply has been sent.
 var RawServiceDesc = grpc.ServiceDesc{
 	ServiceName: "notnets.bench.Raw",
 	HandlerType: (*any)(nil),
 	Methods: []grpc.MethodDesc{{
 		MethodName: "Echo",
 		Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
-			in := new(Raw)
+			in := new(notnets.Bytes)
 			if err := dec(in); err != nil {
 				return nil, err
 			}
@@ -73,7 +43,10 @@ var RawServiceDesc = grpc.ServiceDesc{
 // RawEchoMethod is the full name of the raw echo method.
 const RawEchoMethod = "/notnets.bench.Raw/Echo"
 
-// RawEcho calls the raw echo on cc with the raw codec.
-func RawEcho(ctx context.Context, cc grpc.ClientConnInterface, in, out *Raw) error {
-	return cc.Invoke(ctx, RawEchoMethod, in, out, grpc.ForceCodecV2(RawCodec{}))
+var rawCall = grpc.CallContentSubtype(notnets.BytesCodecName)
+
+// RawEcho calls the raw echo on cc with the Bytes codec. It gives in to
+// the transport; the caller frees out.
+func RawEcho(ctx context.Context, cc grpc.ClientConnInterface, in, out *notnets.Bytes) error {
+	return cc.Invoke(ctx, RawEchoMethod, in, out, rawCall)
 }

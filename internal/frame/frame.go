@@ -10,6 +10,7 @@
 //	6      2    reserved, zero
 //	8      4    stream id
 //	12     4    aux: MESSAGE: total message length on the first fragment;
+//	            MESSAGE_REF: the message length;
 //	            WINDOW_UPDATE: bytes returned; otherwise zero
 //
 // All integers are little-endian. Payload encodings use unsigned varints
@@ -35,7 +36,8 @@ const (
 	TypeHalfClose    Type = 6 // client: no more messages on the stream
 	TypeWindowUpdate Type = 7 // receiver: aux bytes of the stream's window consumed
 	TypeGoAway       Type = 8 // stream 0; server: no new streams; either side: why it closes
-	maxType          Type = 8
+	TypeMessageRef   Type = 9 // a whole message in the sender's heap (package arena)
+	maxType          Type = 9
 )
 
 func (t Type) String() string {
@@ -54,6 +56,8 @@ func (t Type) String() string {
 		return "WINDOW_UPDATE"
 	case TypeGoAway:
 		return "GOAWAY"
+	case TypeMessageRef:
+		return "MESSAGE_REF"
 	}
 	return fmt.Sprintf("type(%d)", byte(t))
 }
@@ -115,6 +119,9 @@ func Parse(rec []byte) (Header, []byte, error) {
 	}
 	if h.Flags == FlagMore|FlagEndStream {
 		return h, nil, fmt.Errorf("%v frame ends the stream in the middle of a message", h.Type)
+	}
+	if h.Type == TypeMessageRef && h.Flags&FlagMore != 0 {
+		return h, nil, fmt.Errorf("%v frame with the MORE flag (a reference is never fragmented)", h.Type)
 	}
 	if b[6] != 0 || b[7] != 0 {
 		return h, nil, fmt.Errorf("%v frame with non-zero reserved bytes", h.Type)

@@ -51,8 +51,8 @@ func TestTypeString(t *testing.T) {
 	}{
 		{TypeHeaders, "HEADERS"}, {TypeMessage, "MESSAGE"}, {TypeTrailers, "TRAILERS"},
 		{TypeCancel, "CANCEL"}, {TypeHalfClose, "HALF_CLOSE"},
-		{TypeWindowUpdate, "WINDOW_UPDATE"}, {TypeGoAway, "GOAWAY"},
-		{0, "type(0)"}, {1, "type(1)"}, {9, "type(9)"}, {255, "type(255)"},
+		{TypeWindowUpdate, "WINDOW_UPDATE"}, {TypeGoAway, "GOAWAY"}, {TypeMessageRef, "MESSAGE_REF"},
+		{0, "type(0)"}, {1, "type(1)"}, {10, "type(10)"}, {255, "type(255)"},
 	} {
 		if got := tc.t.String(); got != tc.want {
 			t.Errorf("Type(%d).String() = %q, want %q", byte(tc.t), got, tc.want)
@@ -96,7 +96,8 @@ func TestParse(t *testing.T) {
 
 		{"type 0", rawHeader{length: -1, typ: 0, stream: 1}, payload, "unknown frame type 0"},
 		{"type pad", rawHeader{length: -1, typ: 1, stream: 1}, payload, "unknown frame type 1"},
-		{"type 9", rawHeader{length: -1, typ: 9, stream: 1}, payload, "unknown frame type 9"},
+		{"type 10", rawHeader{length: -1, typ: 10, stream: 1}, payload, "unknown frame type 10"},
+		{"fragmented reference", rawHeader{length: -1, typ: 9, flags: 1, stream: 1}, payload, "never fragmented"},
 		{"type 255", rawHeader{length: -1, typ: 255, stream: 1}, nil, "unknown frame type 255"},
 		{"flag 4", rawHeader{length: -1, typ: 3, flags: 4, stream: 1}, payload, "unknown flags"},
 		{"flag 0x80", rawHeader{length: -1, typ: 2, flags: 0x80, stream: 1}, payload, "unknown flags"},

@@ -35,7 +35,7 @@ func FuzzParse(f *testing.F) {
 		if len(p) > 0 && &p[0] != &rec[HeaderSize] {
 			t.Fatal("payload does not alias the record")
 		}
-		if h.Type < TypeHeaders || h.Type > TypeGoAway {
+		if h.Type < TypeHeaders || h.Type > TypeMessageRef {
 			t.Fatalf("accepted type %d", h.Type)
 		}
 		if h.Flags&^(FlagMore|FlagEndStream) != 0 {
@@ -43,6 +43,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if h.Stream == 0 && h.Type != TypeGoAway {
 			t.Fatalf("accepted %v on stream 0", h.Type)
+		}
+		if h.Type == TypeMessageRef && h.Flags&FlagMore != 0 {
+			t.Fatal("accepted a fragmented MESSAGE_REF")
 		}
 		// Rebuilding the header the way the writer does gives the record.
 		b := make([]byte, HeaderSize)

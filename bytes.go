@@ -1,0 +1,164 @@
+package notnets
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+)
+
+// BytesCodecName is the content subtype of the Bytes codec. Select it per
+// call with grpc.CallContentSubtype(BytesCodecName), or for every call of
+// a client with WithDefaultCallOptions; the server picks it up from the
+// call. It is registered with grpc's codec registry by this package, so it
+// works over the gRPC fallback too.
+const BytesCodecName = "notnets-bytes"
+
+func init() { encoding.RegisterCodecV2(bytesCodec{}) }
+
+// Bytes is a message of raw bytes, the zero-serialization fast path: no
+// encoding, and no copy where notnets can avoid one.
+//
+// Receiving: a Bytes filled by a call (as the reply of Invoke, or by
+// RecvMsg) views the message where it lies: for messages of ArenaThreshold
+// bytes or more that is the peer's heap in shared memory. The view is
+// valid until Free, which hands the memory back to the sender; a Bytes
+// that is never freed keeps that memory from the sender for the life of
+// the connection, and keeps the connection's segment mapped after it
+// closes. Data must not be used after Free; WithViewChecks turns such a
+// use into a fault. The peer can still write its heap while you read:
+// treat the bytes as untrusted input that may change under you.
+//
+// Sending: a Bytes from ClientConn.Alloc or Alloc lies in the connection's
+// own heap; filling it and sending it moves no bytes at all. Sending any
+// Bytes gives it to the transport: do not use it afterwards. A Bytes from
+// NewBytes wraps ordinary memory and is copied when sent, as any message.
+//
+// A Bytes is not safe for concurrent use.
+type Bytes struct {
+	b   []byte
+	buf mem.Buffer // received: the buffer b views, released by Free
+	c   *conn      // allocated in c's heap at off, not yet sent
+	off int
+}
+
+// NewBytes returns a Bytes that holds b, for sending.
+func NewBytes(b []byte) *Bytes { return &Bytes{b: b} }
+
+// Data returns the message bytes. For a Bytes from Alloc they are writable
+// until the Bytes is sent; otherwise they are read-only.
+func (m *Bytes) Data() []byte { return m.b }
+
+// Len returns the length of the message.
+func (m *Bytes) Len() int { return len(m.b) }
+
+// Free releases the memory under m, received or allocated, and empties m.
+// It may be called more than once.
+func (m *Bytes) Free() {
+	if m.buf != nil {
+		m.buf.Free()
+	}
+	if m.c != nil {
+		m.c.freeBlock(m.off)
+		m.c.unpin()
+	}
+	*m = Bytes{}
+}
+
+// Alloc returns an n-byte Bytes in the heap of the client's current
+// connection, to fill and send without a copy. When the connection has no
+// heap, or no room, or n is below ArenaThreshold, it returns ordinary
+// memory, which is sent the usual way.
+func (cc *ClientConn) Alloc(n int) *Bytes {
+	cc.mu.Lock()
+	t := cc.cur
+	cc.mu.Unlock()
+	m := new(Bytes)
+	if t != nil {
+		t.c.allocBytes(m, n)
+	} else {
+		m.b = make([]byte, n)
+	}
+	return m
+}
+
+// Alloc returns an n-byte Bytes in the heap of the connection that carries
+// the call whose server handler has ctx, to fill and send as the reply
+// without a copy. Outside a notnets handler, or when the connection has no
+// heap or no room, or n is below ArenaThreshold, it returns ordinary
+// memory.
+func Alloc(ctx context.Context, n int) *Bytes {
+	m := new(Bytes)
+	if ts, ok := grpc.ServerTransportStreamFromContext(ctx).(transportStream); ok {
+		ts.c.allocBytes(m, n)
+	} else {
+		m.b = make([]byte, n)
+	}
+	return m
+}
+
+// allocBytes points m at n bytes of a new block of c's heap, or at
+// ordinary memory.
+func (c *conn) allocBytes(m *Bytes, n int) {
+	if n >= ArenaThreshold && c.closeErr() == nil {
+		if off, b, ok := c.allocBlock(n); ok {
+			c.pin()
+			*m = Bytes{b: b[:n:n], c: c, off: off}
+			return
+		}
+	}
+	*m = Bytes{b: make([]byte, n)}
+}
+
+// sent records that m's block now belongs to the peer.
+func (m *Bytes) sent() {
+	c := m.c
+	*m = Bytes{}
+	c.unpin()
+}
+
+// bytesCodec is the codec of Bytes messages.
+type bytesCodec struct{}
+
+func (bytesCodec) Name() string { return BytesCodecName }
+
+// Marshal returns the bytes of a *Bytes without copying them. notnets
+// itself never calls it for a Bytes; grpc-go does when a call falls back to
+// HTTP/2, and grpc-go's rule that a message is not modified after it is
+// sent keeps that safe.
+func (bytesCodec) Marshal(v any) (mem.BufferSlice, error) {
+	m, ok := v.(*Bytes)
+	if !ok {
+		return nil, fmt.Errorf("notnets: the %s codec sends *notnets.Bytes, not %T", BytesCodecName, v)
+	}
+	if m.c != nil {
+		// Heap memory of a notnets connection going out another way: copy,
+		// since the block must be freed now.
+		buf := mem.Copy(m.b, mem.DefaultBufferPool())
+		m.Free()
+		return mem.BufferSlice{buf}, nil
+	}
+	return mem.BufferSlice{mem.SliceBuffer(m.b)}, nil
+}
+
+// Unmarshal makes a *Bytes view data. A message in one buffer (every
+// message notnets receives, and most that grpc-go receives) is kept by
+// reference, not copied.
+func (bytesCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(*Bytes)
+	if !ok {
+		return fmt.Errorf("notnets: the %s codec receives into *notnets.Bytes, not %T", BytesCodecName, v)
+	}
+	m.Free()
+	switch len(data) {
+	case 0:
+	case 1:
+		data[0].Ref()
+		m.buf, m.b = data[0], data[0].ReadOnlyData()
+	default:
+		m.b = data.Materialize()
+	}
+	return nil
+}
