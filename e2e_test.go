@@ -504,8 +504,8 @@ func TestManyConnectionsAndClose(t *testing.T) {
 			t.Errorf("connection %d after another closed: %v", i+1, err)
 		}
 	}
-	if got := srv.command(t, "services"); got != "3" {
-		t.Errorf("server has %s services, want 3", got)
+	if got := srv.command(t, "services"); got != "4" {
+		t.Errorf("server has %s services, want 4 (Greeter, TestService, semantics, raw echo)", got)
 	}
 }
 

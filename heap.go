@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -43,6 +44,8 @@ type heaps struct {
 	pins     int
 	closed   bool // the connection is released; unmap at pins == 0
 	unmapped bool
+
+	refsSent, refsRecv atomic.Uint64 // messages sent and received through the heaps
 }
 
 // initHeaps sets up the heaps; own or peer may be empty (no heap). View
@@ -104,6 +107,7 @@ func (c *conn) writeRef(ctx context.Context, stream uint32, flags frame.Flags, o
 	}
 	frame.Put(rec, flags, stream, uint32(n))
 	arena.Ref{Offset: uint64(off), Length: uint64(n)}.Append(rec[frame.HeaderSize:frame.HeaderSize])
+	c.refsSent.Add(1)
 	return nil
 }
 
@@ -133,6 +137,7 @@ func (c *conn) takeView(p []byte) (mem.Buffer, error) {
 	*v = h.peerMem[r.Offset:end:pageEnd]
 	h.pins++
 	h.viewMu.Unlock()
+	h.refsRecv.Add(1)
 	if h.check {
 		if err := unix.Mprotect(h.peerMem[r.Offset:pageEnd], unix.PROT_READ); err != nil {
 			return nil, fmt.Errorf("unprotect a received block: %w", err)

@@ -30,7 +30,13 @@ import (
 
 	"github.com/notnets/notnets"
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
+	"github.com/notnets/notnets/internal/benchsvc"
 )
+
+// bigLimit is the message size limit of a server started with
+// NOTNETS_TEST_BIG, and of clients that talk to it: above the largest
+// message the tests send (64 MiB).
+const bigLimit = 80 << 20
 
 // The test binary doubles as the server (and, for interop cases, the
 // client) process: TestMain dispatches on roleEnv.
@@ -185,7 +191,11 @@ func runServer() {
 	if os.Getenv("NOTNETS_TEST_POLLONLY") != "" {
 		opts = append(opts, notnets.WithPollOnly())
 	}
+	if os.Getenv("NOTNETS_TEST_BIG") != "" {
+		opts = append(opts, notnets.MaxRecvMsgSize(bigLimit), notnets.MaxSendMsgSize(bigLimit))
+	}
 	srv := notnets.NewServer(opts...)
+	srv.RegisterService(&benchsvc.RawServiceDesc, struct{}{})
 	pb.RegisterGreeterServer(srv, greeter{})
 	testgrpc.RegisterTestServiceServer(srv, interop.NewTestServer())
 	desc := testgrpc.TestService_ServiceDesc

@@ -1,0 +1,354 @@
+package notnets
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/notnets/notnets/internal/arena"
+	"github.com/notnets/notnets/internal/frame"
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/ring"
+)
+
+// bytesEchoDesc is a service whose Echo returns its request, a Bytes.
+var bytesEchoDesc = grpc.ServiceDesc{
+	ServiceName: "test.BytesEcho",
+	HandlerType: (*any)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "Echo",
+		Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			in := new(Bytes)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			return in, nil
+		},
+	}},
+}
+
+var bytesCall = grpc.CallContentSubtype(BytesCodecName)
+
+// serveBytesEcho serves bytesEchoDesc in this process under name in a new
+// pool, and returns the server and the pool.
+func serveBytesEcho(t *testing.T, name string, opts ...ServerOption) (*Server, string) {
+	dir := t.TempDir()
+	lis, err := Listen(name, WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(opts...)
+	srv.RegisterService(&bytesEchoDesc, struct{}{})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return srv, dir
+}
+
+func dialT(t *testing.T, name, dir string, opts ...DialOption) *ClientConn {
+	cc, err := Dial(context.Background(), name, append([]DialOption{WithPool(dir)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+func echoBytes(cc *ClientConn, in, out *Bytes) error {
+	return cc.Invoke(context.Background(), "/test.BytesEcho/Echo", in, out, bytesCall)
+}
+
+// heldPages returns how many pages of the peer's heap c holds.
+func heldPages(c *conn) int {
+	c.viewMu.Lock()
+	defer c.viewMu.Unlock()
+	return c.held.Count()
+}
+
+// TestHostileReferences sends broken MESSAGE_REF frames from a client, and
+// checks that the server closes that connection only, naming the problem.
+func TestHostileReferences(t *testing.T) {
+	_, dir := serveBytesEcho(t, "refs")
+	refFrame := func(flags frame.Flags, stream, aux uint32, payload []byte) func(*conn) {
+		return func(c *conn) {
+			rec := c.out.Reserve(len(payload), byte(frame.TypeMessageRef))
+			frame.Put(rec, flags, stream, aux)
+			copy(rec[frame.HeaderSize:], payload)
+			c.out.Publish()
+		}
+	}
+	ref := func(off, n uint64) []byte { return arena.Ref{Offset: off, Length: n}.Append(nil) }
+	both := func(a, b func(*conn)) func(*conn) { return func(c *conn) { a(c); b(c) } }
+	tests := []struct {
+		name   string
+		inject func(*conn)
+		want   string
+	}{
+		{"outside the heap", refFrame(0, 1, 100, ref(1<<40, 100)), "do not lie within the heap"},
+		{"running off the heap", refFrame(0, 1, 8192, ref(DefaultArenaSize-4096, 8192)), "do not lie within the heap"},
+		{"misaligned", refFrame(0, 1, 100, ref(100, 100)), "not a multiple of 4096"},
+		{"empty", refFrame(0, 1, 0, ref(0, 0)), "empty message"},
+		{"short payload", refFrame(0, 1, 0, []byte{1, 2, 3}), "payload of 3 bytes"},
+		{"fragmented", refFrame(frame.FlagMore, 1, 100, ref(0, 100)), "never fragmented"},
+		{"length differs from the frame's", refFrame(0, 1, 99, ref(0, 100)), "says the message has 99"},
+		{"referenced twice", both(refFrame(0, 1, 100, ref(0, 100)), refFrame(0, 1, 100, ref(0, 8192))), "referenced twice"},
+		{"in a fragmented message", func(c *conn) {
+			rec := c.out.Reserve(10, byte(frame.TypeMessage))
+			frame.Put(rec, frame.FlagMore, 1, 20)
+			c.out.Publish()
+			refFrame(0, 1, 100, ref(0, 100))(c)
+		}, "in the middle of a fragmented message"},
+	}
+	healthy := dialT(t, "refs", dir)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cc := dialT(t, "refs", dir)
+			// Stream 1 is open and waits for its request, which never ends.
+			if _, err := cc.NewStream(context.Background(), unaryDesc, "/test.BytesEcho/Echo", bytesCall); err != nil {
+				t.Fatal(err)
+			}
+			cn := cc.conn()
+			if err := cn.lock(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			tc.inject(cn)
+			pool.FutexWake(ring.TailWord(cn.self.Tail), 1)
+			select {
+			case <-cn.done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the server did not close the connection within 10 s")
+			}
+			<-cn.wlock
+			st := status.Convert(cn.closeErr())
+			if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "protocol violation") || !strings.Contains(st.Message(), tc.want) {
+				t.Errorf("connection closed with %v, want Unavailable naming a protocol violation with %q", st, tc.want)
+			}
+			var out Bytes
+			if err := echoBytes(healthy, NewBytes(make([]byte, 20000)), &out); err != nil || out.Len() != 20000 {
+				t.Errorf("another connection after the injection: %v, %d bytes", err, out.Len())
+			}
+			out.Free()
+		})
+	}
+}
+
+// TestHostileReturns hands the client blocks back that it never lent, as a
+// broken or hostile server could, and checks that the client closes the
+// connection with a status that names the problem.
+func TestHostileReturns(t *testing.T) {
+	_, dir := serveBytesEcho(t, "returns")
+	tests := []struct {
+		name   string
+		inject func(c *conn)
+		want   string
+	}{
+		{"block never lent", func(c *conn) {
+			c.returns.Drain(func(uint32) error { return nil }) // in step with the server
+			q := returnsRegion(c)
+			i := 4 * int(c.peer.ReturnTail.Load()%uint64(len(c.heaps.ownMem)/arena.MinBlock))
+			q[i], q[i+1], q[i+2], q[i+3] = 200, 0, 0, 0 // page 200, never allocated
+			c.peer.ReturnTail.Store(c.peer.ReturnTail.Load() + 1)
+		}, "not allocated"},
+		{"tail beyond the queue", func(c *conn) {
+			c.peer.ReturnTail.Store(c.peer.ReturnTail.Load() + 1<<20)
+		}, "outside"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cc := dialT(t, "returns", dir)
+			var out Bytes
+			if err := echoBytes(cc, NewBytes(make([]byte, 20000)), &out); err != nil {
+				t.Fatal(err)
+			}
+			out.Free()
+			c := cc.conn()
+			c.heapMu.Lock()
+			tc.inject(c)
+			c.heapMu.Unlock()
+			err := echoBytes(cc, NewBytes(make([]byte, 20000)), &out)
+			if st := status.Convert(err); st.Code() != codes.Internal || !strings.Contains(st.Message(), tc.want) {
+				t.Errorf("call after the bad return: %v, want Internal containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// returnsRegion returns the bytes of the queue in which the server hands
+// back blocks of c's heap (a client conn).
+func returnsRegion(c *conn) []byte {
+	lay, err := pool.MapConn(c.seg.Mem, ring.CheckCap)
+	if err != nil {
+		panic(err)
+	}
+	return lay.C2SReturns
+}
+
+// TestViewChecksCatchUseAfterFree reads a received view after Free with
+// WithViewChecks: the read faults instead of returning bytes the sender may
+// already have reused.
+func TestViewChecksCatchUseAfterFree(t *testing.T) {
+	_, dir := serveBytesEcho(t, "checks")
+	cc := dialT(t, "checks", dir, WithViewChecks())
+	in := cc.Alloc(64 << 10)
+	for i := range in.Data() {
+		in.Data()[i] = byte(i)
+	}
+	var out Bytes
+	if err := echoBytes(cc, in, &out); err != nil {
+		t.Fatal(err)
+	}
+	view := out.Data()
+	if len(view) != 64<<10 || view[1000] != byte(1000%256) {
+		t.Fatalf("reply of %d bytes, byte 1000 = %d", len(view), view[1000])
+	}
+	out.Free()
+	err := readFaults(view)
+	if err == nil {
+		t.Fatal("reading a view after Free did not fault")
+	}
+	if a, ok := err.(interface{ Addr() uintptr }); !ok || a.Addr() != uintptr(unsafe.Pointer(&view[0])) {
+		t.Fatalf("read after Free: %v, not a fault at the view's address %p", err, &view[0])
+	}
+	// The connection goes on, and the next view is readable again.
+	if err := echoBytes(cc, NewBytes(bytes.Repeat([]byte{7}, 64<<10)), &out); err != nil || out.Data()[100] != 7 {
+		t.Fatalf("call after the fault: %v", err)
+	}
+	out.Free()
+}
+
+// readFaults reads b[0] and returns the fault it caused, if any.
+func readFaults(b []byte) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if re, ok := r.(runtime.Error); ok {
+				err = re
+				return
+			}
+			panic(r)
+		}
+	}()
+	sink += b[0] + b[len(b)-1]
+	return nil
+}
+
+var sink byte // keeps readFaults' load from being optimized away
+
+// TestViewsOutliveTheConnection holds a reply view while the server stops:
+// the view stays readable, and the segment is unmapped when it is freed.
+func TestViewsOutliveTheConnection(t *testing.T) {
+	srv, dir := serveBytesEcho(t, "outlive")
+	cc := dialT(t, "outlive", dir)
+	want := bytes.Repeat([]byte("notnets!"), 8<<10)
+	var out Bytes
+	if err := echoBytes(cc, NewBytes(bytes.Clone(want)), &out); err != nil {
+		t.Fatal(err)
+	}
+	blk := cc.Alloc(100 << 10) // an allocation the user holds
+	c := cc.conn()
+	srv.Stop()
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection still open 10 s after the server stopped")
+	}
+	c.waitReleased()
+	if !bytes.Equal(out.Data(), want) {
+		t.Fatal("the view changed after the connection closed")
+	}
+	blk.Data()[0] = 1 // still mapped
+	if !mapped(t, c.seg.Path) {
+		t.Fatal("segment unmapped while a view and an allocation are held")
+	}
+	out.Free()
+	if !mapped(t, c.seg.Path) {
+		t.Fatal("segment unmapped while an allocation is held")
+	}
+	blk.Free()
+	if mapped(t, c.seg.Path) {
+		t.Fatal("segment still mapped after the last view and allocation were freed")
+	}
+}
+
+func mapped(t *testing.T, path string) bool {
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Skipf("cannot read /proc/self/maps: %v", err)
+	}
+	return bytes.Contains(b, []byte(path))
+}
+
+// TestAllocFallsBack fills the client's heap with allocations: Alloc then
+// returns ordinary memory, which is still sent, and freeing the blocks
+// makes room again.
+func TestAllocFallsBack(t *testing.T) {
+	_, dir := serveBytesEcho(t, "full")
+	cc := dialT(t, "full", dir, WithArenaSize(pool.MinHeap))
+	var held []*Bytes
+	for i := 0; i < 4; i++ {
+		b := cc.Alloc(16 << 10)
+		if b.c == nil {
+			t.Fatalf("allocation %d of 16 KiB from a 64 KiB heap came from ordinary memory", i)
+		}
+		held = append(held, b)
+	}
+	extra := cc.Alloc(16 << 10)
+	if extra.c != nil {
+		t.Fatal("a full heap still allocated")
+	}
+	var out Bytes
+	copy(extra.Data(), "fallback")
+	if err := echoBytes(cc, extra, &out); err != nil || string(out.Data()[:8]) != "fallback" {
+		t.Fatalf("sending ordinary memory: %v", err)
+	}
+	out.Free()
+	for _, b := range held {
+		b.Free()
+	}
+	if b := cc.Alloc(64 << 10); b.c == nil {
+		t.Fatal("the whole heap is not free after freeing every block")
+	} else {
+		b.Free()
+	}
+	if small := cc.Alloc(100); small.c != nil {
+		t.Fatal("a message below the threshold was allocated in the heap")
+	}
+}
+
+// TestStaleReferencesGoBack cancels calls whose replies arrive after the
+// caller gave up, and checks that every block comes back to the sender.
+func TestStaleReferencesGoBack(t *testing.T) {
+	_, dir := serveBytesEcho(t, "stale")
+	cc := dialT(t, "stale", dir)
+	for i := 0; i < 50; i++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		var out Bytes
+		go cancel()
+		if err := cc.Invoke(ctx, "/test.BytesEcho/Echo", NewBytes(make([]byte, 32<<10)), &out, bytesCall); err == nil {
+			out.Free()
+		}
+	}
+	var out Bytes
+	if err := echoBytes(cc, NewBytes(make([]byte, 32<<10)), &out); err != nil {
+		t.Fatal(err)
+	}
+	out.Free()
+	c := cc.conn()
+	// The reader may still be handling replies of cancelled calls.
+	deadline := time.Now().Add(10 * time.Second)
+	for heldPages(c) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pages of the server's heap still held", heldPages(c))
+		}
+		runtime.Gosched()
+	}
+}

@@ -1,0 +1,8 @@
+package notnets
+
+// HeapRefs returns how many messages cc's current connection has sent and
+// received as heap references, for tests in package notnets_test.
+func HeapRefs(cc *ClientConn) (sent, recv uint64) {
+	c := cc.conn()
+	return c.refsSent.Load(), c.refsRecv.Load()
+}
