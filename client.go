@@ -424,7 +424,10 @@ func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *g
 	if err != nil {
 		return nil, err
 	}
-	s.stopWatch = context.AfterFunc(ctx, func() { s.cancel(ctx.Err()) })
+	stop := context.AfterFunc(ctx, func() { s.cancel(ctx.Err()) })
+	s.mu.Lock() // the function may already run, and done reads stopWatch
+	s.stopWatch = stop
+	s.mu.Unlock()
 	return s, nil
 }
 
@@ -571,8 +574,11 @@ func (s *clientStream) cancel(err error) {
 // done runs the call options that want the call's outcome, once.
 func (s *clientStream) done() {
 	s.finishOnce.Do(func() {
-		if s.stopWatch != nil {
-			s.stopWatch()
+		s.mu.Lock()
+		stop := s.stopWatch
+		s.mu.Unlock()
+		if stop != nil {
+			stop()
 		}
 		s.mu.Lock()
 		header, trailer, st := s.header, s.trailer, s.st

@@ -37,7 +37,13 @@ type benchConfig struct {
 	settle      time.Duration
 }
 
-var allTransports = []string{"grpc-tcp", "grpc-uds", "notnets", "notnets-raw", "floor"}
+var (
+	defaultTransports = []string{"grpc-tcp", "grpc-uds", "notnets", "notnets-raw", "floor"}
+	allTransports     = append(defaultTransports[:len(defaultTransports):len(defaultTransports)], "memcpy")
+)
+
+// maxMsg is the message size limit of every transport in the benchmark.
+const maxMsg = 1 << 30
 
 func parseBenchFlags(args []string) (*benchConfig, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -56,12 +62,13 @@ transports:
   notnets      notnets, protobuf codec (the paper's notnets)
   notnets-raw  notnets, payload sent as raw bytes with no serialization (the paper's notnets-)
   floor        a bare ping-pong of the payload through the same ring code, no gRPC
+  memcpy       one copy of the payload in this process, no peer (not run by default)
 
 flags:
 `)
 		fs.PrintDefaults()
 	}
-	transports := fs.String("transports", strings.Join(allTransports, ","), "comma-separated transports to measure")
+	transports := fs.String("transports", strings.Join(defaultTransports, ","), "comma-separated transports to measure")
 	calls := fs.Int("n", 50000, "timed calls per transport, size and concurrency")
 	duration := fs.Duration("duration", 0, "time per transport, size and concurrency instead of -n (e.g. 5s)")
 	warmup := fs.Int("warmup", 2000, "untimed calls per transport before each size")
@@ -234,8 +241,8 @@ func (e *benchEnv) measure(cfg *benchConfig, size, conc int, bar *progressbar.Pr
 	var results []*Result
 	callers := make([][]caller, len(cfg.transports))
 	for i, name := range cfg.transports {
-		if name == "floor" && conc > 1 {
-			continue // the floor has no multiplexing: one caller only
+		if (name == "floor" || name == "memcpy") && conc > 1 {
+			continue // no multiplexing: one caller only
 		}
 		cs, err := e.callers(name, conc)
 		if err != nil {

@@ -43,13 +43,13 @@ func benchServer(args []string) error {
 	if err != nil {
 		return err
 	}
-	srv := notnets.NewServer()
+	srv := notnets.NewServer(notnets.MaxRecvMsgSize(maxMsg), notnets.MaxSendMsgSize(maxMsg))
 	pb.RegisterGreeterServer(srv, benchsvc.Greeter{})
 	srv.RegisterService(&benchsvc.RawServiceDesc, struct{}{})
 	go srv.Serve(lis)
 	defer srv.Stop()
 
-	gsrv := grpc.NewServer()
+	gsrv := grpc.NewServer(grpc.MaxRecvMsgSize(maxMsg), grpc.MaxSendMsgSize(maxMsg))
 	pb.RegisterGreeterServer(gsrv, benchsvc.Greeter{})
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -23,7 +23,8 @@ func (e *benchEnv) callers(name string, conc int) ([]caller, error) {
 		if name == "grpc-uds" {
 			target = "unix://" + e.info.UDS
 		}
-		cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)))
 		if err != nil {
 			return nil, err
 		}
@@ -32,7 +33,8 @@ func (e *benchEnv) callers(name string, conc int) ([]caller, error) {
 	case "notnets", "notnets-raw":
 		ctx, cancel := context.WithTimeout(background, 10*time.Second)
 		defer cancel()
-		cc, err := notnets.Dial(ctx, e.info.Listener, notnets.WithPool(e.pool))
+		cc, err := notnets.Dial(ctx, e.info.Listener, notnets.WithPool(e.pool),
+			notnets.WithMaxRecvMsgSize(maxMsg), notnets.WithMaxSendMsgSize(maxMsg))
 		if err != nil {
 			return nil, err
 		}
@@ -54,6 +56,15 @@ func (e *benchEnv) callers(name string, conc int) ([]caller, error) {
 			return nil, err
 		}
 		return []caller{c.RoundTrip}, nil
+	case "memcpy":
+		var dst []byte
+		return []caller{func(p []byte) error {
+			if len(dst) < len(p) {
+				dst = make([]byte, len(p))
+			}
+			copy(dst, p)
+			return nil
+		}}, nil
 	}
 	return nil, fmt.Errorf("unknown transport %q", name)
 }
