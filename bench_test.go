@@ -18,6 +18,7 @@ import (
 
 	"github.com/notnets/notnets"
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
+	"github.com/notnets/notnets/internal/benchsvc"
 )
 
 // BenchmarkUnaryHelloWorld measures one Greeter call over notnets with the
@@ -155,3 +156,50 @@ func BenchmarkKillToError(b *testing.B) {
 	b.ReportMetric(float64(took[len(took)/2].Microseconds())/1e3, "ms-median")
 	b.ReportMetric(float64(took[len(took)-1].Microseconds())/1e3, "ms-worst")
 }
+
+// BenchmarkBytesEcho measures the raw echo (the zero-serialization path)
+// with the server in another process: the request is built in the heap
+// with Alloc, the reply read in place and freed.
+func BenchmarkBytesEcho(b *testing.B) {
+	srv := startServer(b, "NOTNETS_TEST_BIG=1")
+	cc := srv.dial(b, notnets.WithMaxRecvMsgSize(bigLimit), notnets.WithMaxSendMsgSize(bigLimit))
+	for _, n := range []int{16, 64 << 10, 1 << 20, 16 << 20} {
+		b.Run(sizeName(n), func(b *testing.B) {
+			payload := make([]byte, n)
+			var out notnets.Bytes
+			call := func() {
+				in := cc.Alloc(n)
+				copy(in.Data(), payload)
+				if err := benchsvc.RawEcho(context.Background(), cc, in, &out); err != nil {
+					b.Fatal(err)
+				}
+				if out.Len() != n {
+					b.Fatalf("echo of %d bytes came back with %d", n, out.Len())
+				}
+				out.Free()
+			}
+			call()
+			b.SetBytes(int64(2 * n)) // the payload crosses twice
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				call()
+			}
+		})
+	}
+}
+
+// BenchmarkMemcpy is the copy the arena path is compared with.
+func BenchmarkMemcpy(b *testing.B) {
+	for _, n := range []int{16, 64 << 10, 1 << 20, 16 << 20} {
+		b.Run(sizeName(n), func(b *testing.B) {
+			src, dst := make([]byte, n), make([]byte, n)
+			b.SetBytes(int64(n))
+			for b.Loop() {
+				copy(dst, src)
+			}
+		})
+	}
+}
+
+var sizeName = notnets.SizeName

@@ -6,3 +6,6 @@ func HeapRefs(cc *ClientConn) (sent, recv uint64) {
 	c := cc.conn()
 	return c.refsSent.Load(), c.refsRecv.Load()
 }
+
+// SizeName names a message size in benchmarks: 16B, 64KiB, 1MiB.
+var SizeName = sizeName

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 )
 
 // ErrRef wraps every error about a reference the peer sent.
@@ -60,10 +61,8 @@ func (t *Held) Take(r Ref) (uint32, error) {
 		return 0, fmt.Errorf("%w: %d bytes at offset %d do not lie within the heap of %d bytes", ErrRef, r.Length, r.Offset, t.size)
 	}
 	first, end := t.pages(r)
-	for p := first; p < end; p++ {
-		if t.bits[p/64]&(1<<(p%64)) != 0 {
-			return 0, fmt.Errorf("%w: %d bytes at offset %d overlap a block still held at offset %d (referenced twice)", ErrRef, r.Length, r.Offset, p*MinBlock)
-		}
+	if p, ok := t.firstHeld(first, end); ok {
+		return 0, fmt.Errorf("%w: %d bytes at offset %d overlap a block still held at offset %d (referenced twice)", ErrRef, r.Length, r.Offset, p*MinBlock)
 	}
 	t.set(first, end, true)
 	return uint32(first), nil
@@ -90,16 +89,37 @@ func (t *Held) pages(r Ref) (first, end uint64) {
 	return r.Offset / MinBlock, (r.Offset + r.Length + MinBlock - 1) / MinBlock
 }
 
-func (t *Held) set(first, end uint64, v bool) {
+// words calls fn with each bitmap word that pages [first, end) touch and
+// the mask of those pages in it, until fn returns false.
+func (t *Held) words(first, end uint64, fn func(w, mask uint64) bool) {
 	for p := first; p < end; {
 		w, b := p/64, p%64
 		n := min(64-b, end-p)
-		mask := ^uint64(0) >> (64 - n) << b
+		if !fn(w, ^uint64(0)>>(64-n)<<b) {
+			return
+		}
+		p += n
+	}
+}
+
+func (t *Held) set(first, end uint64, v bool) {
+	t.words(first, end, func(w, mask uint64) bool {
 		if v {
 			t.bits[w] |= mask
 		} else {
 			t.bits[w] &^= mask
 		}
-		p += n
-	}
+		return true
+	})
+}
+
+// firstHeld returns the first held page in [first, end), if any.
+func (t *Held) firstHeld(first, end uint64) (page uint64, found bool) {
+	t.words(first, end, func(w, mask uint64) bool {
+		if hit := t.bits[w] & mask; hit != 0 {
+			page, found = w*64+uint64(bits.TrailingZeros64(hit)), true
+		}
+		return !found
+	})
+	return page, found
 }
