@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/arena"
@@ -360,5 +361,50 @@ func TestStaleReferencesGoBack(t *testing.T) {
 			t.Fatalf("%d pages of the server's heap still held", heldPages(c))
 		}
 		runtime.Gosched()
+	}
+}
+
+// keepingCodec is a CodecV2 that keeps a reference to the buffer it
+// decodes, as a zero-copy codec may.
+type keepingCodec struct{ kept *mem.Buffer }
+
+func (keepingCodec) Name() string { return "keeping" }
+
+func (keepingCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(v.(*Bytes).Data())}, nil
+}
+
+func (k keepingCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if len(data) != 1 {
+		return status.Errorf(codes.Internal, "%d buffers", len(data))
+	}
+	data[0].Ref()
+	*k.kept = data[0]
+	return nil
+}
+
+// TestCodecKeepsView decodes a large reply with a codec that keeps a
+// reference to its buffer: the block stays held, and readable, until the
+// codec frees it, and then goes back to the server.
+func TestCodecKeepsView(t *testing.T) {
+	_, dir := serveBytesEcho(t, "keep")
+	cc := dialT(t, "keep", dir)
+	var kept mem.Buffer
+	want := bytes.Repeat([]byte{0xa5}, 100<<10)
+	err := cc.Invoke(context.Background(), "/test.BytesEcho/Echo", NewBytes(bytes.Clone(want)), new(Bytes),
+		grpc.ForceCodecV2(keepingCodec{&kept}), bytesCall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cc.conn()
+	if got := heldPages(c); got != 25 {
+		t.Fatalf("%d pages of the server's heap held while the codec keeps the reply, want 25", got)
+	}
+	if !bytes.Equal(kept.ReadOnlyData(), want) {
+		t.Fatal("the kept view does not read the reply")
+	}
+	kept.Free()
+	if got := heldPages(c); got != 0 {
+		t.Fatalf("%d pages still held after the codec freed its reference", got)
 	}
 }
