@@ -166,11 +166,11 @@ func BenchmarkBytesEcho(b *testing.B) {
 	for _, n := range []int{16, 64 << 10, 1 << 20, 16 << 20} {
 		b.Run(sizeName(n), func(b *testing.B) {
 			payload := make([]byte, n)
-			var out notnets.Bytes
+			var in, out notnets.Bytes
 			call := func() {
-				in := cc.Alloc(n)
+				cc.AllocInto(&in, n)
 				copy(in.Data(), payload)
-				if err := benchsvc.RawEcho(context.Background(), cc, in, &out); err != nil {
+				if err := benchsvc.RawEcho(context.Background(), cc, &in, &out); err != nil {
 					b.Fatal(err)
 				}
 				if out.Len() != n {

@@ -38,10 +38,11 @@ func init() { encoding.RegisterCodecV2(bytesCodec{}) }
 //
 // A Bytes is not safe for concurrent use.
 type Bytes struct {
-	b   []byte
-	buf mem.Buffer // received: the buffer b views, released by Free
-	c   *conn      // allocated in c's heap at off, not yet sent
-	off int
+	b      []byte
+	buf    mem.Buffer // received: the buffer b views, released by Free
+	c      *conn      // allocated in c's heap at off, not yet sent
+	off    int
+	pooled *[]byte // allocated from grpc's buffer pool, returned by Free
 }
 
 // NewBytes returns a Bytes that holds b, for sending.
@@ -64,24 +65,36 @@ func (m *Bytes) Free() {
 		m.c.freeBlock(m.off)
 		m.c.unpin()
 	}
+	if m.pooled != nil {
+		mem.DefaultBufferPool().Put(m.pooled)
+	}
 	*m = Bytes{}
 }
 
 // Alloc returns an n-byte Bytes in the heap of the client's current
 // connection, to fill and send without a copy. When the connection has no
 // heap, or no room, or n is below ArenaThreshold, it returns ordinary
-// memory, which is sent the usual way.
+// (pooled, zeroed) memory, which is sent the usual way. Heap memory is not
+// zeroed: it may hold earlier messages of the same connection.
 func (cc *ClientConn) Alloc(n int) *Bytes {
+	m := new(Bytes)
+	cc.AllocInto(m, n)
+	return m
+}
+
+// AllocInto is Alloc into an existing Bytes, freeing what m held first.
+// A Bytes is empty again once sent, so a caller that reuses one allocates
+// nothing per call for its requests.
+func (cc *ClientConn) AllocInto(m *Bytes, n int) {
+	m.Free()
 	cc.mu.Lock()
 	t := cc.cur
 	cc.mu.Unlock()
-	m := new(Bytes)
 	if t != nil {
 		t.c.allocBytes(m, n)
 	} else {
-		m.b = make([]byte, n)
+		m.allocPooled(n)
 	}
-	return m
 }
 
 // Alloc returns an n-byte Bytes in the heap of the connection that carries
@@ -94,7 +107,7 @@ func Alloc(ctx context.Context, n int) *Bytes {
 	if ts, ok := grpc.ServerTransportStreamFromContext(ctx).(transportStream); ok {
 		ts.c.allocBytes(m, n)
 	} else {
-		m.b = make([]byte, n)
+		m.allocPooled(n)
 	}
 	return m
 }
@@ -109,7 +122,14 @@ func (c *conn) allocBytes(m *Bytes, n int) {
 			return
 		}
 	}
-	*m = Bytes{b: make([]byte, n)}
+	m.allocPooled(n)
+}
+
+// allocPooled points the empty m at n zeroed bytes from grpc's buffer pool.
+func (m *Bytes) allocPooled(n int) {
+	p := mem.DefaultBufferPool().Get(n)
+	clear(*p)
+	*m = Bytes{b: *p, pooled: p}
 }
 
 // sent records that m's block now belongs to the peer.

@@ -2,6 +2,7 @@ package notnets
 
 import (
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -34,6 +35,44 @@ func newCallInfo(o *dialOptions, opts []grpc.CallOption) (*callInfo, error) {
 	if len(opts) == 0 && len(o.callOptions) == 0 && o.plainCall != nil {
 		return o.plainCall, nil // shared: nothing in it is written after this
 	}
+	if len(opts) == 1 && len(o.callOptions) == 0 && o.subtypeCalls != nil {
+		if cs, ok := opts[0].(grpc.ContentSubtypeCallOption); ok {
+			return o.subtypeCalls.get(o, cs)
+		}
+	}
+	return buildCallInfo(o, opts)
+}
+
+// subtypeCalls shares the call info of calls whose only option is a
+// content subtype (the common way to pick a codec, as for notnets.Bytes),
+// so that such calls allocate none. At most maxSubtypeCalls are kept.
+type subtypeCalls struct {
+	mu sync.RWMutex
+	m  map[string]*callInfo
+}
+
+const maxSubtypeCalls = 16
+
+func (sc *subtypeCalls) get(o *dialOptions, cs grpc.ContentSubtypeCallOption) (*callInfo, error) {
+	sc.mu.RLock()
+	ci := sc.m[cs.ContentSubtype]
+	sc.mu.RUnlock()
+	if ci != nil {
+		return ci, nil
+	}
+	ci, err := buildCallInfo(o, []grpc.CallOption{cs})
+	if err != nil {
+		return nil, err
+	}
+	sc.mu.Lock()
+	if len(sc.m) < maxSubtypeCalls {
+		sc.m[cs.ContentSubtype] = ci
+	}
+	sc.mu.Unlock()
+	return ci, nil
+}
+
+func buildCallInfo(o *dialOptions, opts []grpc.CallOption) (*callInfo, error) {
 	ci := &callInfo{maxRecv: o.maxRecvSize, maxSend: o.maxSendSize}
 	for _, set := range [][]grpc.CallOption{o.callOptions, opts} {
 		for _, opt := range set {

@@ -99,6 +99,7 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 		if o.plainCall, err = newCallInfo(&o, nil); err != nil {
 			return nil, err
 		}
+		o.subtypeCalls = &subtypeCalls{m: make(map[string]*callInfo)}
 	}
 	cc := &ClientConn{
 		name:      name,
@@ -448,7 +449,8 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 	if err != nil {
 		return nil, err
 	}
-	s := &clientStream{cc: cc, t: t, ctx: ctx, desc: desc, ci: ci, method: method}
+	// The headers live in the stream so that encoding them allocates nothing.
+	s := &clientStream{cc: cc, t: t, ctx: ctx, desc: desc, ci: ci, method: method, reqHdr: hdr}
 	if err := t.c.lock(ctx); err != nil {
 		return nil, err
 	}
@@ -457,7 +459,7 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 		t.c.unlock()
 		return nil, err
 	}
-	if err := t.c.writeFrame(ctx, frame.TypeHeaders, 0, s.id, 0, &hdr); err != nil {
+	if err := t.c.writeFrame(ctx, frame.TypeHeaders, 0, s.id, 0, &s.reqHdr); err != nil {
 		t.c.unlock()
 		// The server never saw the stream: end it here without a CANCEL.
 		s.finish(status.Convert(err), nil)
@@ -525,6 +527,7 @@ type clientStream struct {
 	halfClosed bool
 	received   int
 	stopWatch  func() bool
+	reqHdr     frame.RequestHeaders // sent once, at the start
 	finishOnce sync.Once
 }
 
@@ -666,7 +669,7 @@ func (s *clientStream) recvUnary(reply any) error {
 	if m.err != nil {
 		return m.err
 	}
-	return decodeMsg(s.ci.codec, m.data, reply)
+	return s.decode(s.ci.codec, m.buf, reply)
 }
 
 // Context returns the call's context.
@@ -794,8 +797,8 @@ func (s *clientStream) RecvMsg(m any) error {
 		s.done()
 		return msg.err
 	}
-	n := msg.data.Len()
-	if err := decodeMsg(s.ci.codec, msg.data, m); err != nil {
+	n := msg.buf.Len()
+	if err := s.decode(s.ci.codec, msg.buf, m); err != nil {
 		s.cancel(err)
 		s.done()
 		return err

@@ -144,10 +144,15 @@ func (c *conn) writeInHeap(ctx context.Context, stream uint32, flags frame.Flags
 	return err
 }
 
-// decodeMsg unmarshals a received message into v and frees it.
-func decodeMsg(codec encoding.CodecV2, data mem.BufferSlice, v any) error {
-	err := codec.Unmarshal(data, v)
-	data.Free()
+// decode unmarshals a received message into v and frees it. The
+// one-buffer slice the codec sees is the stream's, so that decoding
+// allocates nothing; a codec keeps buffers (with Ref), never the slice.
+// Only one goroutine receives on a stream at a time.
+func (s *streamBase) decode(codec encoding.CodecV2, buf mem.Buffer, v any) error {
+	s.dec[0] = buf
+	err := codec.Unmarshal(s.dec[:], v)
+	s.dec[0] = nil
+	buf.Free()
 	if err != nil {
 		return status.Errorf(codes.Internal, "grpc: failed to unmarshal the received message: %v", err)
 	}

@@ -64,9 +64,10 @@ type dialOptions struct {
 	window       int
 	connectLimit time.Duration
 
-	plainCall *callInfo // the call info of a call without options
-	liveness  time.Duration
-	backoff   backoff.Config
+	plainCall    *callInfo     // the call info of a call without options
+	subtypeCalls *subtypeCalls // the call infos of calls whose only option is a content subtype
+	liveness     time.Duration
+	backoff      backoff.Config
 }
 
 type serverOptions struct {

@@ -279,8 +279,8 @@ func (st *serverStream) RecvMsg(m any) error {
 	if msg.err != nil {
 		return msg.err
 	}
-	n := msg.data.Len()
-	if err := decodeMsg(st.codec, msg.data, m); err != nil {
+	n := msg.buf.Len()
+	if err := st.decode(st.codec, msg.buf, m); err != nil {
 		return err
 	}
 	st.consumed(st.ctx, n)

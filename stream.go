@@ -12,11 +12,22 @@ import (
 	"github.com/notnets/notnets/internal/frame"
 )
 
-// inMsg is a received message, or the error that replaced it.
+// inMsg is a received message, in one buffer, or the error that replaced
+// it.
 type inMsg struct {
-	data mem.BufferSlice
-	err  error
+	buf mem.Buffer
+	err error
 }
+
+func (m inMsg) free() {
+	if m.buf != nil {
+		m.buf.Free()
+	}
+}
+
+// minPooled is the capacity of the smallest receive buffer: above grpc's
+// pooling threshold (1 KiB), below which mem.NewBuffer would not pool.
+const minPooled = 1025
 
 // streamBase is the receive side and send window shared by client and
 // server streams. The reader goroutine fills it; the stream's user drains it.
@@ -36,7 +47,8 @@ type streamBase struct {
 	quota   int  // message bytes the peer still accepts before a window update
 	closed  bool // the peer sends nothing more on the stream
 
-	asm     assembler // reader goroutine only
+	asm     assembler     // reader goroutine only
+	dec     [1]mem.Buffer // the slice a message is decoded from (decode)
 	maxRecv int
 	window  int
 	unacked int // bytes read by the user not yet returned to the peer
@@ -96,7 +108,7 @@ func (s *streamBase) onData(h frame.Header, p []byte) error {
 	s.mu.Lock()
 	if s.discard {
 		s.mu.Unlock()
-		m.data.Free()
+		m.free()
 		return nil
 	}
 	s.msgs = append(s.msgs, m)
@@ -197,12 +209,10 @@ func (a *assembler) add(h frame.Header, p []byte, limit int) (inMsg, bool, error
 			if len(p) > a.want || (!more && len(p) != a.want) {
 				return inMsg{}, false, fmt.Errorf("stream %d: fragment of %d bytes for a message of %d", h.Stream, len(p), a.want)
 			}
-			if !more && mem.IsBelowBufferPoolingThreshold(a.want) {
-				// Small and whole: a plain slice, as grpc-go does for
-				// messages it would not pool.
-				return inMsg{data: mem.BufferSlice{mem.SliceBuffer(append([]byte(nil), p...))}}, true, nil
-			}
-			a.buf = mem.DefaultBufferPool().Get(a.want)
+			// Small messages too come from the pool, with room beyond
+			// grpc's pooling threshold, so that their buffers are pooled
+			// and receiving allocates nothing.
+			a.buf = mem.DefaultBufferPool().Get(max(a.want, minPooled))
 			*a.buf = append((*a.buf)[:0], p...)
 		}
 	} else if !a.skip {
@@ -223,7 +233,7 @@ func (a *assembler) add(h frame.Header, p []byte, limit int) (inMsg, bool, error
 	}
 	b := a.buf
 	a.buf = nil
-	return inMsg{data: mem.BufferSlice{mem.NewBuffer(b, mem.DefaultBufferPool())}}, true, nil
+	return inMsg{buf: mem.NewBuffer(b, mem.DefaultBufferPool())}, true, nil
 }
 
 // ref takes a whole message that arrived as a MESSAGE_REF frame, viewed by
@@ -241,7 +251,7 @@ func (a *assembler) ref(h frame.Header, buf mem.Buffer, limit int) (inMsg, bool,
 		buf.Free()
 		return inMsg{err: status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", n, limit)}, true, nil
 	}
-	return inMsg{data: mem.BufferSlice{buf}}, true, nil
+	return inMsg{buf: buf}, true, nil
 }
 
 // reset drops a partly assembled message.
@@ -256,7 +266,7 @@ func (a *assembler) reset() {
 // freeAll releases every queued message; the caller holds s.mu.
 func (s *streamBase) freeAll() {
 	for _, m := range s.msgs {
-		m.data.Free()
+		m.free()
 	}
 	s.msgs = nil
 }

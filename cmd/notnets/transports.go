@@ -95,11 +95,11 @@ func greeterCallers(cc grpc.ClientConnInterface, conc int) []caller {
 func rawCallers(cc *notnets.ClientConn, conc int) []caller {
 	cs := make([]caller, conc)
 	for i := range cs {
-		var out notnets.Bytes
+		var in, out notnets.Bytes
 		cs[i] = func(p []byte) error {
-			in := cc.Alloc(len(p))
+			cc.AllocInto(&in, len(p))
 			copy(in.Data(), p)
-			if err := benchsvc.RawEcho(background, cc, in, &out); err != nil {
+			if err := benchsvc.RawEcho(background, cc, &in, &out); err != nil {
 				return err
 			}
 			n := out.Len()
