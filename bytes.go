@@ -33,7 +33,9 @@ func init() { encoding.RegisterCodecV2(bytesCodec{}) }
 //
 // Sending: a Bytes from ClientConn.Alloc or Alloc lies in the connection's
 // own heap; filling it and sending it moves no bytes at all. Sending any
-// Bytes gives it to the transport: do not use it afterwards. A Bytes from
+// Bytes gives it to the transport: do not use it afterwards (it is empty
+// once sent, and may be reused with AllocInto). A Bytes from Alloc that
+// is not sent must be freed, or its block stays taken. A Bytes from
 // NewBytes wraps ordinary memory and is copied when sent, as any message.
 //
 // A Bytes is not safe for concurrent use.
