@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
@@ -173,6 +174,7 @@ func TestHostileReturns(t *testing.T) {
 			}
 			out.Free()
 			c := cc.conn()
+			writableAsPeer(t, c, true)
 			c.heapMu.Lock()
 			tc.inject(c)
 			c.heapMu.Unlock()
@@ -181,6 +183,21 @@ func TestHostileReturns(t *testing.T) {
 				t.Errorf("call after the bad return: %v, want Internal containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// writableAsPeer lifts the page protection of the regions c's peer writes
+// (c is a client connection when client is true), so that a test can play
+// a broken peer from this side.
+func writableAsPeer(t *testing.T, c *conn, client bool) {
+	lay, err := pool.MapConn(c.seg.Mem, ring.CheckCap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range lay.PeerRegions(c.seg.Mem, client) {
+		if err := unix.Mprotect(r, unix.PROT_READ|unix.PROT_WRITE); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

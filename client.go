@@ -51,8 +51,9 @@ type ClientConn struct {
 
 // transport is one connection of a ClientConn and the calls on it.
 type transport struct {
-	cc *ClientConn
-	c  *conn
+	cc     *ClientConn
+	c      *conn
+	server AuthInfo // the server's identity, from its listener
 
 	mu      sync.Mutex
 	streams map[uint32]*clientStream
@@ -91,7 +92,11 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 	if err := pool.CheckHeap(o.arenaSize); err != nil {
 		return nil, fmt.Errorf("notnets: arena %w", err)
 	}
-	if err := checkPool(o.pool); err != nil {
+	var err error
+	if o.access, err = poolAccess(o.group); err != nil {
+		return nil, err
+	}
+	if err := checkPool(o.pool, o.access); err != nil {
 		return nil, err
 	}
 	if len(o.callOptions) == 0 {
@@ -126,17 +131,17 @@ func (cc *ClientConn) connect(ctx context.Context) (*transport, error) {
 		ctx, cancel = context.WithTimeout(ctx, cc.opts.connectLimit)
 		defer cancel()
 	}
-	seg, lay, serverPID, err := connect(ctx, &cc.opts, cc.name)
+	seg, lay, server, err := connect(ctx, &cc.opts, cc.name)
 	if err != nil {
 		return nil, err
 	}
-	t := &transport{cc: cc, streams: make(map[uint32]*clientStream)}
+	t := &transport{cc: cc, streams: make(map[uint32]*clientStream), server: server}
 	t.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, cc.opts.wait)
 	t.c.initHeaps(lay.C2SHeap, lay.C2SReturns, lay.S2CHeap, lay.S2CReturns, cc.opts.wait.checkViews)
 	t.c.onFrame = t.onFrame
 	t.c.onClose = t.onClose
 	go t.readLoop()
-	watch(t.c, cc.opts.liveness, localPID(cc.opts.wait, serverPID))
+	watch(t.c, cc.opts.liveness, localPID(cc.opts.wait, server.PID))
 	return t, nil
 }
 
@@ -594,7 +599,7 @@ func (s *clientStream) done() {
 			*t = trailer
 		}
 		for _, p := range s.ci.peers {
-			*p = peer.Peer{Addr: s.cc.peerAddr, LocalAddr: &Addr{Pool: s.cc.opts.pool}}
+			*p = peer.Peer{Addr: s.cc.peerAddr, LocalAddr: &Addr{Pool: s.cc.opts.pool}, AuthInfo: s.t.server}
 		}
 		for _, f := range s.ci.onFinish {
 			f(st.Err())

@@ -3,7 +3,6 @@ package notnets
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"runtime"
 	"time"
@@ -18,45 +17,52 @@ import (
 // connect creates a connection segment, announces it through the listener
 // name, and waits until the server has mapped it. The segment's file is
 // removed from the pool as soon as both sides have it mapped.
-// It also returns the server's pid, from the listener.
-func connect(ctx context.Context, o *dialOptions, name string) (*pool.Segment, *pool.ConnLayout, int, error) {
-	lseg, err := pool.Open(o.pool, pool.ListenerFile(name), pool.ListenerSize, pool.ListenerSize)
+// It also returns what it knows of the server, from its listener.
+func connect(ctx context.Context, o *dialOptions, name string) (*pool.Segment, *pool.ConnLayout, AuthInfo, error) {
+	lseg, err := pool.OpenIn(o.pool, pool.ListenerFile(name), pool.ListenerSize, pool.ListenerSize, o.access)
+	if errors.Is(err, pool.ErrAccess) {
+		return nil, nil, AuthInfo{}, status.Error(codes.PermissionDenied, err.Error())
+	}
 	if err != nil {
-		return nil, nil, 0, status.Errorf(codes.Unavailable, "notnets: no listener %q in pool %s: %v", name, o.pool, err)
+		return nil, nil, AuthInfo{}, status.Errorf(codes.Unavailable, "notnets: no listener %q in pool %s: %v", name, o.pool, err)
 	}
 	defer lseg.Close()
 	lis, err := pool.MapListener(lseg.Mem)
 	if err != nil {
-		return nil, nil, 0, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
+		return nil, nil, AuthInfo{}, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
 	}
+	server := authInfoOf(lseg, lis.PID) // while the server has its listener mapped
 	if lis.Server.State.Load() != pool.StateOpen {
-		return nil, nil, 0, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
+		return nil, nil, AuthInfo{}, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
 	}
 	segName, err := pool.NewConnName()
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, AuthInfo{}, err
 	}
 	spec := pool.ConnSpec{C2S: o.ringSize, S2C: o.ringSize, C2SHeap: o.arenaSize, S2CHeap: o.arenaSize}
-	seg, err := pool.Create(o.pool, segName, spec.Size())
+	seg, err := pool.CreateIn(o.pool, segName, spec.Size(), o.access)
 	if err != nil {
-		return nil, nil, 0, status.Error(codes.Unavailable, err.Error())
+		return nil, nil, AuthInfo{}, status.Error(codes.Unavailable, err.Error())
 	}
 	pool.InitConnSpec(seg.Mem, spec, os.Getpid())
 	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
+	if err == nil {
+		err = protectPeer(seg, lay, true)
+	}
 	if err != nil {
 		seg.Unlink()
 		seg.Close()
-		return nil, nil, 0, err
+		return nil, nil, AuthInfo{}, err
 	}
 	lay.Client.State.Store(pool.StateOpen)
 	if err := announce(ctx, o, lis, segName, lay); err != nil {
 		lay.Client.State.Store(pool.StateClosed)
 		seg.Unlink()
 		seg.Close()
-		return nil, nil, 0, err
+		return nil, nil, AuthInfo{}, err
 	}
 	seg.Unlink()
-	return seg, lay, lis.PID, nil
+	return seg, lay, server, nil
 }
 
 // announce puts segName in a free slot of the listener and waits for the
@@ -126,15 +132,16 @@ func poll(ctx context.Context, w waitConfig, try func() (bool, error)) error {
 	}
 }
 
-var errNoPool = errors.New("notnets: no pool directory")
 
-func checkPool(dir string) error {
-	fi, err := os.Stat(dir)
-	if err != nil {
+// checkPool checks, before anything is named in it, that the pool exists
+// (Unavailable otherwise: no server has made it yet) and can be trusted
+// (PermissionDenied otherwise).
+func checkPool(dir string, access pool.Access) error {
+	if _, err := os.Lstat(dir); err != nil {
 		return status.Errorf(codes.Unavailable, "notnets: pool %s: %v", dir, err)
 	}
-	if !fi.IsDir() {
-		return fmt.Errorf("%w: %s is not a directory", errNoPool, dir)
+	if err := pool.CheckDir(dir, access); err != nil {
+		return status.Error(codes.PermissionDenied, err.Error())
 	}
 	return nil
 }

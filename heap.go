@@ -14,6 +14,7 @@ import (
 
 	"github.com/notnets/notnets/internal/arena"
 	"github.com/notnets/notnets/internal/frame"
+	"github.com/notnets/notnets/internal/pool"
 )
 
 // ArenaThreshold is the size from which a message travels through the
@@ -216,4 +217,18 @@ func (c *conn) closeHeaps() {
 	if unmap {
 		c.seg.Close()
 	}
+}
+
+// protectPeer maps the regions the peer writes read-only in this process,
+// so that a stray write into them (a bug in this process, or code that
+// means harm) faults instead of corrupting what the peer sends. Only the
+// hardware then stops this side from writing the peer's data; the peer's
+// own regions are protected the same way in its process.
+func protectPeer(seg *pool.Segment, lay *pool.ConnLayout, client bool) error {
+	for _, r := range lay.PeerRegions(seg.Mem, client) {
+		if err := unix.Mprotect(r, unix.PROT_READ); err != nil {
+			return fmt.Errorf("notnets: protect the peer's region of %s: %w", seg.Path, err)
+		}
+	}
+	return nil
 }

@@ -40,6 +40,7 @@ var ErrListenerClosed = errors.New("notnets: listener closed")
 // new connections. Serve a Server on it.
 type Listener struct {
 	dir, name string
+	access    pool.Access
 	seg       *pool.Segment
 	lay       *pool.ListenerLayout
 	wait      waitConfig
@@ -63,18 +64,22 @@ func Listen(name string, opts ...ListenOption) (*Listener, error) {
 	if err := pool.ValidName(name); err != nil {
 		return nil, err
 	}
-	if err := pool.Prepare(o.pool); err != nil {
+	access, err := poolAccess(o.group)
+	if err != nil {
+		return nil, err
+	}
+	if err := pool.Prepare(o.pool, access); err != nil {
 		return nil, err
 	}
 	pool.Clean(o.pool) // best effort: files of processes that died
 
 	file := pool.ListenerFile(name)
-	seg, err := pool.Create(o.pool, file, pool.ListenerSize)
+	seg, err := pool.CreateIn(o.pool, file, pool.ListenerSize, access)
 	if errors.Is(err, syscall.EEXIST) {
-		if err := removeStaleListener(o.pool, file); err != nil {
+		if err := removeStaleListener(o.pool, file, access); err != nil {
 			return nil, err
 		}
-		seg, err = pool.Create(o.pool, file, pool.ListenerSize)
+		seg, err = pool.CreateIn(o.pool, file, pool.ListenerSize, access)
 	}
 	if err != nil {
 		return nil, err
@@ -87,13 +92,13 @@ func Listen(name string, opts ...ListenOption) (*Listener, error) {
 		return nil, err
 	}
 	lay.Server.State.Store(pool.StateOpen)
-	return &Listener{dir: o.pool, name: name, seg: seg, lay: lay, wait: o.wait, done: make(chan struct{})}, nil
+	return &Listener{dir: o.pool, name: name, access: access, seg: seg, lay: lay, wait: o.wait, done: make(chan struct{})}, nil
 }
 
 // removeStaleListener removes the listener file if its process is gone or
 // it is closed or unreadable, and fails if a live listener holds it.
-func removeStaleListener(dir, file string) error {
-	seg, err := pool.Open(dir, file, 0, 1<<20)
+func removeStaleListener(dir, file string, access pool.Access) error {
+	seg, err := pool.OpenIn(dir, file, 0, 1<<20, access)
 	if err != nil {
 		return err
 	}
@@ -217,13 +222,16 @@ func (l *Listener) take(s pool.Slot) (*accepted, error) {
 	if !pool.ValidConnName(name) {
 		return nil, fmt.Errorf("notnets: slot names %q, not a connection segment", name)
 	}
-	seg, err := pool.Open(l.dir, name, pool.ConnSize(ring.MinCap, ring.MinCap), pool.ConnSpec{C2S: 1 << 30, S2C: 1 << 30, C2SHeap: pool.MaxHeap, S2CHeap: pool.MaxHeap}.Size())
+	seg, err := pool.OpenIn(l.dir, name, pool.ConnSize(ring.MinCap, ring.MinCap), pool.ConnSpec{C2S: 1 << 30, S2C: 1 << 30, C2SHeap: pool.MaxHeap, S2CHeap: pool.MaxHeap}.Size(), l.access)
 	if err != nil {
 		return nil, err
 	}
 	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
 	if err == nil {
 		err = checkFresh(lay)
+	}
+	if err == nil {
+		err = protectPeer(seg, lay, false)
 	}
 	if err != nil {
 		if lay != nil {

@@ -1,6 +1,7 @@
 package notnets
 
 import (
+	"github.com/notnets/notnets/internal/pool"
 	"time"
 
 	"google.golang.org/grpc"
@@ -55,6 +56,8 @@ type dialOptions struct {
 	pool         string
 	ringSize     int
 	arenaSize    int
+	group        string      // the pool's group (WithPoolGroup), or "" for a pool of one user
+	access       pool.Access // group, resolved by Dial
 	unary        []grpc.UnaryClientInterceptor
 	stream       []grpc.StreamClientInterceptor
 	callOptions  []grpc.CallOption
@@ -79,11 +82,13 @@ type serverOptions struct {
 	codec       encoding.CodecV2
 	window      int
 	liveness    time.Duration
+	authz       authorizer
 }
 
 type listenOptions struct {
-	pool string
-	wait waitConfig
+	pool  string
+	group string
+	wait  waitConfig
 }
 
 // DialOption configures Dial.
@@ -113,6 +118,29 @@ func (p PoolOption) applyListen(o *listenOptions) { o.pool = string(p) }
 // WithPool selects the pool directory, overriding $NOTNETS_POOL and the
 // default /dev/shm/notnets-<uid>.
 func WithPool(dir string) PoolOption { return PoolOption(dir) }
+
+// PoolGroupOption names the group that shares a pool; it is both a
+// DialOption and a ListenOption.
+type PoolGroupOption string
+
+func (g PoolGroupOption) applyDial(o *dialOptions)     { o.group = string(g) }
+func (g PoolGroupOption) applyListen(o *listenOptions) { o.group = string(g) }
+
+// WithPoolGroup shares the pool among the members of group (a name or a
+// number), for services that run as different users: the directory is
+// created 02770 with that group, segments 0660, and a pool whose group is
+// another, or that others can write, is refused. Without it a pool belongs
+// to one user (0700 and 0600) and a directory that its group can write is
+// refused. See docs/SECURITY.md.
+func WithPoolGroup(group string) PoolGroupOption { return PoolGroupOption(group) }
+
+// poolAccess resolves a pool group option.
+func poolAccess(group string) (pool.Access, error) {
+	if group == "" {
+		return pool.OwnerOnly, nil
+	}
+	return pool.GroupAccess(group)
+}
 
 // WaitOption sets how a side waits for its peer; it is a DialOption, a
 // ServerOption and a ListenOption.

@@ -38,10 +38,13 @@ func TestScribbleOverLiveSegment(t *testing.T) {
 	scribbled := 0
 	defer func() { t.Logf("%d of %d scribbled connections closed on what they read", scribbled, iterations) }()
 	for it := 0; it < iterations; it++ {
-		cc, err := Dial(context.Background(), "scribble", WithPool(dir), WithRingSize(64<<10))
+		// No heaps, so that the layout is header, control pages, rings;
+		// and the server's regions writable from here, to scribble there too.
+		cc, err := Dial(context.Background(), "scribble", WithPool(dir), WithRingSize(64<<10), WithArenaSize(0))
 		if err != nil {
 			t.Fatal(err)
 		}
+		writableAsPeer(t, cc.conn(), true)
 		c := pb.NewGreeterClient(cc)
 		var wg sync.WaitGroup
 		var finished atomic.Int64

@@ -45,7 +45,12 @@ type Server struct {
 	workers  *workers
 
 	monitoring atomic.Bool // the inline-handler monitor is running
+	refused    atomic.Uint64
 }
+
+// RefusedCalls returns how many calls the server has refused because their
+// caller was not authorized (AllowUIDs, AllowGIDs, WithAuthorizer).
+func (s *Server) RefusedCalls() uint64 { return s.refused.Load() }
 
 var _ grpc.ServiceRegistrar = (*Server)(nil)
 
@@ -289,6 +294,8 @@ type serverConn struct {
 
 	ready []*serverStream // unary calls whose request is complete; reader only
 
+	denied error // why the peer may not call (PermissionDenied), or nil
+
 	// inlineSince is when the handler running on the reading goroutine
 	// started (Unix ns), or 0.
 	inlineSince atomic.Int64
@@ -303,6 +310,9 @@ func newServerConn(s *Server, lis *Listener, a *accepted) *serverConn {
 			LocalAddr: lis.Addr(),
 		},
 	}
+	auth := authInfoOf(a.seg, a.lay.PeerPID)
+	sc.peer.AuthInfo = auth
+	sc.denied = s.opts.authz.check(auth)
 	sc.ctx, sc.cancel = context.WithCancel(context.Background())
 	sc.ctx = peer.NewContext(sc.ctx, sc.peer) // once per connection, not per call
 	sc.c = newConn(a.seg, a.lay.Server, a.lay.Client, a.lay.S2C, a.lay.C2S, s.opts.wait)
@@ -526,8 +536,11 @@ func (sc *serverConn) open(h frame.Header, p []byte) error {
 	sc.lastID = h.Stream
 	sc.streams[h.Stream] = st
 	sc.mu.Unlock()
-	st.codec, st.err = sc.srv.codecFor(rh.ContentSubtype)
-	if st.err == nil {
+	if sc.denied != nil {
+		// Refused before anything of the server's runs for it.
+		st.err = sc.denied
+		sc.srv.refused.Add(1)
+	} else if st.codec, st.err = sc.srv.codecFor(rh.ContentSubtype); st.err == nil {
 		st.info, st.md, st.sd, st.err = sc.srv.lookup(rh.Method)
 	}
 	if st.md == nil || st.closed {

@@ -3,6 +3,7 @@ package pool
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"unsafe"
 )
@@ -364,4 +365,20 @@ func MapListener(mem []byte) (*ListenerLayout, error) {
 		l.Slots = append(l.Slots, Slot{State: u32(sm, 0), PID: u32(sm, 4), mem: sm})
 	}
 	return l, nil
+}
+
+// PeerRegions returns the regions of the connection segment mem that the
+// peer of the given side writes: for the client, the server's control
+// block, the server-to-client ring and heap, and the client-to-server
+// return queue; for the server, the header, the client's control block,
+// the client-to-server ring and heap, and the server-to-client return
+// queue. Each is page-aligned and a whole number of pages.
+func (l *ConnLayout) PeerRegions(mem []byte, client bool) [][]byte {
+	var rs [][]byte
+	if client {
+		rs = [][]byte{mem[2*PageSize : 3*PageSize], l.S2C, l.S2CHeap, l.C2SReturns}
+	} else {
+		rs = [][]byte{mem[:2*PageSize], l.C2S, l.C2SHeap, l.S2CReturns}
+	}
+	return slices.DeleteFunc(rs, func(r []byte) bool { return len(r) == 0 })
 }

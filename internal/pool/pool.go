@@ -9,7 +9,6 @@ package pool
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -31,28 +30,6 @@ func DefaultDir() string {
 		base = os.TempDir()
 	}
 	return filepath.Join(base, fmt.Sprintf("notnets-%d", os.Getuid()))
-}
-
-// Prepare creates dir (mode 0700) if it does not exist and checks that it is
-// a real directory (not a symbolic link) that other users cannot write.
-func Prepare(dir string) error {
-	if dir == "" {
-		return errors.New("notnets: empty pool directory")
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("notnets: create pool directory: %w", err)
-	}
-	fi, err := os.Lstat(dir)
-	if err != nil {
-		return fmt.Errorf("notnets: pool directory: %w", err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("notnets: pool %s is not a directory (mode %v)", dir, fi.Mode())
-	}
-	if fi.Mode().Perm()&0o002 != 0 {
-		return fmt.Errorf("notnets: pool directory %s is writable by others (mode %v); refusing it", dir, fi.Mode().Perm())
-	}
-	return nil
 }
 
 // ValidName reports whether name may be used as a listener name: 1 to 200

@@ -48,7 +48,7 @@ func wantErrContaining(t *testing.T, what string, err error, substr string) {
 func TestPrepareCreatesPrivateDirectory(t *testing.T) {
 	withUmask(t, 0o022)
 	dir := filepath.Join(t.TempDir(), "pool")
-	if err := Prepare(dir); err != nil {
+	if err := Prepare(dir, OwnerOnly); err != nil {
 		t.Fatalf("Prepare(%s) = %v", dir, err)
 	}
 	fi, err := os.Lstat(dir)
@@ -62,12 +62,12 @@ func TestPrepareCreatesPrivateDirectory(t *testing.T) {
 		t.Errorf("pool directory mode %v, want 0700", perm)
 	}
 	// An existing, acceptable directory is fine the second time.
-	if err := Prepare(dir); err != nil {
+	if err := Prepare(dir, OwnerOnly); err != nil {
 		t.Errorf("Prepare of an existing pool = %v", err)
 	}
 }
 
-func TestPrepareAcceptsGroupWritable(t *testing.T) {
+func TestPrepareRefusesGroupWritableWithoutAGroup(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pool")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -75,9 +75,7 @@ func TestPrepareAcceptsGroupWritable(t *testing.T) {
 	if err := os.Chmod(dir, 0o770); err != nil {
 		t.Fatal(err)
 	}
-	if err := Prepare(dir); err != nil {
-		t.Errorf("Prepare of a group-writable directory = %v, want nil (PROTOCOL.md 3.2)", err)
-	}
+	wantErrContaining(t, "Prepare of a group-writable directory", Prepare(dir, OwnerOnly), "writable by its group")
 }
 
 func TestPrepareRefuses(t *testing.T) {
@@ -114,14 +112,14 @@ func TestPrepareRefuses(t *testing.T) {
 		name, dir, want string
 	}{
 		{"empty path", "", "empty pool directory"},
-		{"symlink to a directory", link, "not a directory"},
+		{"symlink to a directory", link, "symbolic link"},
 		{"regular file", file, "not a directory"},
 		{"world-writable directory", open, "writable by others"},
 		{"world-writable sticky directory", sticky, "writable by others"},
 		{"missing parent (not created recursively)", filepath.Join(base, "no", "such"), "create pool directory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			wantErrContaining(t, "Prepare("+tc.dir+")", Prepare(tc.dir), tc.want)
+			wantErrContaining(t, "Prepare("+tc.dir+")", Prepare(tc.dir, OwnerOnly), tc.want)
 		})
 	}
 
