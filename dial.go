@@ -132,7 +132,6 @@ func poll(ctx context.Context, w waitConfig, try func() (bool, error)) error {
 	}
 }
 
-
 // checkPool checks, before anything is named in it, that the pool exists
 // (Unavailable otherwise: no server has made it yet) and can be trusted
 // (PermissionDenied otherwise).

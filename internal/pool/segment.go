@@ -27,7 +27,9 @@ type FileOwner struct {
 
 // Create makes a new segment file of size bytes at dir/name in a pool of
 // one user (mode 0600); see CreateIn.
-func Create(dir, name string, size int) (*Segment, error) { return CreateIn(dir, name, size, OwnerOnly) }
+func Create(dir, name string, size int) (*Segment, error) {
+	return CreateIn(dir, name, size, OwnerOnly)
+}
 
 // CreateIn makes a new segment file of size bytes at dir/name, mode 0600
 // (0660 in a shared pool), failing if the name exists (O_EXCL) or is a
