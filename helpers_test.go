@@ -59,6 +59,9 @@ func TestMain(m *testing.M) {
 	case "blocking-client":
 		runBlockingClient()
 		os.Exit(0)
+	case "call-client":
+		runCallClient()
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
@@ -158,6 +161,30 @@ func (p *serverProc) dial(t testing.TB, opts ...notnets.DialOption) *notnets.Cli
 	}
 	t.Cleanup(func() { cc.Close() })
 	return cc
+}
+
+// runCallClient dials the listener $NOTNETS_TEST_NAME in $NOTNETS_POOL
+// (with the pool group $NOTNETS_TEST_GROUP, if set), calls SayHello once,
+// and prints one line: "ok <reply>", or "dial|call <code> <message>".
+func runCallClient() {
+	opts := []notnets.DialOption{notnets.WithPool(os.Getenv("NOTNETS_POOL"))}
+	if g := os.Getenv("NOTNETS_TEST_GROUP"); g != "" {
+		opts = append(opts, notnets.WithPoolGroup(g))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cc, err := notnets.Dial(ctx, os.Getenv("NOTNETS_TEST_NAME"), opts...)
+	if err != nil {
+		fmt.Printf("dial %s %s\n", status.Code(err), strings.ReplaceAll(err.Error(), "\n", " "))
+		return
+	}
+	defer cc.Close()
+	r, err := pb.NewGreeterClient(cc).SayHello(ctx, &pb.HelloRequest{Name: "x"})
+	if err != nil {
+		fmt.Printf("call %s %s\n", status.Code(err), strings.ReplaceAll(status.Convert(err).Message(), "\n", " "))
+		return
+	}
+	fmt.Printf("ok %s\n", r.GetMessage())
 }
 
 // runServer is the server process: it serves Greeter, the interop

@@ -1,0 +1,429 @@
+package notnets
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/ring"
+)
+
+// whoGreeter answers with what the server knows of its caller:
+// "uid gid pid verified".
+type whoGreeter struct{ pb.UnimplementedGreeterServer }
+
+func (whoGreeter) SayHello(ctx context.Context, _ *pb.HelloRequest) (*pb.HelloReply, error) {
+	p, _ := peer.FromContext(ctx)
+	a, ok := p.AuthInfo.(AuthInfo)
+	if !ok {
+		return nil, status.Errorf(codes.Internal, "AuthInfo is %T", p.AuthInfo)
+	}
+	return &pb.HelloReply{Message: fmt.Sprintf("%d %d %d %v", a.UID, a.GID, a.PID, a.PIDVerified)}, nil
+}
+
+// serveWho serves whoGreeter under name in dir with the given options,
+// until the test ends.
+func serveWho(t *testing.T, dir, name string, lopts []ListenOption, sopts ...ServerOption) *Server {
+	lis, err := Listen(name, append([]ListenOption{WithPool(dir)}, lopts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(sopts...)
+	pb.RegisterGreeterServer(srv, whoGreeter{})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return srv
+}
+
+// openBase returns a new directory that every user can traverse (but not
+// write), for pools that processes of other users must reach.
+func openBase(t *testing.T) string {
+	base, err := os.MkdirTemp("", "notnets-sec-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return base
+}
+
+// otherUserClient runs the test binary as uid 65534 with the given groups,
+// as a client that dials name in dir (with the pool group, if not empty),
+// calls once and reports what happened in one line.
+func otherUserClient(t *testing.T, base, dir, name, group string, groups ...uint32) string {
+	t.Helper()
+	exe := filepath.Join(base, "notnets.test")
+	if _, err := os.Stat(exe); err != nil {
+		copyExecutable(t, os.Args[0], exe)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "NOTNETS_TEST_ROLE=call-client", "NOTNETS_POOL="+dir, "NOTNETS_TEST_NAME="+name, "NOTNETS_TEST_GROUP="+group)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: groups}}
+	cmd.Dir = base
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("client as uid 65534: %v (%s)", err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func copyExecutable(t *testing.T, from, to string) {
+	src, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func needRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: needs root, to run a client as another user (uid 65534); run the tests as root to cover it")
+	}
+}
+
+// testGroup is the gid of the shared pools in these tests; it need not
+// exist in /etc/group.
+const testGroup = 4242
+
+// TestOtherUserCannotUseAPrivatePool runs a client as another user against
+// a pool of one user: it cannot open the listener, and cannot open a
+// segment file either.
+func TestOtherUserCannotUseAPrivatePool(t *testing.T) {
+	needRoot(t)
+	base := openBase(t)
+	dir := filepath.Join(base, "pool")
+	serveWho(t, dir, "private", nil)
+	got := otherUserClient(t, base, dir, "private", "")
+	if !strings.HasPrefix(got, "dial Unavailable") || !strings.Contains(got, "permission denied") {
+		t.Errorf("client of another user: %q, want Unavailable with permission denied", got)
+	}
+	// Even knowing a segment's name does not help: the directory is closed.
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("pool directory: %v, %v; want mode 0700", fi, err)
+	}
+	cmd := exec.Command("/bin/cat", filepath.Join(dir, "private.listener"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := cmd.CombinedOutput(); err == nil || !bytes.Contains(out, []byte("Permission denied")) {
+		t.Errorf("another user read the listener segment: %v %q", err, out)
+	}
+}
+
+// TestGroupPool shares a pool through a group: a client of another user
+// in the group can call, and the server sees its uid; one outside the group
+// cannot.
+func TestGroupPool(t *testing.T) {
+	needRoot(t)
+	base := openBase(t)
+	dir := filepath.Join(base, "pool")
+	group := fmt.Sprint(testGroup)
+	serveWho(t, dir, "shared", []ListenOption{WithPoolGroup(group)})
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil || st.Mode&0o7777 != 0o2770 || st.Gid != testGroup {
+		t.Fatalf("shared pool directory: mode %o gid %d (%v), want 2770 and gid %d", st.Mode&0o7777, st.Gid, err, testGroup)
+	}
+	got := otherUserClient(t, base, dir, "shared", group, testGroup)
+	if !strings.HasPrefix(got, fmt.Sprintf("ok 65534 %d ", testGroup)) {
+		t.Errorf("client in the group: %q, want ok with uid 65534 and gid %d as the server saw them", got, testGroup)
+	}
+	got = otherUserClient(t, base, dir, "shared", group)
+	if !strings.HasPrefix(got, "dial Unavailable") || !strings.Contains(got, "permission denied") {
+		t.Errorf("client outside the group: %q, want Unavailable with permission denied", got)
+	}
+}
+
+// TestAuthorizationAcrossUsers refuses a caller of another user by uid and
+// allows it by name, with the refusal counted.
+func TestAuthorizationAcrossUsers(t *testing.T) {
+	needRoot(t)
+	base := openBase(t)
+	dir := filepath.Join(base, "pool")
+	group := fmt.Sprint(testGroup)
+	deny := serveWho(t, dir, "deny", []ListenOption{WithPoolGroup(group)}, AllowUIDs(0))
+	serveWho(t, dir, "allow", []ListenOption{WithPoolGroup(group)}, AllowUIDs(0, 65534))
+	got := otherUserClient(t, base, dir, "deny", group, testGroup)
+	if !strings.HasPrefix(got, "call PermissionDenied") || !strings.Contains(got, "uid 65534") {
+		t.Errorf("refused caller: %q, want PermissionDenied naming uid 65534", got)
+	}
+	if n := deny.RefusedCalls(); n != 1 {
+		t.Errorf("RefusedCalls = %d, want 1", n)
+	}
+	if got := otherUserClient(t, base, dir, "allow", group, testGroup); !strings.HasPrefix(got, "ok 65534") {
+		t.Errorf("allowed caller: %q", got)
+	}
+}
+
+// TestAuthorization checks the authorization options with callers of this
+// user: refused ones get PermissionDenied before any interceptor or
+// handler runs, and are counted.
+func TestAuthorization(t *testing.T) {
+	uid, gid := uint32(os.Geteuid()), uint32(os.Getegid())
+	me := func(a AuthInfo) error {
+		if a.PIDVerified && a.PID == os.Getpid() {
+			return nil
+		}
+		return fmt.Errorf("pid %d (verified %v) is not the test's", a.PID, a.PIDVerified)
+	}
+	tests := []struct {
+		name  string
+		opts  []ServerOption
+		allow bool
+		why   string
+	}{
+		{"no rule", nil, true, ""},
+		{"uid allowed", []ServerOption{AllowUIDs(uid + 1, uid)}, true, ""},
+		{"uid refused", []ServerOption{AllowUIDs(uid + 1)}, false, fmt.Sprintf("uid %d, gid %d not allowed", uid, gid)},
+		{"gid allowed", []ServerOption{AllowGIDs(gid)}, true, ""},
+		{"gid refused", []ServerOption{AllowGIDs(gid + 1)}, false, "not allowed"},
+		{"function allows", []ServerOption{WithAuthorizer(me)}, true, ""},
+		{"function refuses", []ServerOption{WithAuthorizer(func(AuthInfo) error { return fmt.Errorf("closed today") })}, false, "closed today"},
+		{"any rule allows", []ServerOption{AllowUIDs(uid + 1), WithAuthorizer(me)}, true, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			var ran int
+			count := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				ran++
+				return h(ctx, req)
+			}
+			srv := serveWho(t, dir, "authz", nil, append(tc.opts, UnaryInterceptor(count))...)
+			cc := dialT(t, "authz", dir)
+			for i := 0; i < 3; i++ {
+				r, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{})
+				if tc.allow {
+					want := fmt.Sprintf("%d %d %d true", uid, gid, os.Getpid())
+					if err != nil || r.GetMessage() != want {
+						t.Fatalf("call %d: %q, %v; want %q", i, r.GetMessage(), err, want)
+					}
+					continue
+				}
+				if st := status.Convert(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), tc.why) {
+					t.Fatalf("call %d: %v, want PermissionDenied containing %q", i, err, tc.why)
+				}
+			}
+			wantRefused, wantRan := uint64(0), 3
+			if !tc.allow {
+				wantRefused, wantRan = 3, 0
+			}
+			if n := srv.RefusedCalls(); n != wantRefused {
+				t.Errorf("RefusedCalls = %d, want %d", n, wantRefused)
+			}
+			if ran != wantRan {
+				t.Errorf("the interceptor ran %d times, want %d", ran, wantRan)
+			}
+		})
+	}
+}
+
+// TestClientSeesServerIdentity checks the AuthInfo a client gets with
+// grpc.Peer: the owner of the server's listener, and its verified pid.
+func TestClientSeesServerIdentity(t *testing.T) {
+	dir := t.TempDir()
+	serveWho(t, dir, "who", nil)
+	cc := dialT(t, "who", dir)
+	var p peer.Peer
+	if _, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{}, grpc.Peer(&p)); err != nil {
+		t.Fatal(err)
+	}
+	a, ok := p.AuthInfo.(AuthInfo)
+	if !ok || a.AuthType() != "notnets" || a.UID != uint32(os.Geteuid()) || a.PID != os.Getpid() || !a.PIDVerified {
+		t.Fatalf("client's view of the server: %#v", p.AuthInfo)
+	}
+}
+
+// TestWriteIntoPeerRegionFaults writes from Go code into regions the peer
+// writes, on both sides of a connection: each write faults, and the byte
+// stays as it was.
+func TestWriteIntoPeerRegionFaults(t *testing.T) {
+	dir := t.TempDir()
+	srv := serveWho(t, dir, "mmu", nil)
+	cc := dialT(t, "mmu", dir)
+	if _, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	client := cc.conn()
+	srv.mu.Lock()
+	var server *conn
+	for sc := range srv.conns {
+		server = sc.c
+	}
+	srv.mu.Unlock()
+	for _, side := range []struct {
+		name   string
+		c      *conn
+		client bool
+	}{{"client", client, true}, {"server", server, false}} {
+		lay, err := pool.MapConn(side.c.seg.Mem, ring.CheckCap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		regions := lay.PeerRegions(side.c.seg.Mem, side.client)
+		if len(regions) != 4 {
+			t.Fatalf("%s: %d peer regions, want 4 (control, ring, heap, return queue)", side.name, len(regions))
+		}
+		for i, r := range regions {
+			for _, at := range []int{0, len(r) / 2, len(r) - 1} {
+				before := r[at]
+				if err := writeFaults(r, at); err == nil {
+					t.Errorf("%s: writing byte %d of peer region %d did not fault", side.name, at, i)
+				}
+				if r[at] != before {
+					t.Errorf("%s: byte %d of peer region %d changed", side.name, at, i)
+				}
+			}
+		}
+	}
+	// The conversation goes on.
+	if _, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{}); err != nil {
+		t.Fatalf("call after the faults: %v", err)
+	}
+}
+
+// writeFaults writes b[i] and returns the fault it caused, if any.
+func writeFaults(b []byte, i int) (err error) {
+	defer debugPanicOnFault()()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	b[i] ^= 0xff
+	return nil
+}
+
+// TestPoolAttacks tries what another user of a shared machine could do to
+// a pool before the server starts: a symbolic link where the pool or a
+// listener should be, a directory others can write, one owned by someone
+// else, a listener file planted by someone else. Each is refused with an
+// error that says why, and what was planted is left alone.
+func TestPoolAttacks(t *testing.T) {
+	base := t.TempDir()
+	target := filepath.Join(base, "target")
+	os.Mkdir(target, 0o700)
+	link := filepath.Join(base, "link")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	open := filepath.Join(base, "open")
+	os.Mkdir(open, 0o700)
+	os.Chmod(open, 0o777)
+	groupw := filepath.Join(base, "groupw")
+	os.Mkdir(groupw, 0o700)
+	os.Chmod(groupw, 0o770)
+
+	tests := []struct {
+		name, dir, want string
+		opts            []ListenOption
+		root            bool
+	}{
+		{"pool is a symbolic link", link, "symbolic link", nil, false},
+		{"pool writable by others", open, "writable by others", nil, false},
+		{"pool writable by its group, no group given", groupw, "writable by its group", nil, false},
+		{"pool of another group", groupw, "not the pool group", []ListenOption{WithPoolGroup(fmt.Sprint(testGroup))}, false},
+	}
+	if os.Geteuid() == 0 {
+		theirs := filepath.Join(base, "theirs")
+		os.Mkdir(theirs, 0o700)
+		os.Chown(theirs, 65534, 65534)
+		tests = append(tests, struct {
+			name, dir, want string
+			opts            []ListenOption
+			root            bool
+		}{"pool owned by another user", theirs, "owned by uid 65534", nil, true})
+	} else {
+		t.Log("not root: the case of a pool owned by another user is skipped (it needs chown)")
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Listen("x", append([]ListenOption{WithPool(tc.dir)}, tc.opts...)...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Listen: %v, want an error containing %q", err, tc.want)
+			}
+			var dopts []DialOption
+			for _, o := range tc.opts {
+				if g, ok := o.(PoolGroupOption); ok {
+					dopts = append(dopts, g)
+				}
+			}
+			_, err = Dial(context.Background(), "x", append([]DialOption{WithPool(tc.dir)}, dopts...)...)
+			if st := status.Convert(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), tc.want) {
+				t.Errorf("Dial: %v, want PermissionDenied containing %q", err, tc.want)
+			}
+		})
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("the planted symbolic link was changed: %v %v", fi, err)
+	}
+	if entries, _ := os.ReadDir(target); len(entries) != 0 {
+		t.Errorf("something was created through the symbolic link: %v", entries)
+	}
+
+	// Planted listener files in a good pool.
+	dir := filepath.Join(base, "pool")
+	if err := pool.Prepare(dir, pool.OwnerOnly); err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(base, "secret")
+	os.WriteFile(secret, []byte("do not touch"), 0o600)
+	if err := os.Symlink(secret, filepath.Join(dir, "linked.listener")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen("linked", WithPool(dir)); err == nil || !strings.Contains(err.Error(), "too many levels of symbolic links") {
+		t.Errorf("Listen over a symbolic link: %v", err)
+	}
+	if _, err := Dial(context.Background(), "linked", WithPool(dir)); status.Code(err) != codes.Unavailable {
+		t.Errorf("Dial of a symbolic link: %v, want Unavailable", err)
+	}
+	if b, _ := os.ReadFile(secret); string(b) != "do not touch" {
+		t.Errorf("the link's target changed: %q", b)
+	}
+	if os.Geteuid() == 0 {
+		planted := filepath.Join(dir, "planted.listener")
+		os.WriteFile(planted, make([]byte, pool.ListenerSize), 0o666)
+		os.Chown(planted, 65534, 65534)
+		os.Chmod(planted, 0o644)
+		if _, err := Listen("planted", WithPool(dir)); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+			t.Errorf("Listen over a file of another user: %v", err)
+		}
+		if _, err := Dial(context.Background(), "planted", WithPool(dir)); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("Dial of a file of another user: %v, want PermissionDenied", err)
+		}
+		if _, err := os.Stat(planted); err != nil {
+			t.Errorf("the planted file was removed: %v", err)
+		}
+	}
+}
+
+// debugPanicOnFault turns faults into panics for the calling goroutine
+// and returns what restores the setting.
+func debugPanicOnFault() func() {
+	old := debug.SetPanicOnFault(true)
+	return func() { debug.SetPanicOnFault(old) }
+}
