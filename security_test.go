@@ -197,7 +197,7 @@ func TestAuthorization(t *testing.T) {
 		why   string
 	}{
 		{"no rule", nil, true, ""},
-		{"uid allowed", []ServerOption{AllowUIDs(uid + 1, uid)}, true, ""},
+		{"uid allowed", []ServerOption{AllowUIDs(uid+1, uid)}, true, ""},
 		{"uid refused", []ServerOption{AllowUIDs(uid + 1)}, false, fmt.Sprintf("uid %d, gid %d not allowed", uid, gid)},
 		{"gid allowed", []ServerOption{AllowGIDs(gid)}, true, ""},
 		{"gid refused", []ServerOption{AllowGIDs(gid + 1)}, false, "not allowed"},
