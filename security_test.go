@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -208,9 +209,9 @@ func TestAuthorization(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			var ran int
+			var ran atomic.Int32 // the race detector cannot see the ordering through shared memory
 			count := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-				ran++
+				ran.Add(1)
 				return h(ctx, req)
 			}
 			srv := serveWho(t, dir, "authz", nil, append(tc.opts, UnaryInterceptor(count))...)
@@ -228,15 +229,15 @@ func TestAuthorization(t *testing.T) {
 					t.Fatalf("call %d: %v, want PermissionDenied containing %q", i, err, tc.why)
 				}
 			}
-			wantRefused, wantRan := uint64(0), 3
+			wantRefused, wantRan := uint64(0), int32(3)
 			if !tc.allow {
 				wantRefused, wantRan = 3, 0
 			}
 			if n := srv.RefusedCalls(); n != wantRefused {
 				t.Errorf("RefusedCalls = %d, want %d", n, wantRefused)
 			}
-			if ran != wantRan {
-				t.Errorf("the interceptor ran %d times, want %d", ran, wantRan)
+			if n := ran.Load(); n != wantRan {
+				t.Errorf("the interceptor ran %d times, want %d", n, wantRan)
 			}
 		})
 	}
