@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -436,5 +437,42 @@ func TestCodecKeepsView(t *testing.T) {
 	kept.Free()
 	if got := heldPages(c); got != 0 {
 		t.Fatalf("%d pages still held after the codec freed its reference", got)
+	}
+}
+
+// TestAllocWhileClosing allocates and frees blocks from several goroutines
+// while the server stops and the connection closes under them: nothing may
+// touch the segment after it is unmapped.
+func TestAllocWhileClosing(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		srv, dir := serveBytesEcho(t, "closing")
+		cc := dialT(t, "closing", dir)
+		c := cc.conn()
+		var wg sync.WaitGroup
+		stop := make(chan struct{})
+		for g := 0; g < 3; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var b Bytes
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					c.allocBytes(&b, 64<<10)
+					b.Data()[0] = 1
+					b.Free()
+				}
+			}()
+		}
+		srv.Stop()
+		<-c.done
+		for !releasedHeaps(c) {
+			runtime.Gosched()
+		}
+		close(stop)
+		wg.Wait()
 	}
 }

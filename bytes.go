@@ -117,12 +117,14 @@ func Alloc(ctx context.Context, n int) *Bytes {
 // allocBytes points m at n bytes of a new block of c's heap, or at
 // ordinary memory.
 func (c *conn) allocBytes(m *Bytes, n int) {
-	if n >= ArenaThreshold && c.closeErr() == nil {
+	// Pinned first: allocBlock reads the segment (the return queue), which
+	// a connection closing meanwhile would otherwise unmap.
+	if n >= ArenaThreshold && c.tryPin() {
 		if off, b, ok := c.allocBlock(n); ok {
-			c.pin()
 			*m = Bytes{b: b[:n:n], c: c, off: off}
 			return
 		}
+		c.unpin()
 	}
 	m.allocPooled(n)
 }

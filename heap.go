@@ -180,10 +180,16 @@ func (c *conn) releaseView(v []byte) {
 	}
 }
 
-func (h *heaps) pin() {
+// tryPin keeps the segment mapped until unpin, unless the connection is
+// already released.
+func (h *heaps) tryPin() bool {
 	h.viewMu.Lock()
+	defer h.viewMu.Unlock()
+	if h.closed {
+		return false
+	}
 	h.pins++
-	h.viewMu.Unlock()
+	return true
 }
 
 func (c *conn) unpin() {
