@@ -179,12 +179,58 @@ func TestHostileReturns(t *testing.T) {
 			c.heapMu.Lock()
 			tc.inject(c)
 			c.heapMu.Unlock()
-			err := echoBytes(cc, NewBytes(make([]byte, 20000)), &out)
-			if st := status.Convert(err); st.Code() != codes.Internal || !strings.Contains(st.Message(), tc.want) {
-				t.Errorf("call after the bad return: %v, want Internal containing %q", err, tc.want)
+			// The next allocation finds the bad return. The call itself may
+			// still go through the ring; the connection closes just after.
+			if echoBytes(cc, NewBytes(make([]byte, 20000)), &out) == nil {
+				out.Free()
+			}
+			select {
+			case <-c.done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the connection did not close within 10 s of the bad return")
+			}
+			if st := status.Convert(c.closeErr()); st.Code() != codes.Internal || !strings.Contains(st.Message(), tc.want) {
+				t.Errorf("connection closed with %v, want Internal containing %q", st, tc.want)
 			}
 		})
 	}
+}
+
+// TestHostileReturnsToServer hands the server a block it never lent while
+// it writes a reply into its heap under its stream's locks: the server
+// closes that connection (it once deadlocked here), and serves others.
+func TestHostileReturnsToServer(t *testing.T) {
+	_, dir := serveBytesEcho(t, "sreturns")
+	healthy := dialT(t, "sreturns", dir)
+	cc := dialT(t, "sreturns", dir)
+	c := cc.conn()
+	lay, err := pool.MapConn(c.seg.Mem, ring.CheckCap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The client writes the server-to-client return queue: page 300 of the
+	// server's heap, never lent.
+	i := 4 * int(c.self.ReturnTail.Load()%uint64(len(lay.S2CHeap)/arena.MinBlock))
+	lay.S2CReturns[i], lay.S2CReturns[i+1] = 44, 1 // 300, little-endian
+	c.self.ReturnTail.Add(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out Bytes
+	if err := cc.Invoke(ctx, "/test.BytesEcho/Echo", NewBytes(make([]byte, 20000)), &out, bytesCall); err == nil {
+		out.Free()
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		t.Fatal("the server did not close the connection within 10 s")
+	}
+	if st := status.Convert(c.closeErr()); !strings.Contains(st.Message(), "not allocated") {
+		t.Errorf("connection closed with %v, want the server's reason (block not allocated)", st)
+	}
+	if err := echoBytes(healthy, NewBytes(make([]byte, 20000)), &out); err != nil {
+		t.Fatalf("another connection: %v", err)
+	}
+	out.Free()
 }
 
 // writableAsPeer lifts the page protection of the regions c's peer writes

@@ -83,7 +83,9 @@ func (c *conn) allocBlock(n int) (int, []byte, bool) {
 	}
 	h.heapMu.Unlock()
 	if err != nil {
-		c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: peer returned a heap block: %v", err))
+		// Not on this goroutine: a writer holds the write lock and its
+		// stream's locks, which closing the streams takes.
+		go c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: peer returned a heap block: %v", err))
 		return 0, nil, false
 	}
 	return off, b, ok
@@ -173,7 +175,8 @@ func (c *conn) releaseView(v []byte) {
 	unmap := h.unpinLocked()
 	h.viewMu.Unlock()
 	if err != nil {
-		c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: %v", err))
+		// Not on this goroutine, which may hold locks of a stream.
+		go c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: %v", err))
 	}
 	if unmap {
 		c.seg.Close()
