@@ -522,3 +522,38 @@ func TestAllocWhileClosing(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// TestReturnOfUnsentBlock has the server hand back a block the client's
+// user still holds and never sent: the client must refuse the return and
+// close the connection, not hand the block out twice (and later panic on
+// the double free).
+func TestReturnOfUnsentBlock(t *testing.T) {
+	_, dir := serveBytesEcho(t, "unsent")
+	cc := dialT(t, "unsent", dir)
+	a := cc.Alloc(64 << 10)
+	if a.c == nil {
+		t.Fatal("Alloc did not use the heap")
+	}
+	c := cc.conn()
+	writableAsPeer(t, c, true)
+	c.heapMu.Lock()
+	q, tail := returnsRegion(c), c.peer.ReturnTail.Load()
+	i := 4 * int(tail%uint64(len(c.ownMem)/arena.MinBlock))
+	q[i], q[i+1], q[i+2], q[i+3] = byte(a.off/arena.MinBlock), byte(a.off/arena.MinBlock>>8), 0, 0
+	c.peer.ReturnTail.Store(tail + 1)
+	c.heapMu.Unlock()
+	b := cc.Alloc(64 << 10) // drains the bad return
+	if b.c != nil && b.off == a.off {
+		t.Fatal("the block the user holds was handed out again")
+	}
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection did not close within 10 s of the bad return")
+	}
+	if st := status.Convert(c.closeErr()); !strings.Contains(st.Message(), "was not lent") {
+		t.Errorf("connection closed with %v, want the reason (block not lent)", st)
+	}
+	a.Free()
+	b.Free()
+}

@@ -75,7 +75,7 @@ func (c *conn) allocBlock(n int) (int, []byte, bool) {
 		return 0, nil, false
 	}
 	h.heapMu.Lock()
-	err := h.returns.Drain(func(page uint32) error { return h.own.Free(int(page) * arena.MinBlock) })
+	err := h.returns.Drain(func(page uint32) error { return h.own.Return(int(page) * arena.MinBlock) })
 	off, ok := h.own.Alloc(n)
 	var b []byte
 	if ok {
@@ -110,6 +110,10 @@ func (c *conn) writeRef(ctx context.Context, stream uint32, flags frame.Flags, o
 	}
 	frame.Put(rec, flags, stream, uint32(n))
 	arena.Ref{Offset: uint64(off), Length: uint64(n)}.Append(rec[frame.HeaderSize:frame.HeaderSize])
+	// Lent before the publish that shows the peer the reference.
+	c.heapMu.Lock()
+	c.own.Lend(off)
+	c.heapMu.Unlock()
 	c.refsSent.Add(1)
 	return nil
 }

@@ -54,6 +54,10 @@ type Heap struct {
 	// state per page: order+1 if a free block starts here, -(order+1) if an
 	// allocated block starts here, 0 otherwise.
 	state []int8
+	// lent per page: the allocated block starting here has been sent to
+	// the receiver and not yet returned. Only lent blocks may come back
+	// through the return queue; only unlent ones may be freed locally.
+	lent  []bool
 	inUse int
 }
 
@@ -71,6 +75,7 @@ func NewHeap(mem []byte) *Heap {
 		next:     make([]int32, pages),
 		prev:     make([]int32, pages),
 		state:    make([]int8, pages),
+		lent:     make([]bool, pages),
 	}
 	h.head = make([]int32, h.maxOrder+1)
 	for i := range h.head {
@@ -127,17 +132,60 @@ func (h *Heap) Block(off int) []byte {
 	return h.mem[off : off+MinBlock<<o : off+MinBlock<<o]
 }
 
-// Free returns the block at off to the heap. It fails, changing nothing,
-// if off is not the start of an allocated block: out of range, misaligned,
-// never allocated or already freed.
+// Lend records that the allocated block at off has been sent: from now on
+// only Return gives it back.
+func (h *Heap) Lend(off int) {
+	h.lent[off/MinBlock] = true
+}
+
+// Return takes back the block at off that the receiver handed back. It
+// fails, changing nothing, unless off is the start of a lent block: out of
+// range, misaligned, never allocated, returned twice, or never sent (a
+// block the sender still fills, or a user still holds).
+func (h *Heap) Return(off int) error {
+	p, err := h.blockAt(off)
+	if err != nil {
+		return err
+	}
+	if !h.lent[p] {
+		return fmt.Errorf("block at offset %d was not lent (never sent, or returned twice)", off)
+	}
+	h.lent[p] = false
+	h.release(p)
+	return nil
+}
+
+// Free returns the block at off, which was never sent, to the heap. It
+// fails, changing nothing, if off is not the start of an allocated block
+// (out of range, misaligned, never allocated or already freed) or if the
+// block is lent.
 func (h *Heap) Free(off int) error {
+	p, err := h.blockAt(off)
+	if err != nil {
+		return err
+	}
+	if h.lent[p] {
+		return fmt.Errorf("block at offset %d is lent to the receiver", off)
+	}
+	h.release(p)
+	return nil
+}
+
+// blockAt checks that off starts an allocated block and returns its page.
+func (h *Heap) blockAt(off int) (int32, error) {
 	if off < 0 || off >= len(h.mem) || off%MinBlock != 0 {
-		return fmt.Errorf("block offset %d is outside the heap of %d bytes or not a multiple of %d", off, len(h.mem), MinBlock)
+		return 0, fmt.Errorf("block offset %d is outside the heap of %d bytes or not a multiple of %d", off, len(h.mem), MinBlock)
 	}
 	p := int32(off / MinBlock)
 	if h.state[p] >= 0 {
-		return fmt.Errorf("block at offset %d is not allocated (freed twice, or never allocated)", off)
+		return 0, fmt.Errorf("block at offset %d is not allocated (freed twice, or never allocated)", off)
 	}
+	return p, nil
+}
+
+// release frees the allocated block at page p, merging it with its free
+// buddies.
+func (h *Heap) release(p int32) {
 	o := -int(h.state[p]) - 1
 	h.state[p] = 0
 	h.inUse -= MinBlock << o
@@ -151,7 +199,6 @@ func (h *Heap) Free(off int) error {
 		o++
 	}
 	h.push(o, p)
-	return nil
 }
 
 func (h *Heap) push(o int, p int32) {

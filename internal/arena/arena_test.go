@@ -295,3 +295,28 @@ func FuzzRef(f *testing.F) {
 		}
 	})
 }
+
+func TestLendReturn(t *testing.T) {
+	h := NewHeap(make([]byte, 1<<20))
+	a, _ := h.Alloc(8192)
+	if err := h.Return(a); err == nil || !strings.Contains(err.Error(), "not lent") {
+		t.Errorf("Return of a block never sent = %v", err)
+	}
+	h.Lend(a)
+	if err := h.Free(a); err == nil || !strings.Contains(err.Error(), "lent") {
+		t.Errorf("local Free of a lent block = %v", err)
+	}
+	if err := h.Return(a); err != nil {
+		t.Fatalf("Return of a lent block = %v", err)
+	}
+	if err := h.Return(a); err == nil {
+		t.Error("second Return succeeded")
+	}
+	if h.InUse() != 0 {
+		t.Errorf("%d bytes in use after the return", h.InUse())
+	}
+	b, _ := h.Alloc(8192)
+	if err := h.Return(b); err == nil {
+		t.Error("Return of a reallocated block that was never sent succeeded")
+	}
+}
