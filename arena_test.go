@@ -39,6 +39,23 @@ var bytesEchoDesc = grpc.ServiceDesc{
 			return in, nil
 		},
 	}},
+	Streams: []grpc.StreamDesc{{
+		StreamName:    "Repeat",
+		ServerStreams: true,
+		Handler: func(_ any, stream grpc.ServerStream) error {
+			var in Bytes
+			if err := stream.RecvMsg(&in); err != nil {
+				return err
+			}
+			defer in.Free()
+			for i := 0; i < 4; i++ {
+				if err := stream.SendMsg(NewBytes(bytes.Clone(in.Data()))); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}},
 }
 
 var bytesCall = grpc.CallContentSubtype(BytesCodecName)
@@ -556,4 +573,130 @@ func TestReturnOfUnsentBlock(t *testing.T) {
 	}
 	a.Free()
 	b.Free()
+}
+
+// ownInUse takes back what the peer has returned and reports how many
+// bytes of c's own heap are still in use.
+func ownInUse(c *conn) int {
+	c.heapMu.Lock()
+	defer c.heapMu.Unlock()
+	c.returns.Drain(func(page uint32) error { return c.own.Return(int(page) * arena.MinBlock) })
+	return c.own.InUse()
+}
+
+// eventually polls cond until it holds or 10 s pass.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s: %s", what)
+		}
+		runtime.Gosched()
+	}
+}
+
+// TestServerFreesUnreadMessages sends large requests the server never
+// reads: to an unknown method, and from a caller it refuses. Every block
+// must come back to the client.
+func TestServerFreesUnreadMessages(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		method string
+		opts   []ServerOption
+		code   codes.Code
+	}{
+		{"unknown method", "/test.BytesEcho/Nope", nil, codes.Unimplemented},
+		{"refused caller", "/test.BytesEcho/Echo", []ServerOption{AllowUIDs(uint32(os.Geteuid()) + 1)}, codes.PermissionDenied},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, dir := serveBytesEcho(t, "unread", tc.opts...)
+			cc := dialT(t, "unread", dir)
+			for i := 0; i < 8; i++ {
+				err := cc.Invoke(context.Background(), tc.method, NewBytes(make([]byte, 64<<10)), new(Bytes), bytesCall)
+				if status.Code(err) != tc.code {
+					t.Fatalf("call %d: %v, want %v", i, err, tc.code)
+				}
+			}
+			c := cc.conn()
+			eventually(t, "the client's heap is not all back", func() bool { return ownInUse(c) == 0 })
+		})
+	}
+}
+
+// TestCancelAfterEndFreesMessages reads one message of a stream that has
+// ended, then cancels: the other messages go back to the server, and the
+// stream ends Canceled rather than cleanly with messages missing.
+func TestCancelAfterEndFreesMessages(t *testing.T) {
+	srv, dir := serveBytesEcho(t, "cancelend")
+	cc := dialT(t, "cancelend", dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := cc.NewStream(ctx, &bytesEchoDesc.Streams[0], "/test.BytesEcho/Repeat", bytesCall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SendMsg(NewBytes(make([]byte, 64<<10))); err != nil {
+		t.Fatal(err)
+	}
+	s.CloseSend()
+	var first Bytes
+	if err := s.RecvMsg(&first); err != nil {
+		t.Fatal(err)
+	}
+	first.Free()
+	cs := s.(*clientStream)
+	eventually(t, "the stream did not end", func() bool {
+		cs.mu.Lock()
+		defer cs.mu.Unlock()
+		return cs.st != nil && len(cs.msgs) == 3
+	})
+	c := cc.conn()
+	if heldPages(c) != 3*16 {
+		t.Fatalf("%d pages held before the cancel, want 48", heldPages(c))
+	}
+	cancel()
+	eventually(t, "messages still held after the cancel", func() bool { return heldPages(c) == 0 })
+	if err := s.RecvMsg(new(Bytes)); status.Code(err) != codes.Canceled {
+		t.Errorf("RecvMsg after the cancel: %v, want Canceled", err)
+	}
+	srv.mu.Lock()
+	var sc *serverConn
+	for k := range srv.conns {
+		sc = k
+	}
+	srv.mu.Unlock()
+	eventually(t, "the server's heap is not all back", func() bool { return ownInUse(sc.c) == 0 })
+}
+
+// failingCodec cannot marshal anything.
+type failingCodec struct{}
+
+func (failingCodec) Name() string                         { return "failing" }
+func (failingCodec) Marshal(any) (mem.BufferSlice, error) { return nil, fmt.Errorf("no") }
+func (failingCodec) Unmarshal(mem.BufferSlice, any) error { return fmt.Errorf("no") }
+
+// TestAllocSentWithAnotherCodec sends Alloc'd Bytes with a codec that
+// fails, and with one that marshals them as a copy: either way the block
+// is freed, as the transport owns a Bytes once it is sent.
+func TestAllocSentWithAnotherCodec(t *testing.T) {
+	_, dir := serveBytesEcho(t, "othercodec")
+	cc := dialT(t, "othercodec", dir)
+	c := cc.conn()
+	for i := 0; i < 3; i++ {
+		err := cc.Invoke(context.Background(), "/test.BytesEcho/Echo", cc.Alloc(64<<10), new(Bytes), grpc.ForceCodecV2(failingCodec{}))
+		if status.Code(err) != codes.Internal {
+			t.Fatalf("call with a failing codec: %v", err)
+		}
+	}
+	if n := ownInUse(c); n != 0 {
+		t.Fatalf("%d bytes of the heap in use after failed sends", n)
+	}
+	var kept mem.Buffer
+	out := new(Bytes)
+	if err := cc.Invoke(context.Background(), "/test.BytesEcho/Echo", cc.Alloc(64<<10), out, grpc.ForceCodecV2(keepingCodec{&kept}), bytesCall); err != nil {
+		t.Fatal(err)
+	}
+	kept.Free()
+	eventually(t, "the heap is not all back", func() bool { return ownInUse(c) == 0 })
 }

@@ -559,6 +559,16 @@ func (s *clientStream) cancel(err error) {
 		st = status.FromContextError(err)
 	}
 	if !s.finish(st, nil) {
+		// The stream had ended; messages the caller has not read would
+		// hold shared memory for ever: drop them, and then it ends with
+		// this status rather than a clean end that hides the gap.
+		s.mu.Lock()
+		if len(s.msgs) > 0 {
+			s.st, s.endedHere = st, true
+		}
+		s.discard = true
+		s.freeAll()
+		s.mu.Unlock()
 		return
 	}
 	s.mu.Lock()
@@ -665,10 +675,11 @@ func (s *clientStream) recvUnary(reply any) error {
 		m = s.takeMsg()
 	}
 	s.mu.Unlock()
-	if st.Code() != codes.OK {
-		return st.Err()
-	}
-	if n != 1 {
+	if st.Code() != codes.OK || n != 1 {
+		m.free() // a reply in shared memory goes back to the server
+		if st.Code() != codes.OK {
+			return st.Err()
+		}
 		return status.Errorf(codes.Internal, "grpc: cardinality violation: unary call got %d response messages", n)
 	}
 	if m.err != nil {

@@ -147,6 +147,13 @@ func (c *conn) takeView(p []byte) (mem.Buffer, error) {
 	h.refsRecv.Add(1)
 	if h.check {
 		if err := unix.Mprotect(h.peerMem[r.Offset:pageEnd], unix.PROT_READ); err != nil {
+			h.viewMu.Lock()
+			h.held.Release(r)
+			unmap := h.unpinLocked()
+			h.viewMu.Unlock()
+			if unmap {
+				c.seg.Close()
+			}
 			return nil, fmt.Errorf("unprotect a received block: %w", err)
 		}
 	}

@@ -24,7 +24,8 @@ var grpcProto = encoding.GetCodecV2(protocodec.Name)
 type outMsg struct {
 	direct proto.Message
 	data   mem.BufferSlice
-	bytes  *Bytes // a Bytes message, sent without its codec
+	bytes  *Bytes // a Bytes message: the transport's now, freed with m
+	raw    bool   // bytes is the payload, sent without its codec
 	size   int
 }
 
@@ -41,14 +42,18 @@ func prepareMsg(codec encoding.CodecV2, v any, maxSend int) (outMsg, error) {
 	if v == nil {
 		return m, nil // grpc-go sends an untyped nil message as empty
 	}
+	if b, ok := v.(*Bytes); ok && b != nil {
+		m.bytes = b // sending gives it to the transport, whatever the codec
+	}
 	if pm, ok := v.(proto.Message); ok && codec == grpcProto && pm != nil {
 		m.direct, m.size = pm, proto.Size(pm)
-	} else if b, ok := v.(*Bytes); ok && b != nil && codec.Name() == BytesCodecName {
-		m.bytes, m.size = b, b.Len()
+	} else if m.bytes != nil && codec.Name() == BytesCodecName {
+		m.raw, m.size = true, m.bytes.Len()
 	} else {
 		data, err := codec.Marshal(v)
 		if err != nil {
-			return m, status.Errorf(codes.Internal, "grpc: error while marshaling: %v", err)
+			m.free()
+			return outMsg{}, status.Errorf(codes.Internal, "grpc: error while marshaling: %v", err)
 		}
 		m.data, m.size = data, data.Len()
 	}
@@ -68,7 +73,7 @@ var marshalCached = proto.MarshalOptions{UseCachedSize: true}
 // writeMsg writes m as a MESSAGE frame (or fragments). The caller holds the
 // write lock.
 func (c *conn) writeMsg(ctx context.Context, stream uint32, flags frame.Flags, m *outMsg) error {
-	if b := m.bytes; b != nil && b.c == c {
+	if b := m.bytes; m.raw && b.c == c {
 		if err := c.writeRef(ctx, stream, flags, b.off, b.Len()); err != nil {
 			return err
 		}
@@ -80,7 +85,7 @@ func (c *conn) writeMsg(ctx context.Context, stream uint32, flags frame.Flags, m
 			return c.writeInHeap(ctx, stream, flags, m, off, blk)
 		}
 	}
-	if m.bytes != nil {
+	if m.raw {
 		return c.writeData(ctx, stream, flags, m.bytes.Data())
 	}
 	if m.direct != nil && m.size <= c.out.MaxPayload() {
@@ -130,7 +135,7 @@ func (c *conn) writeInHeap(ctx context.Context, stream uint32, flags frame.Flags
 		case len(b) != m.size || &b[0] != &blk[0]:
 			err = status.Errorf(codes.Internal, "grpc: message changed size from %d to %d bytes while being sent", m.size, len(b))
 		}
-	case m.bytes != nil:
+	case m.raw:
 		copy(blk, m.bytes.Data())
 	default:
 		m.data.CopyTo(blk)

@@ -347,6 +347,7 @@ func (sc *serverConn) onClose(err error) {
 	sc.mu.Unlock()
 	for _, st := range streams {
 		st.cancel(err)
+		st.dropQueued() // a stream that never ran is never removed
 	}
 	s := sc.srv
 	s.mu.Lock()
@@ -559,6 +560,7 @@ func (sc *serverConn) requestDone(st *serverStream) {
 }
 
 func (sc *serverConn) remove(st *serverStream) {
+	st.dropQueued()
 	sc.mu.Lock()
 	delete(sc.streams, st.id)
 	idle := len(sc.streams) == 0

@@ -263,6 +263,15 @@ func (a *assembler) reset() {
 	a.skip = false
 }
 
+// dropQueued frees the messages nobody will read, and those still to
+// come: the stream has ended on this side.
+func (s *streamBase) dropQueued() {
+	s.mu.Lock()
+	s.discard = true
+	s.freeAll()
+	s.mu.Unlock()
+}
+
 // freeAll releases every queued message; the caller holds s.mu.
 func (s *streamBase) freeAll() {
 	for _, m := range s.msgs {
