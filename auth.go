@@ -29,13 +29,21 @@ import (
 //
 // PID is the process id the peer wrote into its segment's header. It is
 // PIDVerified when this process could read /proc/PID/maps and found the
-// segment mapped there (same user, or root); only then are Groups, the
-// peer's supplementary groups from /proc/PID/status, filled in.
+// segment mapped there (same user, or root), and that process's file-system
+// uid is UID; only then are Groups, the peer's supplementary groups from
+// /proc/PID/status, filled in. A mapped pid of another uid means the
+// segment was passed on by someone other than its creator: Mismatch is
+// set, and a server refuses the connection's calls.
+//
+// In a shared pool the members of the group can open each other's
+// segments while they exist, so they can pass as one another: see
+// docs/SECURITY.md.
 type AuthInfo struct {
 	credentials.CommonAuthInfo
 	UID, GID    uint32
 	PID         int
 	PIDVerified bool
+	Mismatch    bool
 	Groups      []uint32
 }
 
@@ -56,8 +64,12 @@ func authInfoOf(seg *pool.Segment, pid int) AuthInfo {
 		PID:            pid,
 	}
 	if pid > 0 && mapsInode(pid, seg.Owner.Dev, seg.Owner.Ino) {
-		a.PIDVerified = true
-		a.Groups = procGroups(pid)
+		fsuid, groups := procIDs(pid)
+		if fsuid != seg.Owner.UID {
+			a.Mismatch = true
+			return a
+		}
+		a.PIDVerified, a.Groups = true, groups
 	}
 	return a
 }
@@ -81,19 +93,28 @@ func mapsInode(pid int, dev, ino uint64) bool {
 	return false
 }
 
-// procGroups returns the effective gid and supplementary groups of pid.
-func procGroups(pid int) []uint32 {
+// procIDs returns the file-system uid of pid (the uid its new files get;
+// ^uint32(0) if unknown), and its effective gid and supplementary groups.
+func procIDs(pid int) (fsuid uint32, gids []uint32) {
+	fsuid = ^uint32(0)
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return nil
+		return fsuid, nil
 	}
-	var gids []uint32
 	for _, line := range strings.Split(string(b), "\n") {
 		key, val, ok := strings.Cut(line, ":")
-		if !ok || (key != "Gid" && key != "Groups") {
+		if !ok || (key != "Uid" && key != "Gid" && key != "Groups") {
 			continue
 		}
 		fields := strings.Fields(val)
+		if key == "Uid" {
+			if len(fields) == 4 {
+				if u, err := strconv.ParseUint(fields[3], 10, 32); err == nil {
+					fsuid = uint32(u)
+				}
+			}
+			continue
+		}
 		if key == "Gid" && len(fields) > 1 {
 			fields = fields[1:2] // real, effective, saved, fs: keep the effective
 		}
@@ -103,7 +124,7 @@ func procGroups(pid int) []uint32 {
 			}
 		}
 	}
-	return gids
+	return fsuid, gids
 }
 
 // authorizer decides whether a connection's calls may run.
@@ -118,6 +139,9 @@ func (z *authorizer) set() bool { return len(z.uids)+len(z.gids)+len(z.funcs) > 
 // check returns nil if any rule allows a, else a PermissionDenied status
 // that says why.
 func (z *authorizer) check(a AuthInfo) error {
+	if a.Mismatch {
+		return status.Errorf(codes.PermissionDenied, "notnets: caller refused: its segment belongs to uid %d but process %d, which maps it, runs as another user", a.UID, a.PID)
+	}
 	if !z.set() {
 		return nil
 	}

@@ -32,6 +32,9 @@ func connect(ctx context.Context, o *dialOptions, name string) (*pool.Segment, *
 		return nil, nil, AuthInfo{}, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
 	}
 	server := authInfoOf(lseg, lis.PID) // while the server has its listener mapped
+	if server.Mismatch {
+		return nil, nil, AuthInfo{}, status.Errorf(codes.PermissionDenied, "notnets: listener %q belongs to uid %d but process %d, which maps it, runs as another user", name, server.UID, server.PID)
+	}
 	if lis.Server.State.Load() != pool.StateOpen {
 		return nil, nil, AuthInfo{}, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
 	}

@@ -428,3 +428,36 @@ func debugPanicOnFault() func() {
 	old := debug.SetPanicOnFault(true)
 	return func() { debug.SetPanicOnFault(old) }
 }
+
+// TestIdentityMismatch maps a segment that belongs to another user from
+// this process, as one who passes on another's segment would: the
+// identity is marked Mismatch, and the server's check refuses it.
+func TestIdentityMismatch(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	seg, err := pool.Create(dir, "theirs", pool.PageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer seg.Close()
+	if err := os.Chown(seg.Path, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	syscall.Stat(seg.Path, &st)
+	seg.Owner.UID, seg.Owner.GID = st.Uid, st.Gid
+	a := authInfoOf(seg, os.Getpid())
+	if !a.Mismatch || a.PIDVerified || a.UID != 65534 {
+		t.Fatalf("AuthInfo of another user's segment mapped here: %+v", a)
+	}
+	var z authorizer
+	if err := z.check(a); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "runs as another user") {
+		t.Errorf("check = %v, want PermissionDenied (another user)", err)
+	}
+	// The same segment, this process's own: consistent.
+	os.Chown(seg.Path, 0, 0)
+	seg.Owner.UID, seg.Owner.GID = 0, 0
+	if a := authInfoOf(seg, os.Getpid()); a.Mismatch || !a.PIDVerified {
+		t.Errorf("AuthInfo of our own segment: %+v", a)
+	}
+}
