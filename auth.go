@@ -165,7 +165,8 @@ func (z *authorizer) check(a AuthInfo) error {
 }
 
 // AllowUIDs lets callers whose connection segment belongs to one of uids
-// call this server. Authorization options add up: a caller that any of
+// call this server. In a shared pool (WithPoolGroup) the members of the
+// group can pass as one another; see docs/SECURITY.md. Authorization options add up: a caller that any of
 // them allows may call; without any, every caller that can use the pool
 // may. Refused calls end with PermissionDenied before any interceptor or
 // handler runs, and are counted (Server.RefusedCalls).
