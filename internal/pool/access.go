@@ -155,6 +155,32 @@ func Prepare(dir string, a Access) error {
 	return CheckDir(dir, a)
 }
 
+// openDir opens dir without following a symbolic link (O_PATH: no read
+// permission needed) and checks it as CheckDir does. Files are then
+// opened and created relative to the descriptor, in the very directory
+// that was checked, whatever happens to the path meanwhile.
+func openDir(dir string, a Access) (int, error) {
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+			if cerr := CheckDir(dir, a); cerr != nil {
+				return -1, cerr // says which: a link, or not a directory
+			}
+		}
+		return -1, fmt.Errorf("notnets: pool directory %s: %w", dir, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("notnets: pool directory %s: %w", dir, err)
+	}
+	if err := a.checkDir(dir, &st); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
 // CheckDir checks that dir can be trusted as a pool: a real directory (not
 // a symbolic link) that only the pool's users can write, owned as Access
 // says. A client calls it before it names anything in the pool.

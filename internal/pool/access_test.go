@@ -78,11 +78,19 @@ func TestOpenInRefuses(t *testing.T) {
 	if _, err := OpenIn(dir, "theirs", 0, PageSize, OwnerOnly); !errors.Is(err, ErrAccess) {
 		t.Errorf("OpenIn of another user's file = %v, want ErrAccess", err)
 	}
-	if _, err := OpenIn(dir, "theirs", 0, PageSize, Access{Shared: true, Group: 4242}); !errors.Is(err, ErrAccess) {
+	group := Access{Shared: true, Group: 4242}
+	gdir := filepath.Join(dir, "group")
+	if err := Prepare(gdir, group); err != nil {
+		t.Fatal(err)
+	}
+	theirs = filepath.Join(gdir, "theirs")
+	os.WriteFile(theirs, make([]byte, PageSize), 0o660)
+	os.Chown(theirs, 65534, 65534)
+	if _, err := OpenIn(gdir, "theirs", 0, PageSize, group); !errors.Is(err, ErrAccess) {
 		t.Errorf("OpenIn of another user's file of another group = %v, want ErrAccess", err)
 	}
 	os.Chown(theirs, 65534, 4242)
-	if s, err := OpenIn(dir, "theirs", 0, PageSize, Access{Shared: true, Group: 4242}); err != nil {
+	if s, err := OpenIn(gdir, "theirs", 0, PageSize, group); err != nil {
 		t.Errorf("OpenIn of a group member's file in a group pool = %v", err)
 	} else {
 		s.Close()

@@ -36,13 +36,18 @@ func Create(dir, name string, size int) (*Segment, error) {
 // symbolic link, and maps it.
 func CreateIn(dir, name string, size int, a Access) (*Segment, error) {
 	path := filepath.Join(dir, name)
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, a.fileMode())
+	dfd, err := openDir(dir, a)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Openat(dfd, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, a.fileMode())
 	if err != nil {
 		return nil, fmt.Errorf("notnets: create segment %s: %w", path, err)
 	}
 	defer unix.Close(fd)
 	fail := func(what string, err error) (*Segment, error) {
-		unix.Unlink(path)
+		unix.Unlinkat(dfd, name, 0)
 		return nil, fmt.Errorf("notnets: %s segment %s: %w", what, path, err)
 	}
 	if a.shared() {
@@ -84,7 +89,12 @@ func Open(dir, name string, minSize, maxSize int) (*Segment, error) {
 // and files the pool's access rules say nobody of the pool made.
 func OpenIn(dir, name string, minSize, maxSize int, a Access) (*Segment, error) {
 	path := filepath.Join(dir, name)
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	dfd, err := openDir(dir, a)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Openat(dfd, name, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("notnets: open segment %s: %w", path, err)
 	}
