@@ -281,6 +281,10 @@ func TestWriteIntoPeerRegionFaults(t *testing.T) {
 		c      *conn
 		client bool
 	}{{"client", client, true}, {"server", server, false}} {
+		// Held as the liveness watch holds it: the server's side closes
+		// on its own goroutine when the test ends.
+		side.c.mapMu.RLock()
+		defer side.c.mapMu.RUnlock()
 		lay, err := pool.MapConn(side.c.seg.Mem, ring.CheckCap)
 		if err != nil {
 			t.Fatal(err)
