@@ -1,13 +1,18 @@
 package notnets
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"testing"
 
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
+	"github.com/notnets/notnets/internal/arena"
 	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
@@ -19,18 +24,29 @@ const fuzzRing = ring.MinCap
 // side (control page and client-to-server ring) comes from data: the first
 // 256 bytes overlay the client's control block, the rest its ring.
 func fuzzSegment(data []byte) (*pool.Segment, *pool.ConnLayout) {
-	mem := make([]byte, pool.ConnSize(fuzzRing, fuzzRing))
-	pool.InitConn(mem, fuzzRing, fuzzRing, 0)
-	lay, err := pool.MapConn(mem, ring.CheckCap)
-	if err != nil {
-		panic(err)
-	}
+	seg, lay := anonSegment(pool.ConnSpec{C2S: fuzzRing, S2C: fuzzRing, C2SHeap: pool.MinHeap, S2CHeap: pool.MinHeap})
+	mem := seg.Mem
 	if len(data) > 256 {
 		copy(lay.C2S, data[256:])
 		data = data[:256]
 	}
 	copy(mem[pool.PageSize:], data)
-	return &pool.Segment{Mem: mem}, lay
+	return seg, lay
+}
+
+// anonSegment maps an anonymous shared segment (so that closing it, which
+// unmaps it, is right) with the given regions and a fresh header.
+func anonSegment(spec pool.ConnSpec) (*pool.Segment, *pool.ConnLayout) {
+	mem, err := unix.Mmap(-1, 0, spec.Size(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	if err != nil {
+		panic(err)
+	}
+	pool.InitConnSpec(mem, spec, 0)
+	lay, err := pool.MapConn(mem, ring.CheckCap)
+	if err != nil {
+		panic(err)
+	}
+	return &pool.Segment{Path: "/nonexistent/notnets-fuzz", Mem: mem}, lay
 }
 
 // seedCall is a well-formed unary call: HEADERS, then MESSAGE with the end
@@ -90,5 +106,93 @@ func FuzzServerReadsSegment(f *testing.F) {
 		sc.c.fail(context.Canceled)
 		sc.c.endReader()
 		sc.c.waitReleased()
+	})
+}
+
+// seedReply is a well-formed answer to stream 1, as the server would write
+// it: HEADERS, a MESSAGE, a MESSAGE_REF to the start of its heap, and
+// TRAILERS with a status and trailer metadata.
+func seedReply() []byte {
+	var s2c []byte
+	put := func(t frame.Type, flags frame.Flags, stream, aux uint32, p []byte) {
+		rec := make([]byte, ring.RecordSize(len(p)))
+		binary.LittleEndian.PutUint32(rec, uint32(len(p)))
+		rec[4] = byte(t)
+		frame.Put(rec, flags, stream, aux)
+		copy(rec[frame.HeaderSize:], p)
+		s2c = append(s2c, rec...)
+	}
+	put(frame.TypeHeaders, 0, 1, 0, (&frame.ResponseHeaders{MD: metadata.Pairs("h", "v")}).Append(nil))
+	put(frame.TypeMessage, 0, 1, 3, []byte("abc"))
+	put(frame.TypeMessageRef, 0, 1, 100, arena.Ref{Offset: 0, Length: 100}.Append(nil))
+	put(frame.TypeTrailers, 0, 1, 0, (&frame.Status{Code: 0, MD: metadata.Pairs("t", "v")}).Append(nil))
+	ctl := make([]byte, 256)
+	ctl[0] = pool.StateOpen
+	binary.LittleEndian.PutUint64(ctl[64:], uint64(len(s2c))) // tail
+	return append(ctl, s2c...)
+}
+
+// FuzzClientReadsSegment puts arbitrary bytes where the server writes (its
+// control block and its ring) and lets a client connection with one call
+// open read them: it must never panic, every message it delivers must
+// decode or fail as a message, and it either serves the call or closes the
+// connection with a status.
+func FuzzClientReadsSegment(f *testing.F) {
+	f.Add(seedReply())
+	f.Add(make([]byte, 300))
+	broken := seedReply()
+	broken[256+16+4] = 42 // unknown frame type in the second record
+	f.Add(broken)
+	cc := &ClientConn{opts: dialOptions{maxRecvSize: DefaultMaxRecvMsgSize, window: defaultWindow}}
+	ci, err := newCallInfo(&cc.opts, []grpc.CallOption{grpc.CallContentSubtype(BytesCodecName)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	seed := seedReply()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		isSeed := bytes.Equal(data, seed)
+		seg, lay := anonSegment(pool.ConnSpec{C2S: fuzzRing, S2C: fuzzRing, C2SHeap: pool.MinHeap, S2CHeap: pool.MinHeap})
+		if len(data) > 256 {
+			copy(lay.S2C, data[256:])
+			data = data[:256]
+		}
+		copy(seg.Mem[2*pool.PageSize:], data)
+		tr := &transport{cc: cc, streams: make(map[uint32]*clientStream)}
+		tr.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, defaultWait())
+		tr.c.initHeaps(lay.C2SHeap, lay.C2SReturns, lay.S2CHeap, lay.S2CReturns, false)
+		tr.c.onFrame, tr.c.onClose = tr.onFrame, tr.onClose
+		s := &clientStream{cc: cc, t: tr, ctx: context.Background(), desc: &grpc.StreamDesc{ServerStreams: true}, ci: ci}
+		s.init(1, tr.c, cc.opts.maxRecvSize, cc.opts.window)
+		tr.streams[1], tr.lastID = s, 1
+		for i := 0; i < 3; i++ {
+			if n, ok := tr.c.drainOrCheck(); !ok || n == 0 {
+				break
+			}
+		}
+		var lens []int
+		for {
+			s.mu.Lock()
+			if len(s.msgs) == 0 {
+				s.mu.Unlock()
+				break
+			}
+			m := s.takeMsg()
+			s.mu.Unlock()
+			if m.err == nil {
+				var b Bytes
+				s.decode(ci.codec, m.buf, &b)
+				lens = append(lens, b.Len())
+				b.Free()
+			}
+		}
+		if isSeed && (len(lens) != 2 || lens[0] != 3 || lens[1] != 100 || s.st.Code() != codes.OK || tr.c.closeErr() != nil) {
+			t.Fatalf("the well-formed reply was read as %v, status %v, closed %v", lens, s.st, tr.c.closeErr())
+		}
+		if err := tr.c.closeErr(); err != nil && err.Error() == "" {
+			t.Fatal("closed without a reason")
+		}
+		tr.c.fail(context.Canceled)
+		tr.c.endReader()
+		tr.c.waitReleased()
 	})
 }
