@@ -52,7 +52,8 @@ type conn struct {
 	resume    chan struct{}
 	parkTimer *time.Timer
 	closeOnce sync.Once
-	err       error // why it closed; set before done is closed
+	err       error       // why it closed; set before closed and done
+	closed    atomic.Bool // set when the connection starts closing, with done
 
 	peerReason atomic.Pointer[string] // the reason in the peer's last GOAWAY
 
@@ -85,12 +86,11 @@ func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait wa
 
 // closeErr returns why the connection closed, or nil while it is open.
 func (c *conn) closeErr() error {
-	select {
-	case <-c.done:
-		return c.err
-	default:
+	// An atomic load, not a receive from done: pollers ask on every poll.
+	if !c.closed.Load() {
 		return nil
 	}
+	return c.err
 }
 
 // lock takes the write lock, waiting at most until ctx ends or the
@@ -371,6 +371,7 @@ func (c *conn) fail(err error) {
 	c.closeOnce.Do(func() {
 		c.err = err
 		c.tellPeer(err)
+		c.closed.Store(true) // after err: a load that sees true sees err
 		close(c.done)
 		c.self.State.Store(pool.StateClosed)
 		pool.FutexWake(ring.TailWord(c.self.Tail), 1) // the peer may sleep on our tail
