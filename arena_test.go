@@ -221,15 +221,13 @@ func TestHostileReturnsToServer(t *testing.T) {
 	healthy := dialT(t, "sreturns", dir)
 	cc := dialT(t, "sreturns", dir)
 	c := cc.conn()
-	lay, err := pool.MapConn(c.seg.Mem, ring.CheckCap)
+	// The client hands back page 300 of the server's heap, never lent.
+	c.viewMu.Lock()
+	err := c.giveBack.Push(300)
+	c.viewMu.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The client writes the server-to-client return queue: page 300 of the
-	// server's heap, never lent.
-	i := 4 * int(c.self.ReturnTail.Load()%uint64(len(lay.S2CHeap)/arena.MinBlock))
-	lay.S2CReturns[i], lay.S2CReturns[i+1] = 44, 1 // 300, little-endian
-	c.self.ReturnTail.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var out Bytes
@@ -699,4 +697,53 @@ func TestAllocSentWithAnotherCodec(t *testing.T) {
 	}
 	kept.Free()
 	eventually(t, "the heap is not all back", func() bool { return ownInUse(c) == 0 })
+}
+
+// TestStageOutsideTheLock stages a large message (written into the heap
+// before the write lock is taken), then sends it; a small one is not
+// staged; a staged message that is never sent gives its block back.
+func TestStageOutsideTheLock(t *testing.T) {
+	client, server := connPair(t, pool.MinHeap*4)
+	var got []int
+	server.onFrame = func(h frame.Header, p []byte) error {
+		if h.Type == frame.TypeMessageRef {
+			v := server.takeRef()
+			got = append(got, v.Len())
+			v.Free()
+		}
+		return nil
+	}
+	big := outMsg{raw: true, bytes: NewBytes(bytes.Repeat([]byte{1}, 100<<10)), size: 100 << 10}
+	small := outMsg{raw: true, bytes: NewBytes([]byte("small")), size: 5}
+	for _, m := range []*outMsg{&big, &small} {
+		if err := client.stage(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if big.staged != client || small.staged != nil {
+		t.Fatalf("staged: big %v, small %v; want only the big one", big.staged != nil, small.staged != nil)
+	}
+	if n := client.own.InUse(); n != 128<<10 {
+		t.Fatalf("%d bytes of the heap in use after staging, want one 128 KiB block", n)
+	}
+	if err := client.lock(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.writeMsg(context.Background(), 1, 0, &big); err != nil {
+		t.Fatal(err)
+	}
+	client.unlock()
+	big.free()
+	if n, ok := server.drain(); n != 1 || !ok || len(got) != 1 || got[0] != 100<<10 {
+		t.Fatalf("the server read %d frames (ok %v), messages %v", n, ok, got)
+	}
+	unsent := outMsg{raw: true, bytes: NewBytes(make([]byte, 64<<10)), size: 64 << 10}
+	client.stage(&unsent)
+	unsent.free()
+	if n := ownInUse(client); n != 0 {
+		t.Fatalf("%d bytes of the heap in use, want 0", n)
+	}
+	if client.pins != 0 {
+		t.Fatalf("%d pins left", client.pins)
+	}
 }

@@ -456,6 +456,9 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 	}
 	// The headers live in the stream so that encoding them allocates nothing.
 	s := &clientStream{cc: cc, t: t, ctx: ctx, desc: desc, ci: ci, method: method, reqHdr: hdr}
+	if err := t.c.stage(msg); err != nil {
+		return nil, err
+	}
 	if err := t.c.lock(ctx); err != nil {
 		return nil, err
 	}
@@ -749,6 +752,9 @@ func (s *clientStream) SendMsg(m any) error {
 		return s.sendFailed(err)
 	}
 	c := s.t.c
+	if err := c.stage(&msg); err != nil {
+		return s.sendFailed(err)
+	}
 	if err := c.lock(s.ctx); err != nil {
 		return s.sendFailed(err)
 	}

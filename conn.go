@@ -54,6 +54,7 @@ type conn struct {
 	closeOnce sync.Once
 	err       error       // why it closed; set before closed and done
 	closed    atomic.Bool // set when the connection starts closing, with done
+	toldPeer  bool        // a GOAWAY with the reason is out; under the write lock
 
 	peerReason atomic.Pointer[string] // the reason in the peer's last GOAWAY
 
@@ -389,15 +390,46 @@ func (c *conn) tellPeer(err error) {
 	default:
 		return
 	}
+	c.sayGoAway(err)
+	<-c.wlock
+}
+
+// sayGoAway writes a GOAWAY frame with err's message, once, if the ring
+// has room for it now. The caller holds the write lock.
+func (c *conn) sayGoAway(err error) {
+	if c.toldPeer {
+		return
+	}
 	g := frame.GoAway{Reason: status.Convert(err).Message()}
 	if n := g.Size(); n <= c.out.MaxPayload() {
 		if rec := c.out.Reserve(n, byte(frame.TypeGoAway)); rec != nil {
 			frame.Put(rec, 0, 0, 0)
 			g.Append(rec[frame.HeaderSize:frame.HeaderSize])
 			c.publish()
+			c.toldPeer = true
 		}
 	}
-	<-c.wlock
+}
+
+// failSoon closes the connection with err from a goroutine of its own: for
+// callers that may hold the write lock or a stream's locks, which closing
+// takes. It waits a little for the write lock, so that the peer learns the
+// reason even while a writer is busy.
+func (c *conn) failSoon(err error) {
+	go func() {
+		t := time.NewTimer(100 * time.Millisecond)
+		defer t.Stop()
+		select {
+		case c.wlock <- struct{}{}:
+			if c.closeErr() == nil {
+				c.sayGoAway(err)
+			}
+			<-c.wlock
+		case <-c.done:
+		case <-t.C:
+		}
+		c.fail(err)
+	}()
 }
 
 func (c *conn) release() {

@@ -85,7 +85,7 @@ func (c *conn) allocBlock(n int) (int, []byte, bool) {
 	if err != nil {
 		// Not on this goroutine: a writer holds the write lock and its
 		// stream's locks, which closing the streams takes.
-		go c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: peer returned a heap block: %v", err))
+		c.failSoon(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: peer returned a heap block: %v", err))
 		return 0, nil, false
 	}
 	return off, b, ok
@@ -187,7 +187,7 @@ func (c *conn) releaseView(v []byte) {
 	h.viewMu.Unlock()
 	if err != nil {
 		// Not on this goroutine, which may hold locks of a stream.
-		go c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: %v", err))
+		c.failSoon(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: %v", err))
 	}
 	if unmap {
 		c.seg.Close()

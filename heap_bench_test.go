@@ -6,20 +6,13 @@ import (
 
 	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/pool"
-	"github.com/notnets/notnets/internal/ring"
 )
 
 // connPair returns the two sides of one connection segment in ordinary
 // memory, with heaps of heapSize bytes, without readers or liveness.
 func connPair(tb testing.TB, heapSize int) (client, server *conn) {
-	spec := pool.ConnSpec{C2S: 64 << 10, S2C: 64 << 10, C2SHeap: heapSize, S2CHeap: heapSize}
-	mem := make([]byte, spec.Size())
-	pool.InitConnSpec(mem, spec, 0)
-	lay, err := pool.MapConn(mem, ring.CheckCap)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	seg := &pool.Segment{Mem: mem}
+	seg, lay := anonSegment(pool.ConnSpec{C2S: 64 << 10, S2C: 64 << 10, C2SHeap: heapSize, S2CHeap: heapSize})
+	tb.Cleanup(func() { seg.Close() })
 	client = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, defaultWait())
 	client.initHeaps(lay.C2SHeap, lay.C2SReturns, lay.S2CHeap, lay.S2CReturns, false)
 	server = newConn(seg, lay.Server, lay.Client, lay.S2C, lay.C2S, defaultWait())

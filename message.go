@@ -27,6 +27,12 @@ type outMsg struct {
 	bytes  *Bytes // a Bytes message: the transport's now, freed with m
 	raw    bool   // bytes is the payload, sent without its codec
 	size   int
+
+	// staged is the connection in whose heap the message was written
+	// before the write lock was taken (stage), at offset stagedOff; the
+	// segment stays pinned until the block is sent or freed.
+	staged    *conn
+	stagedOff int
 }
 
 func (m *outMsg) free() {
@@ -34,6 +40,35 @@ func (m *outMsg) free() {
 	if m.bytes != nil {
 		m.bytes.Free()
 	}
+	if c := m.staged; c != nil {
+		m.staged = nil
+		c.freeBlock(m.stagedOff)
+		c.unpin()
+	}
+}
+
+// stage writes a message that will travel through c's heap into a block
+// now, before the caller takes the write lock, so that copying a large
+// message holds up no other writer. It does nothing for messages that go
+// through the ring, or that already lie in c's heap, or when the heap is
+// full (writeMsg then tries again under the lock, and falls back to the
+// ring). An error is the codec's.
+func (c *conn) stage(m *outMsg) error {
+	if m == nil || m.staged != nil || m.size < ArenaThreshold || (m.raw && m.bytes.c == c) || !c.tryPin() {
+		return nil
+	}
+	off, blk, ok := c.allocBlock(m.size)
+	if !ok {
+		c.unpin()
+		return nil
+	}
+	if err := fillBlock(m, blk); err != nil {
+		c.freeBlock(off)
+		c.unpin()
+		return err
+	}
+	m.staged, m.stagedOff = c, off
+	return nil
 }
 
 // prepareMsg sizes or marshals v with codec and checks it against maxSend.
@@ -73,6 +108,14 @@ var marshalCached = proto.MarshalOptions{UseCachedSize: true}
 // writeMsg writes m as a MESSAGE frame (or fragments). The caller holds the
 // write lock.
 func (c *conn) writeMsg(ctx context.Context, stream uint32, flags frame.Flags, m *outMsg) error {
+	if m.staged == c {
+		if err := c.writeRef(ctx, stream, flags, m.stagedOff, m.size); err != nil {
+			return err // free releases the block
+		}
+		m.staged = nil
+		c.unpin()
+		return nil
+	}
 	if b := m.bytes; m.raw && b.c == c {
 		if err := c.writeRef(ctx, stream, flags, b.off, b.Len()); err != nil {
 			return err
@@ -125,21 +168,7 @@ func (c *conn) writeMsg(ctx context.Context, stream uint32, flags frame.Flags, m
 // writeInHeap fills the block at off in the own heap with m and sends it
 // as a reference. The caller holds the write lock.
 func (c *conn) writeInHeap(ctx context.Context, stream uint32, flags frame.Flags, m *outMsg, off int, blk []byte) error {
-	var err error
-	switch {
-	case m.direct != nil:
-		b, merr := marshalCached.MarshalAppend(blk[:0:m.size], m.direct)
-		switch {
-		case merr != nil:
-			err = status.Errorf(codes.Internal, "grpc: error while marshaling: %v", merr)
-		case len(b) != m.size || &b[0] != &blk[0]:
-			err = status.Errorf(codes.Internal, "grpc: message changed size from %d to %d bytes while being sent", m.size, len(b))
-		}
-	case m.raw:
-		copy(blk, m.bytes.Data())
-	default:
-		m.data.CopyTo(blk)
-	}
+	err := fillBlock(m, blk)
 	if err == nil {
 		err = c.writeRef(ctx, stream, flags, off, m.size)
 	}
@@ -147,6 +176,26 @@ func (c *conn) writeInHeap(ctx context.Context, stream uint32, flags frame.Flags
 		c.freeBlock(off)
 	}
 	return err
+}
+
+// fillBlock writes m into the heap block blk: marshals it there, or copies
+// its bytes.
+func fillBlock(m *outMsg, blk []byte) error {
+	switch {
+	case m.direct != nil:
+		b, err := marshalCached.MarshalAppend(blk[:0:m.size], m.direct)
+		switch {
+		case err != nil:
+			return status.Errorf(codes.Internal, "grpc: error while marshaling: %v", err)
+		case len(b) != m.size || &b[0] != &blk[0]:
+			return status.Errorf(codes.Internal, "grpc: message changed size from %d to %d bytes while being sent", m.size, len(b))
+		}
+	case m.raw:
+		copy(blk, m.bytes.Data())
+	default:
+		m.data.CopyTo(blk)
+	}
+	return nil
 }
 
 // decode unmarshals a received message into v and frees it. The

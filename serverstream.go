@@ -126,6 +126,9 @@ func (st *serverStream) finish(s *status.Status, msg *outMsg) error {
 	}
 	fs.MD = st.trailer
 	c := st.c
+	if err := c.stage(msg); err != nil {
+		msg, fs = nil, frame.Status{Code: uint32(status.Code(err)), Message: status.Convert(err).Message()}
+	}
 	if err := c.lock(st.ctx); err != nil {
 		if st.ctx.Err() == nil {
 			return err
@@ -240,6 +243,9 @@ func (st *serverStream) SendMsg(m any) error {
 	defer msg.free()
 	if err := st.takeQuota(st.ctx, msg.size, func() error { return st.ctx.Err() }); err != nil {
 		return contextStatus(st.ctx.Err())
+	}
+	if err := st.c.stage(&msg); err != nil {
+		return err
 	}
 	st.hmu.Lock()
 	defer st.hmu.Unlock()
