@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -622,49 +623,65 @@ func TestServerFreesUnreadMessages(t *testing.T) {
 	}
 }
 
-// TestCancelAfterEndFreesMessages reads one message of a stream that has
-// ended, then cancels: the other messages go back to the server, and the
-// stream ends Canceled rather than cleanly with messages missing.
-func TestCancelAfterEndFreesMessages(t *testing.T) {
-	srv, dir := serveBytesEcho(t, "cancelend")
-	cc := dialT(t, "cancelend", dir)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	s, err := cc.NewStream(ctx, &bytesEchoDesc.Streams[0], "/test.BytesEcho/Repeat", bytesCall)
-	if err != nil {
-		t.Fatal(err)
+// TestCancelAfterEnd cancels a stream that has ended with messages
+// unread: as in grpc-go they stay readable, then io.EOF; and if the caller
+// never reads them, closing the connection gives their memory back.
+func TestCancelAfterEnd(t *testing.T) {
+	_, dir := serveBytesEcho(t, "cancelend")
+	for _, read := range []bool{true, false} {
+		cc := dialT(t, "cancelend", dir)
+		ctx, cancel := context.WithCancel(context.Background())
+		s, err := cc.NewStream(ctx, &bytesEchoDesc.Streams[0], "/test.BytesEcho/Repeat", bytesCall)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SendMsg(NewBytes(make([]byte, 64<<10))); err != nil {
+			t.Fatal(err)
+		}
+		s.CloseSend()
+		var first Bytes
+		if err := s.RecvMsg(&first); err != nil {
+			t.Fatal(err)
+		}
+		first.Free()
+		cs := s.(*clientStream)
+		eventually(t, "the stream did not end", func() bool {
+			cs.mu.Lock()
+			defer cs.mu.Unlock()
+			return cs.st != nil && len(cs.msgs) == 3
+		})
+		c := cc.conn()
+		cancel()
+		if read {
+			for i := 0; i < 3; i++ {
+				var m Bytes
+				if err := s.RecvMsg(&m); err != nil || m.Len() != 64<<10 {
+					t.Fatalf("message %d after the cancel: %v, %d bytes", i+2, err, m.Len())
+				}
+				m.Free()
+			}
+			if err := s.RecvMsg(new(Bytes)); err != io.EOF {
+				t.Fatalf("after the last message: %v, want io.EOF", err)
+			}
+			if n := heldPages(c); n != 0 {
+				t.Fatalf("%d pages held after reading everything", n)
+			}
+			cs.t.mu.Lock()
+			n := len(cs.t.orphans)
+			cs.t.mu.Unlock()
+			if n != 0 {
+				t.Fatalf("%d streams still kept as orphans after being read to the end", n)
+			}
+			continue
+		}
+		if n := heldPages(c); n != 3*16 {
+			t.Fatalf("%d pages held after the cancel, want 48 (still readable)", n)
+		}
+		cc.Close()
+		eventually(t, "the unread messages still hold the segment after Close", func() bool {
+			return heldPages(c) == 0 && releasedHeaps(c) && c.heaps.unmappedNow()
+		})
 	}
-	if err := s.SendMsg(NewBytes(make([]byte, 64<<10))); err != nil {
-		t.Fatal(err)
-	}
-	s.CloseSend()
-	var first Bytes
-	if err := s.RecvMsg(&first); err != nil {
-		t.Fatal(err)
-	}
-	first.Free()
-	cs := s.(*clientStream)
-	eventually(t, "the stream did not end", func() bool {
-		cs.mu.Lock()
-		defer cs.mu.Unlock()
-		return cs.st != nil && len(cs.msgs) == 3
-	})
-	c := cc.conn()
-	if heldPages(c) != 3*16 {
-		t.Fatalf("%d pages held before the cancel, want 48", heldPages(c))
-	}
-	cancel()
-	eventually(t, "messages still held after the cancel", func() bool { return heldPages(c) == 0 })
-	if err := s.RecvMsg(new(Bytes)); status.Code(err) != codes.Canceled {
-		t.Errorf("RecvMsg after the cancel: %v, want Canceled", err)
-	}
-	srv.mu.Lock()
-	var sc *serverConn
-	for k := range srv.conns {
-		sc = k
-	}
-	srv.mu.Unlock()
-	eventually(t, "the server's heap is not all back", func() bool { return ownInUse(sc.c) == 0 })
 }
 
 // failingCodec cannot marshal anything.
@@ -745,5 +762,41 @@ func TestStageOutsideTheLock(t *testing.T) {
 	}
 	if client.pins != 0 {
 		t.Fatalf("%d pins left", client.pins)
+	}
+}
+
+// TestReplyStandsOverALateDeadline has the deadline fire after the reply
+// and status of a unary call arrived but before the caller took them: the
+// reply stands, as its comment in recvUnary promises.
+func TestReplyStandsOverALateDeadline(t *testing.T) {
+	_, dir := serveBytesEcho(t, "late")
+	cc := dialT(t, "late", dir)
+	ci, err := newCallInfo(&cc.opts, []grpc.CallOption{bytesCall})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := prepareMsg(ci.codec, NewBytes(make([]byte, 64<<10)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := cc.start(context.Background(), "/test.BytesEcho/Echo", ci, unaryDesc, &msg)
+	msg.free()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "no reply", func() bool {
+		s.t.c.poll()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.st != nil && len(s.msgs) == 1
+	})
+	s.cancel(context.DeadlineExceeded)
+	var out Bytes
+	if err := s.recvUnary(&out); err != nil || out.Len() != 64<<10 {
+		t.Fatalf("recvUnary after a late deadline: %v, %d bytes; want the reply", err, out.Len())
+	}
+	out.Free()
+	if n := heldPages(s.t.c); n != 0 {
+		t.Fatalf("%d pages held", n)
 	}
 }

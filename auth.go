@@ -65,11 +65,15 @@ func authInfoOf(seg *pool.Segment, pid int) AuthInfo {
 	}
 	if pid > 0 && mapsInode(pid, seg.Owner.Dev, seg.Owner.Ino) {
 		fsuid, groups := procIDs(pid)
-		if fsuid != seg.Owner.UID {
+		switch {
+		case fsuid == seg.Owner.UID:
+			a.PIDVerified, a.Groups = true, groups
+		case fsuid == ^uint32(0) || seg.Owner.UID == 0:
+			// Unknown (the process is gone), or a file root made for a
+			// process that has dropped its privileges since: unverified.
+		default:
 			a.Mismatch = true
-			return a
 		}
-		a.PIDVerified, a.Groups = true, groups
 	}
 	return a
 }

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -54,6 +57,9 @@ type transport struct {
 	cc     *ClientConn
 	c      *conn
 	server AuthInfo // the server's identity, from its listener
+	// orphans are ended streams given up with messages unread (under mu).
+	orphans []*clientStream
+	dropped bool // the connection has closed: orphans are dropped at once
 
 	mu      sync.Mutex
 	streams map[uint32]*clientStream
@@ -83,6 +89,7 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 	if o.pool == "" {
 		o.pool = pool.DefaultDir()
 	}
+	o.pool = filepath.Clean(o.pool) // a trailing slash would follow a symbolic link
 	if err := pool.ValidName(name); err != nil {
 		return nil, err
 	}
@@ -311,11 +318,40 @@ func (t *transport) openStreams() bool {
 	return len(t.streams) > 0
 }
 
+// orphan records an ended stream whose caller gave up before reading all
+// its messages, so that closing the connection frees them.
+func (t *transport) orphan(s *clientStream) {
+	t.mu.Lock()
+	closed := t.dropped
+	if !closed && !s.orphaned.Load() {
+		s.orphaned.Store(true)
+		t.orphans = append(t.orphans, s)
+	}
+	t.mu.Unlock()
+	if closed {
+		s.dropQueued()
+	}
+}
+
+// unorphan forgets s: its caller has finished with it after all.
+func (t *transport) unorphan(s *clientStream) {
+	t.mu.Lock()
+	if i := slices.Index(t.orphans, s); i >= 0 {
+		t.orphans = slices.Delete(t.orphans, i, i+1)
+	}
+	t.mu.Unlock()
+}
+
 func (t *transport) onClose(err error) {
 	t.mu.Lock()
 	streams := t.streams
 	t.streams = map[uint32]*clientStream{}
+	orphans := t.orphans
+	t.orphans, t.dropped = nil, true
 	t.mu.Unlock()
+	for _, s := range orphans {
+		s.dropQueued()
+	}
 	st := status.Convert(err)
 	for _, s := range streams {
 		s.finish(st, nil)
@@ -536,6 +572,7 @@ type clientStream struct {
 	received   int
 	stopWatch  func() bool
 	reqHdr     frame.RequestHeaders // sent once, at the start
+	orphaned   atomic.Bool          // in t.orphans
 	finishOnce sync.Once
 }
 
@@ -562,16 +599,15 @@ func (s *clientStream) cancel(err error) {
 		st = status.FromContextError(err)
 	}
 	if !s.finish(st, nil) {
-		// The stream had ended; messages the caller has not read would
-		// hold shared memory for ever: drop them, and then it ends with
-		// this status rather than a clean end that hides the gap.
+		// The stream had already ended: what it received stands and stays
+		// readable, as in grpc-go. Should the caller never read it, the
+		// shared memory it holds goes back when the connection closes.
 		s.mu.Lock()
-		if len(s.msgs) > 0 {
-			s.st, s.endedHere = st, true
-		}
-		s.discard = true
-		s.freeAll()
+		unread := len(s.msgs) > 0
 		s.mu.Unlock()
+		if unread {
+			s.t.orphan(s)
+		}
 		return
 	}
 	s.mu.Lock()
@@ -600,6 +636,9 @@ func (s *clientStream) done() {
 		s.mu.Unlock()
 		if stop != nil {
 			stop()
+		}
+		if s.orphaned.Load() {
+			s.t.unorphan(s)
 		}
 		s.mu.Lock()
 		header, trailer, st := s.header, s.trailer, s.st

@@ -76,7 +76,10 @@ func (c *conn) allocBlock(n int) (int, []byte, bool) {
 	}
 	h.heapMu.Lock()
 	err := h.returns.Drain(func(page uint32) error { return h.own.Return(int(page) * arena.MinBlock) })
-	off, ok := h.own.Alloc(n)
+	off, ok := 0, false
+	if err == nil {
+		off, ok = h.own.Alloc(n)
+	}
 	var b []byte
 	if ok {
 		b = h.own.Block(off)
@@ -251,4 +254,11 @@ func protectPeer(seg *pool.Segment, lay *pool.ConnLayout, client bool) error {
 		}
 	}
 	return nil
+}
+
+// unmappedNow reports whether the segment has been unmapped.
+func (h *heaps) unmappedNow() bool {
+	h.viewMu.Lock()
+	defer h.viewMu.Unlock()
+	return h.unmapped
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"syscall"
@@ -61,6 +62,7 @@ func Listen(name string, opts ...ListenOption) (*Listener, error) {
 	if o.pool == "" {
 		o.pool = pool.DefaultDir()
 	}
+	o.pool = filepath.Clean(o.pool) // a trailing slash would follow a symbolic link
 	if err := pool.ValidName(name); err != nil {
 		return nil, err
 	}

@@ -349,6 +349,7 @@ func TestPoolAttacks(t *testing.T) {
 		root            bool
 	}{
 		{"pool is a symbolic link", link, "symbolic link", nil, false},
+		{"pool is a symbolic link, named with a trailing slash", link + "/", "symbolic link", nil, false},
 		{"pool writable by others", open, "writable by others", nil, false},
 		{"pool writable by its group, no group given", groupw, "writable by its group", nil, false},
 		{"pool of another group", groupw, "not the pool group", []ListenOption{WithPoolGroup(fmt.Sprint(testGroup))}, false},
