@@ -52,13 +52,16 @@ func (AuthInfo) AuthType() string { return "notnets" }
 
 var _ credentials.AuthInfo = AuthInfo{}
 
+// securityLevel is what notnets connections offer: nobody outside the
+// pool's users can read or write the segment (docs/SECURITY.md says
+// against whom that holds).
+var securityLevel = credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}
+
 // authInfoOf builds the AuthInfo of the peer that created seg and claims
 // to be pid.
 func authInfoOf(seg *pool.Segment, pid int) AuthInfo {
 	a := AuthInfo{
-		// Nobody outside the pool's users can read or write the segment
-		// (docs/SECURITY.md says against whom that holds).
-		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
+		CommonAuthInfo: securityLevel,
 		UID:            seg.Owner.UID,
 		GID:            seg.Owner.GID,
 		PID:            pid,

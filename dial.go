@@ -35,6 +35,9 @@ func connect(ctx context.Context, o *dialOptions, name string) (*pool.Segment, *
 	if server.Mismatch {
 		return nil, nil, AuthInfo{}, status.Errorf(codes.PermissionDenied, "notnets: listener %q belongs to uid %d but process %d, which maps it, runs as another user", name, server.UID, server.PID)
 	}
+	if seg, lay, cred, tried, err := dialCreds(ctx, o, name); tried {
+		return seg, lay, cred, err
+	}
 	if lis.Server.State.Load() != pool.StateOpen {
 		return nil, nil, AuthInfo{}, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
 	}

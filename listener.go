@@ -46,6 +46,11 @@ type Listener struct {
 	lay       *pool.ListenerLayout
 	wait      waitConfig
 
+	// creds is the socket of the credentialed handshake (handshake.go), or
+	// nil; incoming carries what it receives to accept.
+	creds    *net.UnixListener
+	incoming chan *accepted
+
 	closeOnce sync.Once
 	done      chan struct{}
 	mu        sync.Mutex // held by Accept while it touches the segment
@@ -94,7 +99,12 @@ func Listen(name string, opts ...ListenOption) (*Listener, error) {
 		return nil, err
 	}
 	lay.Server.State.Store(pool.StateOpen)
-	return &Listener{dir: o.pool, name: name, access: access, seg: seg, lay: lay, wait: o.wait, done: make(chan struct{})}, nil
+	l := &Listener{dir: o.pool, name: name, access: access, seg: seg, lay: lay, wait: o.wait, done: make(chan struct{})}
+	if err := l.listenCreds(); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // removeStaleListener removes the listener file if its process is gone or
@@ -119,10 +129,18 @@ func (l *Listener) Addr() net.Addr { return &Addr{Pool: l.dir, Name: l.name, PID
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		close(l.done)
+		if l.creds != nil {
+			l.creds.Close() // removes the socket file
+		}
 		l.lay.Server.State.Store(pool.StateClosed)
 		pool.FutexWake(l.lay.Knock, 1<<30)
 		l.mu.Lock() // wait for Accept to leave the segment
 		defer l.mu.Unlock()
+		for len(l.incoming) > 0 { // received, never accepted
+			a := <-l.incoming
+			a.lay.Server.State.Store(pool.StateClosed)
+			a.seg.Close()
+		}
 		l.seg.Unlink()
 		l.seg.Close()
 	})
@@ -149,8 +167,9 @@ func checkFresh(lay *pool.ConnLayout) error {
 
 // accepted is a connection segment a client announced, mapped and checked.
 type accepted struct {
-	seg *pool.Segment
-	lay *pool.ConnLayout
+	seg  *pool.Segment
+	lay  *pool.ConnLayout
+	auth *AuthInfo // the peer as the kernel reported it, when it came through the socket
 }
 
 // accept waits for a client to announce a connection and maps its segment.
@@ -166,6 +185,11 @@ func (l *Listener) accept() (*accepted, error) {
 		default:
 		}
 		knock := l.lay.Knock.Load()
+		select {
+		case a := <-l.incoming: // nil channel without a socket: never ready
+			return a, nil
+		default:
+		}
 		for i, s := range l.lay.Slots {
 			w := s.State.Load()
 			switch pool.SlotState(w) {

@@ -149,9 +149,11 @@ func TestGroupPool(t *testing.T) {
 	if err := syscall.Stat(dir, &st); err != nil || st.Mode&0o7777 != 0o2770 || st.Gid != testGroup {
 		t.Fatalf("shared pool directory: mode %o gid %d (%v), want 2770 and gid %d", st.Mode&0o7777, st.Gid, err, testGroup)
 	}
+	// The server learns the caller's own uid and gid from the kernel
+	// (SO_PEERCRED on the handshake socket), with a verified pid.
 	got := otherUserClient(t, base, dir, "shared", group, testGroup)
-	if !strings.HasPrefix(got, fmt.Sprintf("ok 65534 %d ", testGroup)) {
-		t.Errorf("client in the group: %q, want ok with uid 65534 and gid %d as the server saw them", got, testGroup)
+	if !strings.HasPrefix(got, "ok 65534 65534 ") || !strings.HasSuffix(got, " true") {
+		t.Errorf("client in the group: %q, want ok with uid 65534, gid 65534 and a verified pid as the server saw them", got)
 	}
 	got = otherUserClient(t, base, dir, "shared", group)
 	if !strings.HasPrefix(got, "dial Unavailable") || !strings.Contains(got, "permission denied") {

@@ -310,7 +310,12 @@ func newServerConn(s *Server, lis *Listener, a *accepted) *serverConn {
 			LocalAddr: lis.Addr(),
 		},
 	}
-	auth := authInfoOf(a.seg, a.lay.PeerPID)
+	var auth AuthInfo
+	if a.auth != nil {
+		auth = *a.auth
+	} else {
+		auth = authInfoOf(a.seg, a.lay.PeerPID)
+	}
 	sc.peer.AuthInfo = auth
 	sc.denied = s.opts.authz.check(auth)
 	sc.ctx, sc.cancel = context.WithCancel(context.Background())

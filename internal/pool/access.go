@@ -131,6 +131,20 @@ func memberOf(uid uint32, gid int) bool {
 	return u.Gid == strconv.Itoa(gid) || slices.Contains(gids, strconv.Itoa(gid))
 }
 
+// ProtectSocket gives the Unix socket file at path the mode (and group) of
+// a segment file of the pool, whatever the umask made of it.
+func (a Access) ProtectSocket(path string) error {
+	if a.shared() {
+		if err := unix.Lchown(path, -1, a.Group); err != nil {
+			return fmt.Errorf("notnets: give socket %s to group %d: %w", path, a.Group, err)
+		}
+	}
+	if err := unix.Chmod(path, a.fileMode()); err != nil {
+		return fmt.Errorf("notnets: set the mode of socket %s: %w", path, err)
+	}
+	return nil
+}
+
 // Prepare creates dir for a listener if it does not exist (mode 0700, or
 // 02770 with the group for a shared pool) and checks it as CheckDir does.
 func Prepare(dir string, a Access) error {

@@ -118,6 +118,9 @@ func OpenIn(dir, name string, minSize, maxSize int, a Access) (*Segment, error) 
 
 // Unlink removes the segment's file from the pool. Mappings stay valid.
 func (s *Segment) Unlink() error {
+	if s.Path == "" {
+		return nil // a segment without a name (a memfd)
+	}
 	if err := os.Remove(s.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("notnets: remove segment %s: %w", s.Path, err)
 	}

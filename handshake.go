@@ -1,0 +1,315 @@
+package notnets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/ring"
+)
+
+// The credentialed handshake (docs/PROTOCOL.md 10.4). On one host a
+// listener also listens on a Unix socket, <name>.sock in the pool. A client
+// creates its connection segment as a sealed memfd, which has no name
+// anyone could open, and hands the descriptor to the server over the
+// socket (SCM_RIGHTS). Each side learns the other's pid, uid and gid from
+// the kernel (SO_PEERCRED), so no member of a shared pool can pass as
+// another, and nobody but the two peers can ever open the segment. The
+// socket carries one byte and one descriptor per connection, never a call.
+// Pools shared across hosts (WithPollOnly) use the listener's slots.
+
+// handshakeTimeout bounds how long the server waits for a client that has
+// connected to the socket to send its segment.
+const handshakeTimeout = 2 * time.Second
+
+// requiredSeals are the seals a memfd segment must carry: its size can
+// then never change, so neither side can be made to fault (SIGBUS) by the
+// other truncating it.
+const requiredSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+
+// sockPath returns the path of the listener socket for name, or "" when it
+// does not fit a Unix socket address (108 bytes).
+func sockPath(dir, name string) string {
+	p := filepath.Join(dir, name+".sock")
+	if len(p) >= 108 {
+		return ""
+	}
+	return p
+}
+
+// listenCreds starts the listener's socket, unless the pool is shared
+// across hosts or the path is too long (clients then use the slots).
+func (l *Listener) listenCreds() error {
+	path := sockPath(l.dir, l.name)
+	if path == "" || l.wait.pollOnly {
+		return nil
+	}
+	// The listener file is ours now, so a socket of the same name is a
+	// dead listener's.
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err == nil {
+		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			return fmt.Errorf("notnets: listen: %s exists and is not a socket", path)
+		}
+		if err := unix.Unlink(path); err != nil {
+			return fmt.Errorf("notnets: listen: remove stale socket %s: %w", path, err)
+		}
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("notnets: listen: %w", err)
+	}
+	if err := l.access.ProtectSocket(path); err != nil {
+		ln.Close()
+		return err
+	}
+	l.creds = ln
+	l.incoming = make(chan *accepted, 16)
+	go l.acceptCreds(ln)
+	return nil
+}
+
+// acceptCreds takes connections on the socket until it closes, and hands
+// every segment received to accept.
+func (l *Listener) acceptCreds(ln *net.UnixListener) {
+	for {
+		conn, err := ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		a, err := l.receiveSegment(conn)
+		conn.Close()
+		if err != nil {
+			continue // the client learns it from the server state, or its deadline
+		}
+		select {
+		case l.incoming <- a:
+			l.lay.Knock.Add(1) // wake accept
+			pool.FutexWake(l.lay.Knock, 1)
+		case <-l.done:
+			a.lay.Server.State.Store(pool.StateClosed)
+			a.seg.Close()
+			return
+		}
+	}
+}
+
+// receiveSegment reads one segment descriptor from conn and maps and
+// checks it as take does a named one.
+func (l *Listener) receiveSegment(conn *net.UnixConn) (*accepted, error) {
+	conn.SetDeadline(time.Now().Add(handshakeTimeout))
+	cred, err := peerCred(conn)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := receiveFD(conn)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	seg, err := mapSealed(fd, ring.MinCap, maxConnSize)
+	if err != nil {
+		return nil, err
+	}
+	seg.Owner.UID, seg.Owner.GID = cred.Uid, cred.Gid
+	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
+	if err == nil {
+		err = checkFresh(lay)
+	}
+	if err == nil {
+		err = protectPeer(seg, lay, false)
+	}
+	if err != nil {
+		if lay != nil {
+			lay.Server.State.Store(pool.StateClosed) // tell the client at once
+		}
+		seg.Close()
+		return nil, err
+	}
+	auth := credAuthInfo(cred)
+	return &accepted{seg: seg, lay: lay, auth: &auth}, nil
+}
+
+// maxConnSize is the largest connection segment a server maps.
+var maxConnSize = pool.ConnSpec{C2S: 1 << 30, S2C: 1 << 30, C2SHeap: pool.MaxHeap, S2CHeap: pool.MaxHeap}.Size()
+
+// mapSealed maps the segment behind fd, which must be a regular file of
+// size between min and max, sealed against any change of size.
+func mapSealed(fd, min, max int) (*pool.Segment, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("notnets: stat the received segment: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < int64(min) || st.Size > int64(max) {
+		return nil, fmt.Errorf("notnets: the received segment is not a regular file of %d to %d bytes", min, max)
+	}
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil || seals&requiredSeals != requiredSeals {
+		return nil, fmt.Errorf("notnets: the received segment is not sealed against resizing (seals %#x, %v)", seals, err)
+	}
+	mem, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("notnets: map the received segment: %w", err)
+	}
+	return &pool.Segment{Mem: mem, Owner: pool.FileOwner{Dev: st.Dev, Ino: st.Ino}}, nil
+}
+
+// peerCred returns the kernel's record of the process at the other end of
+// conn, taken when the connection was made.
+func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}
+
+// receiveFD reads a one-byte message carrying exactly one descriptor.
+func receiveFD(conn *net.UnixConn) (int, error) {
+	buf := make([]byte, 1)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, flags, _, err := conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return -1, err
+	}
+	var fds []int
+	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for i := range msgs {
+			if got, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+				fds = append(fds, got...)
+			}
+		}
+	}
+	if n != 1 || len(fds) != 1 || flags&unix.MSG_CTRUNC != 0 {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return -1, fmt.Errorf("notnets: handshake message of %d bytes with %d descriptors", n, len(fds))
+	}
+	return fds[0], nil
+}
+
+// credAuthInfo is the identity of a peer the kernel reported.
+func credAuthInfo(c *unix.Ucred) AuthInfo {
+	a := AuthInfo{
+		CommonAuthInfo: securityLevel,
+		UID:            c.Uid,
+		GID:            c.Gid,
+		PID:            int(c.Pid),
+		PIDVerified:    true,
+	}
+	if fsuid, groups := procIDs(a.PID); fsuid == c.Uid {
+		a.Groups = groups
+	}
+	return a
+}
+
+// dialCreds connects through the listener's socket if there is one. It
+// reports tried false when there is none (or the pool is shared across
+// hosts), for the caller to use the slots.
+func dialCreds(ctx context.Context, o *dialOptions, name string) (seg *pool.Segment, lay *pool.ConnLayout, server AuthInfo, tried bool, err error) {
+	path := sockPath(o.pool, name)
+	if path == "" || o.wait.pollOnly {
+		return nil, nil, AuthInfo{}, false, nil
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, AuthInfo{}, true, status.Errorf(status.FromContextError(ctx.Err()).Code(), "notnets: connect: %v", ctx.Err())
+		}
+		return nil, nil, AuthInfo{}, false, nil
+	}
+	conn := nc.(*net.UnixConn)
+	defer conn.Close()
+	cred, err := peerCred(conn)
+	if err != nil {
+		return nil, nil, AuthInfo{}, true, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
+	}
+	server = credAuthInfo(cred)
+	seg, lay, fd, err := newSealedSegment(o)
+	if err != nil {
+		return nil, nil, AuthInfo{}, true, err
+	}
+	fail := func(err error) (*pool.Segment, *pool.ConnLayout, AuthInfo, bool, error) {
+		lay.Client.State.Store(pool.StateClosed)
+		seg.Close()
+		return nil, nil, AuthInfo{}, true, err
+	}
+	lay.Client.State.Store(pool.StateOpen)
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetWriteDeadline(dl)
+	}
+	_, _, err = conn.WriteMsgUnix([]byte{1}, unix.UnixRights(fd), nil)
+	unix.Close(fd) // the mapping stays; the server gets its own descriptor
+	if err != nil {
+		return fail(status.Errorf(codes.Unavailable, "notnets: hand the segment to listener %q: %v", name, err))
+	}
+	err = poll(ctx, o.wait, func() (bool, error) {
+		switch lay.Server.State.Load() {
+		case pool.StateOpen:
+			return true, nil
+		case pool.StateClosed:
+			return false, status.Error(codes.Unavailable, "notnets: server refused the connection")
+		}
+		return false, nil
+	})
+	if err != nil {
+		return fail(err)
+	}
+	return seg, lay, server, true, nil
+}
+
+// newSealedSegment creates a connection segment as an anonymous memfd
+// sealed against resizing, maps it, and returns it with its descriptor.
+func newSealedSegment(o *dialOptions) (*pool.Segment, *pool.ConnLayout, int, error) {
+	spec := pool.ConnSpec{C2S: o.ringSize, S2C: o.ringSize, C2SHeap: o.arenaSize, S2CHeap: o.arenaSize}
+	fd, err := unix.MemfdCreate("notnets-conn", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, nil, -1, status.Errorf(codes.Unavailable, "notnets: create segment: %v", err)
+	}
+	fail := func(what string, err error) (*pool.Segment, *pool.ConnLayout, int, error) {
+		unix.Close(fd)
+		return nil, nil, -1, status.Errorf(codes.Unavailable, "notnets: %s segment: %v", what, err)
+	}
+	if err := unix.Ftruncate(fd, int64(spec.Size())); err != nil {
+		return fail("size", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, requiredSeals); err != nil {
+		return fail("seal", err)
+	}
+	mem, err := unix.Mmap(fd, 0, spec.Size(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fail("map", err)
+	}
+	pool.InitConnSpec(mem, spec, os.Getpid())
+	seg := &pool.Segment{Mem: mem}
+	lay, err := pool.MapConn(mem, ring.CheckCap)
+	if err == nil {
+		err = protectPeer(seg, lay, true)
+	}
+	if err != nil {
+		seg.Close()
+		return fail("check", err)
+	}
+	return seg, lay, fd, nil
+}
