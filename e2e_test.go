@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -580,5 +581,54 @@ func TestGracefulStopWaitsForCallsInFlight(t *testing.T) {
 	}
 	if got := <-stopped; got != "stopped <nil>" {
 		t.Errorf("Serve returned %q after GracefulStop, want nil", got)
+	}
+}
+
+// TestHandshakes connects both ways, across processes: through the
+// listener's socket with a sealed memfd (the default on one host), and
+// through the listener's slots with a named segment (poll-only, as for
+// pools shared across hosts). The server reports the caller's identity;
+// only the socket gives it a kernel-verified pid.
+func TestHandshakes(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		env      []string
+		opts     []notnets.DialOption
+		wantPath bool
+	}{
+		{"socket", nil, nil, false},
+		{"slots", []string{"NOTNETS_TEST_POLLONLY=1"}, []notnets.DialOption{notnets.WithPollOnly()}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startServer(t, tc.env...)
+			cc := srv.dial(t, tc.opts...)
+			if path := notnets.SegmentPath(cc); (path != "") != tc.wantPath {
+				t.Errorf("segment path %q; want a named segment: %v", path, tc.wantPath)
+			}
+			var p peer.Peer
+			r, err := semanticsClient(cc).UnaryCall(withMode(context.Background(), "auth", ""), &testpb.SimpleRequest{}, grpc.Peer(&p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := fmt.Sprintf("%d %d %d true", os.Geteuid(), os.Getegid(), os.Getpid()); string(r.GetPayload().GetBody()) != want {
+				t.Errorf("the server saw the client as %q, want %q", r.GetPayload().GetBody(), want)
+			}
+			a, ok := p.AuthInfo.(notnets.AuthInfo)
+			if !ok || a.UID != uint32(os.Geteuid()) || a.PID == os.Getpid() || a.PID == 0 {
+				t.Errorf("the client's view of the server: %#v", p.AuthInfo)
+			}
+			if a.PIDVerified != true {
+				t.Errorf("server pid not verified (%s handshake)", tc.name)
+			}
+			entries, err := os.ReadDir(srv.pool)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range entries {
+				if strings.HasPrefix(e.Name(), "conn-") {
+					t.Errorf("a connection segment is still named in the pool: %s", e.Name())
+				}
+			}
+		})
 	}
 }

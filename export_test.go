@@ -9,3 +9,7 @@ func HeapRefs(cc *ClientConn) (sent, recv uint64) {
 
 // SizeName names a message size in benchmarks: 16B, 64KiB, 1MiB.
 var SizeName = sizeName
+
+// SegmentPath returns the file name of cc's connection segment: empty for
+// a memfd handed over through the listener's socket.
+func SegmentPath(cc *ClientConn) string { return cc.conn().seg.Path }

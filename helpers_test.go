@@ -381,6 +381,13 @@ func (s *semantics) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*t
 		p, _ := peer.FromContext(ctx)
 		m, _ := grpc.Method(ctx)
 		return body(fmt.Sprintf("%v %v", p.Addr, m)), nil
+	case "auth":
+		p, _ := peer.FromContext(ctx)
+		a, ok := p.AuthInfo.(notnets.AuthInfo)
+		if !ok {
+			return nil, status.Errorf(codes.Internal, "AuthInfo is %T", p.AuthInfo)
+		}
+		return body(fmt.Sprintf("%d %d %d %v", a.UID, a.GID, a.PID, a.PIDVerified)), nil
 	case "block":
 		return nil, s.block(ctx)
 	case "started":

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +14,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -466,5 +469,74 @@ func TestIdentityMismatch(t *testing.T) {
 	seg.Owner.UID, seg.Owner.GID = 0, 0
 	if a := authInfoOf(seg, os.Getpid()); a.Mismatch || !a.PIDVerified {
 		t.Errorf("AuthInfo of our own segment: %+v", a)
+	}
+}
+
+// TestHandshakeRefusesBadSegments hands the listener's socket segments it
+// must refuse: not sealed against shrinking or growing, or no descriptor
+// at all. The server closes the handshake and opens no connection; the
+// same steps with every seal are accepted.
+func TestHandshakeRefusesBadSegments(t *testing.T) {
+	dir := t.TempDir()
+	srv := serveWho(t, dir, "sealed", nil)
+	spec := pool.ConnSpec{C2S: ring.MinCap, S2C: ring.MinCap}
+	for _, tc := range []struct {
+		name   string
+		seals  int
+		sendFD bool
+		accept bool
+	}{
+		{"unsealed", 0, true, false},
+		{"may shrink", unix.F_SEAL_GROW | unix.F_SEAL_SEAL, true, false},
+		{"may grow", unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL, true, false},
+		{"no descriptor", requiredSeals, false, false},
+		{"sealed", requiredSeals, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fd, err := unix.MemfdCreate("test", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			unix.Ftruncate(fd, int64(spec.Size()))
+			if tc.seals != 0 {
+				if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, tc.seals); err != nil {
+					t.Fatal(err)
+				}
+			}
+			mem, err := unix.Mmap(fd, 0, spec.Size(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Munmap(mem)
+			pool.InitConnSpec(mem, spec, os.Getpid())
+			lay, _ := pool.MapConn(mem, ring.CheckCap)
+			lay.Client.State.Store(pool.StateOpen)
+			before := srv.ConnCount()
+			conn, err := net.Dial("unix", sockPath(dir, "sealed"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			var oob []byte
+			if tc.sendFD {
+				oob = unix.UnixRights(fd)
+			}
+			if _, _, err := conn.(*net.UnixConn).WriteMsgUnix([]byte{1}, oob, nil); err != nil {
+				t.Fatal(err)
+			}
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, err := conn.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("handshake socket after the segment: %d bytes, %v; want the server to close it", n, err)
+			}
+			if tc.accept {
+				eventually(t, "the server did not open the sealed segment", func() bool { return lay.Server.State.Load() == pool.StateOpen })
+				lay.Client.State.Store(pool.StateClosed)
+				return
+			}
+			if got := srv.ConnCount(); got != before || lay.Server.State.Load() == pool.StateOpen {
+				t.Errorf("the server took the %s segment (connections %d -> %d)", tc.name, before, got)
+			}
+		})
 	}
 }
