@@ -87,22 +87,31 @@ func (l *Listener) acceptCreds(ln *net.UnixListener) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			time.Sleep(10 * time.Millisecond) // out of descriptors, say: do not spin
 			continue
 		}
-		a, err := l.receiveSegment(conn)
-		conn.Close()
-		if err != nil {
-			continue // the client learns it from the server state, or its deadline
-		}
-		select {
-		case l.incoming <- a:
-			l.lay.Knock.Add(1) // wake accept
-			pool.FutexWake(l.lay.Knock, 1)
-		case <-l.done:
-			a.lay.Server.State.Store(pool.StateClosed)
-			a.seg.Close()
-			return
-		}
+		// One goroutine each: a client that connects and sends nothing
+		// holds up nobody else for its 2 s.
+		l.handshakes.Add(1)
+		go l.handshake(conn)
+	}
+}
+
+// handshake receives one client's segment and hands it to accept.
+func (l *Listener) handshake(conn *net.UnixConn) {
+	defer l.handshakes.Done()
+	a, err := l.receiveSegment(conn)
+	conn.Close()
+	if err != nil {
+		return // the client learns it from the server state, or its deadline
+	}
+	select {
+	case l.incoming <- a:
+		l.lay.Knock.Add(1) // wake accept
+		pool.FutexWake(l.lay.Knock, 1)
+	case <-l.done:
+		a.lay.Server.State.Store(pool.StateClosed)
+		a.seg.Close()
 	}
 }
 

@@ -48,8 +48,9 @@ type Listener struct {
 
 	// creds is the socket of the credentialed handshake (handshake.go), or
 	// nil; incoming carries what it receives to accept.
-	creds    *net.UnixListener
-	incoming chan *accepted
+	creds      *net.UnixListener
+	incoming   chan *accepted
+	handshakes sync.WaitGroup // handshakes in progress, each at most handshakeTimeout
 
 	closeOnce sync.Once
 	done      chan struct{}
@@ -131,6 +132,7 @@ func (l *Listener) Close() error {
 		close(l.done)
 		if l.creds != nil {
 			l.creds.Close() // removes the socket file
+			l.handshakes.Wait()
 		}
 		l.lay.Server.State.Store(pool.StateClosed)
 		pool.FutexWake(l.lay.Knock, 1<<30)
@@ -170,6 +172,15 @@ type accepted struct {
 	seg  *pool.Segment
 	lay  *pool.ConnLayout
 	auth *AuthInfo // the peer as the kernel reported it, when it came through the socket
+}
+
+// peerPID is the client's pid: the kernel's, when the segment came through
+// the socket, else the one the client wrote into its header.
+func (a *accepted) peerPID() int {
+	if a.auth != nil {
+		return a.auth.PID
+	}
+	return a.lay.PeerPID
 }
 
 // accept waits for a client to announce a connection and maps its segment.

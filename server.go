@@ -171,7 +171,7 @@ func (s *Server) Serve(lis *Listener) error {
 		s.conns[sc] = true
 		s.mu.Unlock()
 		s.workers.submit(sc.readRole)
-		watch(sc.c, s.opts.liveness, localPID(s.opts.wait, a.lay.PeerPID))
+		watch(sc.c, s.opts.liveness, localPID(s.opts.wait, a.peerPID()))
 	}
 }
 
@@ -306,7 +306,7 @@ func newServerConn(s *Server, lis *Listener, a *accepted) *serverConn {
 		srv:     s,
 		streams: make(map[uint32]*serverStream),
 		peer: &peer.Peer{
-			Addr:      &Addr{Pool: lis.dir, Name: lis.name, PID: a.lay.PeerPID},
+			Addr:      &Addr{Pool: lis.dir, Name: lis.name, PID: a.peerPID()},
 			LocalAddr: lis.Addr(),
 		},
 	}
