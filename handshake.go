@@ -36,43 +36,67 @@ const handshakeTimeout = 2 * time.Second
 // other truncating it.
 const requiredSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
 
-// sockPath returns the path of the listener socket for name, or "" when it
-// does not fit a Unix socket address (108 bytes).
-func sockPath(dir, name string) string {
-	p := filepath.Join(dir, name+".sock")
-	if len(p) >= 108 {
-		return ""
+// sockName is the file name of the listener socket for name.
+func sockName(name string) string { return name + ".sock" }
+
+// sockPath returns a path for the listener socket for name that fits a
+// Unix socket address (108 bytes) and names it in the checked pool
+// directory whose descriptor is dirFD (/proc/self/fd/N/...), or, without
+// /proc, the plain path if short enough; "" if neither works.
+func sockPath(dir string, dirFD int, name string) string {
+	if dirFD >= 0 {
+		if _, err := os.Stat("/proc/self/fd"); err == nil {
+			return fmt.Sprintf("/proc/self/fd/%d/%s", dirFD, sockName(name))
+		}
 	}
-	return p
+	if p := filepath.Join(dir, sockName(name)); len(p) < 108 {
+		return p
+	}
+	return ""
 }
 
 // listenCreds starts the listener's socket, unless the pool is shared
-// across hosts or the path is too long (clients then use the slots).
+// across hosts (clients then use the slots).
 func (l *Listener) listenCreds() error {
-	path := sockPath(l.dir, l.name)
-	if path == "" || l.wait.pollOnly {
+	if l.wait.pollOnly {
+		return nil
+	}
+	dfd, err := pool.OpenDir(l.dir, l.access)
+	if err != nil {
+		return err
+	}
+	path := sockPath(l.dir, dfd, l.name)
+	if path == "" {
+		unix.Close(dfd)
 		return nil
 	}
 	// The listener file is ours now, so a socket of the same name is a
 	// dead listener's.
 	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err == nil {
+	if err := unix.Fstatat(dfd, sockName(l.name), &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-			return fmt.Errorf("notnets: listen: %s exists and is not a socket", path)
+			unix.Close(dfd)
+			return fmt.Errorf("notnets: listen: %s exists and is not a socket", filepath.Join(l.dir, sockName(l.name)))
 		}
-		if err := unix.Unlink(path); err != nil {
-			return fmt.Errorf("notnets: listen: remove stale socket %s: %w", path, err)
+		if err := unix.Unlinkat(dfd, sockName(l.name), 0); err != nil {
+			unix.Close(dfd)
+			return fmt.Errorf("notnets: listen: remove stale socket: %w", err)
 		}
 	}
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err == nil {
+		err = l.access.ProtectSocket(path)
+		if err != nil {
+			ln.Close()
+		}
+	}
 	if err != nil {
+		unix.Close(dfd)
 		return fmt.Errorf("notnets: listen: %w", err)
 	}
-	if err := l.access.ProtectSocket(path); err != nil {
-		ln.Close()
-		return err
-	}
-	l.creds = ln
+	// Closing the listener removes the socket by the same path: the
+	// directory descriptor stays open until then.
+	l.creds, l.credsDir = ln, dfd
 	l.incoming = make(chan *accepted, 16)
 	go l.acceptCreds(ln)
 	return nil
@@ -236,8 +260,16 @@ func credAuthInfo(c *unix.Ucred) AuthInfo {
 // reports tried false when there is none (or the pool is shared across
 // hosts), for the caller to use the slots.
 func dialCreds(ctx context.Context, o *dialOptions, name string) (seg *pool.Segment, lay *pool.ConnLayout, server AuthInfo, tried bool, err error) {
-	path := sockPath(o.pool, name)
-	if path == "" || o.wait.pollOnly {
+	if o.wait.pollOnly {
+		return nil, nil, AuthInfo{}, false, nil
+	}
+	dfd, err := pool.OpenDir(o.pool, o.access)
+	if err != nil {
+		return nil, nil, AuthInfo{}, false, nil // the slots' path says why
+	}
+	defer unix.Close(dfd)
+	path := sockPath(o.pool, dfd, name)
+	if path == "" {
 		return nil, nil, AuthInfo{}, false, nil
 	}
 	var d net.Dialer

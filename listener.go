@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
 )
@@ -49,6 +51,7 @@ type Listener struct {
 	// creds is the socket of the credentialed handshake (handshake.go), or
 	// nil; incoming carries what it receives to accept.
 	creds      *net.UnixListener
+	credsDir   int // descriptor of the pool directory the socket is named in
 	incoming   chan *accepted
 	handshakes sync.WaitGroup // handshakes in progress, each at most handshakeTimeout
 
@@ -132,6 +135,7 @@ func (l *Listener) Close() error {
 		close(l.done)
 		if l.creds != nil {
 			l.creds.Close() // removes the socket file
+			unix.Close(l.credsDir)
 			l.handshakes.Wait()
 		}
 		l.lay.Server.State.Store(pool.StateClosed)

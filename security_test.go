@@ -513,7 +513,7 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 			lay, _ := pool.MapConn(mem, ring.CheckCap)
 			lay.Client.State.Store(pool.StateOpen)
 			before := srv.ConnCount()
-			conn, err := net.Dial("unix", sockPath(dir, "sealed"))
+			conn, err := net.Dial("unix", filepath.Join(dir, sockName("sealed")))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -538,5 +538,23 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 				t.Errorf("the server took the %s segment (connections %d -> %d)", tc.name, before, got)
 			}
 		})
+	}
+}
+
+// TestListenerSocketLifetime checks that a listener's socket appears with
+// the listener, with a segment file's mode, and goes with it.
+func TestListenerSocketLifetime(t *testing.T) {
+	dir := t.TempDir()
+	lis, err := Listen("life", WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Lstat(filepath.Join(dir, "life.sock"))
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket: %v, %v; want a socket of mode 0600", fi, err)
+	}
+	lis.Close()
+	if _, err := os.Lstat(filepath.Join(dir, "life.sock")); !os.IsNotExist(err) {
+		t.Fatalf("socket after Close: %v, want it gone", err)
 	}
 }

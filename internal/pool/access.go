@@ -169,6 +169,12 @@ func Prepare(dir string, a Access) error {
 	return CheckDir(dir, a)
 }
 
+// OpenDir opens the pool directory dir, checked as CheckDir does, and
+// returns a descriptor of it, for naming files relative to the very
+// directory that was checked (as "/proc/self/fd/<fd>/<name>" where an API
+// takes only paths, such as bind(2)). The caller closes it.
+func OpenDir(dir string, a Access) (int, error) { return openDir(dir, a) }
+
 // openDir opens dir without following a symbolic link (O_PATH: no read
 // permission needed) and checks it as CheckDir does. Files are then
 // opened and created relative to the descriptor, in the very directory
