@@ -35,8 +35,13 @@ func connect(ctx context.Context, o *dialOptions, name string) (*pool.Segment, *
 	if server.Mismatch {
 		return nil, nil, AuthInfo{}, status.Errorf(codes.PermissionDenied, "notnets: listener %q belongs to uid %d but process %d, which maps it, runs as another user", name, server.UID, server.PID)
 	}
-	if seg, lay, cred, tried, err := dialCreds(ctx, o, name); tried {
+	if seg, lay, cred, tried, err := dialCreds(ctx, o, name, lis, lseg.Owner.UID); tried {
 		return seg, lay, cred, err
+	}
+	if lis.Flags&pool.ListenerSocketOnly != 0 {
+		// Its slots are not read: someone removed the socket, or this
+		// client is poll-only and cannot use it.
+		return nil, nil, AuthInfo{}, status.Errorf(codes.Unavailable, "notnets: listener %q takes connections only through its socket %s, which this client cannot use (removed, or WithPollOnly)", name, sockName(name))
 	}
 	if lis.Server.State.Load() != pool.StateOpen {
 		return nil, nil, AuthInfo{}, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)

@@ -45,8 +45,9 @@ func sockName(name string) string { return name + ".sock" }
 // /proc, the plain path if short enough; "" if neither works.
 func sockPath(dir string, dirFD int, name string) string {
 	if dirFD >= 0 {
-		if _, err := os.Stat("/proc/self/fd"); err == nil {
-			return fmt.Sprintf("/proc/self/fd/%d/%s", dirFD, sockName(name))
+		p := fmt.Sprintf("/proc/self/fd/%d/%s", dirFD, sockName(name))
+		if _, err := os.Stat("/proc/self/fd"); err == nil && len(p) < 108 {
+			return p
 		}
 	}
 	if p := filepath.Join(dir, sockName(name)); len(p) < 108 {
@@ -85,7 +86,7 @@ func (l *Listener) listenCreds() error {
 	}
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err == nil {
-		err = l.access.ProtectSocket(path)
+		err = l.access.ProtectSocket(dfd, sockName(l.name))
 		if err != nil {
 			ln.Close()
 		}
@@ -98,13 +99,41 @@ func (l *Listener) listenCreds() error {
 	// directory descriptor stays open until then.
 	l.creds, l.credsDir = ln, dfd
 	l.incoming = make(chan *accepted, 16)
-	go l.acceptCreds(ln)
+	l.hsConns = make(map[*net.UnixConn]bool)
 	return nil
+}
+
+// startCreds starts taking connections on the socket, once the listener
+// segment is mapped.
+func (l *Listener) startCreds() {
+	if l.creds == nil {
+		return
+	}
+	l.handshakes.Add(1) // before Close can Wait: acceptCreds adds the handshakes
+	go l.acceptCreds(l.creds)
+}
+
+// stopCreds closes the socket (which removes its file), ends the
+// handshakes in progress and waits for them.
+func (l *Listener) stopCreds() {
+	if l.creds == nil {
+		return
+	}
+	l.creds.Close()
+	l.hsMu.Lock()
+	l.hsClosed = true
+	for c := range l.hsConns {
+		c.SetDeadline(time.Now()) // a silent client holds up Close no longer
+	}
+	l.hsMu.Unlock()
+	l.handshakes.Wait()
+	unix.Close(l.credsDir)
 }
 
 // acceptCreds takes connections on the socket until it closes, and hands
 // every segment received to accept.
 func (l *Listener) acceptCreds(ln *net.UnixListener) {
+	defer l.handshakes.Done()
 	for {
 		conn, err := ln.AcceptUnix()
 		if err != nil {
@@ -124,7 +153,18 @@ func (l *Listener) acceptCreds(ln *net.UnixListener) {
 // handshake receives one client's segment and hands it to accept.
 func (l *Listener) handshake(conn *net.UnixConn) {
 	defer l.handshakes.Done()
+	l.hsMu.Lock()
+	if l.hsClosed {
+		l.hsMu.Unlock()
+		conn.Close()
+		return
+	}
+	l.hsConns[conn] = true
+	l.hsMu.Unlock()
 	a, err := l.receiveSegment(conn)
+	l.hsMu.Lock()
+	delete(l.hsConns, conn)
+	l.hsMu.Unlock()
 	conn.Close()
 	if err != nil {
 		return // the client learns it from the server state, or its deadline
@@ -248,7 +288,7 @@ func credAuthInfo(c *unix.Ucred) AuthInfo {
 		UID:            c.Uid,
 		GID:            c.Gid,
 		PID:            int(c.Pid),
-		PIDVerified:    true,
+		PIDVerified:    c.Pid > 0, // 0: a process in another pid namespace
 	}
 	if fsuid, groups := procIDs(a.PID); fsuid == c.Uid {
 		a.Groups = groups
@@ -258,8 +298,10 @@ func credAuthInfo(c *unix.Ucred) AuthInfo {
 
 // dialCreds connects through the listener's socket if there is one. It
 // reports tried false when there is none (or the pool is shared across
-// hosts), for the caller to use the slots.
-func dialCreds(ctx context.Context, o *dialOptions, name string) (seg *pool.Segment, lay *pool.ConnLayout, server AuthInfo, tried bool, err error) {
+// hosts, or this process cannot make a memfd), for the caller to use the
+// slots if the listener allows. The process holding the socket must be
+// the one that published the listener lis, whose file belongs to owner.
+func dialCreds(ctx context.Context, o *dialOptions, name string, lis *pool.ListenerLayout, owner uint32) (seg *pool.Segment, lay *pool.ConnLayout, server AuthInfo, tried bool, err error) {
 	if o.wait.pollOnly {
 		return nil, nil, AuthInfo{}, false, nil
 	}
@@ -286,10 +328,15 @@ func dialCreds(ctx context.Context, o *dialOptions, name string) (seg *pool.Segm
 	if err != nil {
 		return nil, nil, AuthInfo{}, true, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
 	}
+	if int(cred.Pid) != lis.PID || cred.Uid != owner {
+		return nil, nil, AuthInfo{}, true, status.Errorf(codes.PermissionDenied, "notnets: the socket of listener %q is held by pid %d (uid %d), not by the listener's pid %d (uid %d)", name, cred.Pid, cred.Uid, lis.PID, owner)
+	}
 	server = credAuthInfo(cred)
 	seg, lay, fd, err := newSealedSegment(o)
 	if err != nil {
-		return nil, nil, AuthInfo{}, true, err
+		// No memfd here (a sandbox, say): the slots, where the listener
+		// offers them.
+		return nil, nil, AuthInfo{}, lis.Flags&pool.ListenerSocketOnly != 0, err
 	}
 	fail := func(err error) (*pool.Segment, *pool.ConnLayout, AuthInfo, bool, error) {
 		lay.Client.State.Store(pool.StateClosed)
@@ -311,6 +358,9 @@ func dialCreds(ctx context.Context, o *dialOptions, name string) (seg *pool.Segm
 			return true, nil
 		case pool.StateClosed:
 			return false, status.Error(codes.Unavailable, "notnets: server refused the connection")
+		}
+		if !pool.ProcessAlive(int(cred.Pid)) {
+			return false, status.Errorf(codes.Unavailable, "notnets: server process %d exited before accepting", cred.Pid)
 		}
 		return false, nil
 	})

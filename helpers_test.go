@@ -206,7 +206,11 @@ func runServer() {
 			}
 		}()
 	}
-	lis, err := notnets.Listen(listenName)
+	var lopts []notnets.ListenOption
+	if os.Getenv("NOTNETS_TEST_POLLONLY") != "" {
+		lopts = append(lopts, notnets.WithPollOnly()) // the slots, as across hosts
+	}
+	lis, err := notnets.Listen(listenName, lopts...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "server:", err)
 		os.Exit(2)

@@ -11,8 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
 )
@@ -53,7 +51,10 @@ type Listener struct {
 	creds      *net.UnixListener
 	credsDir   int // descriptor of the pool directory the socket is named in
 	incoming   chan *accepted
-	handshakes sync.WaitGroup // handshakes in progress, each at most handshakeTimeout
+	handshakes sync.WaitGroup // acceptCreds and the handshakes in progress
+	hsMu       sync.Mutex
+	hsConns    map[*net.UnixConn]bool // handshakes in progress, to end at Close
+	hsClosed   bool
 
 	closeOnce sync.Once
 	done      chan struct{}
@@ -95,19 +96,25 @@ func Listen(name string, opts ...ListenOption) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	pool.InitListener(seg.Mem, os.Getpid())
-	lay, err := pool.MapListener(seg.Mem)
-	if err != nil {
+	l := &Listener{dir: o.pool, name: name, access: access, seg: seg, wait: o.wait, done: make(chan struct{})}
+	if err := l.listenCreds(); err != nil {
 		seg.Unlink()
 		seg.Close()
 		return nil, err
 	}
-	lay.Server.State.Store(pool.StateOpen)
-	l := &Listener{dir: o.pool, name: name, access: access, seg: seg, lay: lay, wait: o.wait, done: make(chan struct{})}
-	if err := l.listenCreds(); err != nil {
-		l.Close()
+	var flags uint32
+	if l.creds != nil {
+		flags = pool.ListenerSocketOnly // clients must not be talked down to the slots
+	}
+	pool.InitListener(seg.Mem, os.Getpid(), flags)
+	if l.lay, err = pool.MapListener(seg.Mem); err != nil {
+		l.stopCreds()
+		seg.Unlink()
+		seg.Close()
 		return nil, err
 	}
+	l.startCreds()
+	l.lay.Server.State.Store(pool.StateOpen)
 	return l, nil
 }
 
@@ -133,11 +140,7 @@ func (l *Listener) Addr() net.Addr { return &Addr{Pool: l.dir, Name: l.name, PID
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		close(l.done)
-		if l.creds != nil {
-			l.creds.Close() // removes the socket file
-			unix.Close(l.credsDir)
-			l.handshakes.Wait()
-		}
+		l.stopCreds()
 		l.lay.Server.State.Store(pool.StateClosed)
 		pool.FutexWake(l.lay.Knock, 1<<30)
 		l.mu.Lock() // wait for Accept to leave the segment
@@ -206,6 +209,9 @@ func (l *Listener) accept() (*accepted, error) {
 		default:
 		}
 		for i, s := range l.lay.Slots {
+			if l.creds != nil {
+				break // socket only: slots are not read, so nobody can use them
+			}
 			w := s.State.Load()
 			switch pool.SlotState(w) {
 			case pool.SlotReady:

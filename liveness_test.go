@@ -28,14 +28,15 @@ func TestServerKilled(t *testing.T) {
 	const timeout = time.Second
 	for _, tc := range []struct {
 		name     string
+		env      []string
 		opts     []notnets.DialOption
 		min, max time.Duration
 	}{
-		{"pid check", nil, 0, 500 * time.Millisecond},
-		{"heartbeat only", []notnets.DialOption{notnets.WithPollOnly()}, timeout - 200*time.Millisecond, timeout + 500*time.Millisecond},
+		{"pid check", nil, nil, 0, 500 * time.Millisecond},
+		{"heartbeat only", []string{"NOTNETS_TEST_POLLONLY=1"}, []notnets.DialOption{notnets.WithPollOnly()}, timeout - 200*time.Millisecond, timeout + 500*time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startServer(t)
+			srv := startServer(t, tc.env...)
 			c := semanticsClient(srv.dial(t, append(tc.opts, notnets.WithLivenessTimeout(timeout))...))
 			ctx := context.Background()
 			unary := make(chan error, 1)

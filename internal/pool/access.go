@@ -131,16 +131,32 @@ func memberOf(uid uint32, gid int) bool {
 	return u.Gid == strconv.Itoa(gid) || slices.Contains(gids, strconv.Itoa(gid))
 }
 
-// ProtectSocket gives the Unix socket file at path the mode (and group) of
-// a segment file of the pool, whatever the umask made of it.
-func (a Access) ProtectSocket(path string) error {
+// ProtectSocket gives the Unix socket name in the directory dirFD the mode
+// (and group) of a segment file of the pool, whatever the umask made of
+// it. It changes nothing but a socket: a link or file put in its place
+// since it was bound is refused, not followed.
+func (a Access) ProtectSocket(dirFD int, name string) error {
+	fd, err := unix.Openat(dirFD, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("notnets: open socket %s: %w", name, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("notnets: stat socket %s: %w", name, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("%w: %s was replaced by something other than a socket", ErrAccess, name)
+	}
 	if a.shared() {
-		if err := unix.Lchown(path, -1, a.Group); err != nil {
-			return fmt.Errorf("notnets: give socket %s to group %d: %w", path, a.Group, err)
+		if err := unix.Fchownat(fd, "", -1, a.Group, unix.AT_EMPTY_PATH); err != nil {
+			return fmt.Errorf("notnets: give socket %s to group %d: %w", name, a.Group, err)
 		}
 	}
-	if err := unix.Chmod(path, a.fileMode()); err != nil {
-		return fmt.Errorf("notnets: set the mode of socket %s: %w", path, err)
+	// chmod has no descriptor form for an O_PATH descriptor; its /proc
+	// name reaches the same inode.
+	if err := unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), a.fileMode()); err != nil {
+		return fmt.Errorf("notnets: set the mode of socket %s: %w", name, err)
 	}
 	return nil
 }

@@ -341,24 +341,32 @@ type ListenerLayout struct {
 	Knock  *atomic.Uint32
 	Slots  []Slot
 	PID    int
+	Flags  uint32 // ListenerSocketOnly
 }
 
 // ListenerSize is the size of a listener segment.
 const ListenerSize = 3 * PageSize
 
 // InitListener writes the header of a new listener segment.
-func InitListener(mem []byte, pid int) { writeHeader(mem, KindListener, Slots, 0, pid) }
+func InitListener(mem []byte, pid int, flags uint32) {
+	writeHeader(mem, KindListener, Slots, flags, pid)
+}
+
+// ListenerSocketOnly, in a listener header's flags (param B), says that
+// the server takes connections only through its socket (PROTOCOL.md
+// 10.4), never through the slots.
+const ListenerSocketOnly = 1
 
 // MapListener validates the listener segment mem and returns a view of it.
 func MapListener(mem []byte) (*ListenerLayout, error) {
-	n, _, pid, err := checkHeader(mem, KindListener)
+	n, flags, pid, err := checkHeader(mem, KindListener)
 	if err != nil {
 		return nil, err
 	}
 	if n != Slots || len(mem) != ListenerSize {
 		return nil, fmt.Errorf("listener with %d slots in %d bytes, want %d slots in %d", n, len(mem), Slots, ListenerSize)
 	}
-	l := &ListenerLayout{Server: controlAt(mem, PageSize), Knock: u32(mem, 2*PageSize), PID: pid}
+	l := &ListenerLayout{Server: controlAt(mem, PageSize), Knock: u32(mem, 2*PageSize), PID: pid, Flags: flags}
 	for i := 0; i < Slots; i++ {
 		off := 2*PageSize + 64 + i*SlotSize
 		sm := mem[off : off+SlotSize : off+SlotSize]

@@ -602,7 +602,7 @@ func TestMapListener(t *testing.T) {
 	if len(mem) != 12288 {
 		t.Fatalf("ListenerSize = %d, want 12288", len(mem))
 	}
-	InitListener(mem, 777)
+	InitListener(mem, 777, 0)
 	le := binary.LittleEndian
 	if k, pa, pb := le.Uint16(mem[6:]), le.Uint32(mem[20:]), le.Uint32(mem[24:]); k != KindListener || pa != 31 || pb != 0 {
 		t.Errorf("listener header kind, A, B = %d, %d, %d; want 2, 31, 0", k, pa, pb)
@@ -651,7 +651,7 @@ func TestMapListenerRejects(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			seg := newSeg(t, tc.size)
-			InitListener(seg.Mem, 1)
+			InitListener(seg.Mem, 1, 0)
 			tc.mutate(seg.Mem)
 			lay, err := MapListener(seg.Mem)
 			if lay != nil {
@@ -667,7 +667,7 @@ func TestMapListenerRejects(t *testing.T) {
 func newListener(t *testing.T) (*ListenerLayout, []byte) {
 	t.Helper()
 	seg := newSeg(t, ListenerSize)
-	InitListener(seg.Mem, 1)
+	InitListener(seg.Mem, 1, 0)
 	lay, err := MapListener(seg.Mem)
 	if err != nil {
 		t.Fatal(err)
@@ -891,7 +891,7 @@ func TestFutexWakeAcrossMappings(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	InitListener(a.Mem, 1)
+	InitListener(a.Mem, 1, 0)
 	b, err := Open(dir, "l.listener", ListenerSize, ListenerSize)
 	if err != nil {
 		t.Fatal(err)
