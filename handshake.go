@@ -87,6 +87,12 @@ func (l *Listener) listenCreds() error {
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err == nil {
 		err = l.access.ProtectSocket(dfd, sockName(l.name))
+		if err == nil {
+			// Connections inherit it: every message then carries its
+			// sender's credentials, checked against the connecting
+			// process's in receiveSegment.
+			err = setPassCred(ln)
+		}
 		if err != nil {
 			ln.Close()
 		}
@@ -187,11 +193,16 @@ func (l *Listener) receiveSegment(conn *net.UnixConn) (*accepted, error) {
 	if err != nil {
 		return nil, err
 	}
-	fd, err := receiveFD(conn)
+	fd, sender, err := receiveFD(conn)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(fd)
+	// SO_PEERCRED names who connected; the descriptor must come from that
+	// very process, not one it passed the connection to.
+	if sender == nil || sender.Pid != cred.Pid || sender.Uid != cred.Uid || sender.Gid != cred.Gid {
+		return nil, fmt.Errorf("notnets: handshake: the segment was not sent by the process that connected (pid %d)", cred.Pid)
+	}
 	seg, err := mapSealed(fd, ring.MinCap, maxConnSize)
 	if err != nil {
 		return nil, err
@@ -256,19 +267,39 @@ func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {
 	return cred, cerr
 }
 
-// receiveFD reads a one-byte message carrying exactly one descriptor.
-func receiveFD(conn *net.UnixConn) (int, error) {
+// setPassCred asks the kernel to attach the sender's credentials to every
+// message on the listener's connections (SO_PASSCRED).
+func setPassCred(ln *net.UnixListener) error {
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// receiveFD reads a one-byte message carrying exactly one descriptor, and
+// the credentials the kernel attached to it.
+func receiveFD(conn *net.UnixConn) (int, *unix.Ucred, error) {
 	buf := make([]byte, 1)
-	oob := make([]byte, unix.CmsgSpace(4))
+	oob := make([]byte, unix.CmsgSpace(4)+unix.CmsgSpace(unix.SizeofUcred))
 	n, oobn, flags, _, err := conn.ReadMsgUnix(buf, oob)
 	if err != nil {
-		return -1, err
+		return -1, nil, err
 	}
 	var fds []int
+	var sender *unix.Ucred
 	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
 		for i := range msgs {
 			if got, err := unix.ParseUnixRights(&msgs[i]); err == nil {
 				fds = append(fds, got...)
+			} else if c, err := unix.ParseUnixCredentials(&msgs[i]); err == nil {
+				sender = c
 			}
 		}
 	}
@@ -276,9 +307,9 @@ func receiveFD(conn *net.UnixConn) (int, error) {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
-		return -1, fmt.Errorf("notnets: handshake message of %d bytes with %d descriptors", n, len(fds))
+		return -1, nil, fmt.Errorf("notnets: handshake message of %d bytes with %d descriptors", n, len(fds))
 	}
-	return fds[0], nil
+	return fds[0], sender, nil
 }
 
 // credAuthInfo is the identity of a peer the kernel reported.

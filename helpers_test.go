@@ -62,6 +62,9 @@ func TestMain(m *testing.M) {
 	case "call-client":
 		runCallClient()
 		os.Exit(0)
+	case "sock-squatter":
+		runSockSquatter()
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
@@ -161,6 +164,29 @@ func (p *serverProc) dial(t testing.TB, opts ...notnets.DialOption) *notnets.Cli
 	}
 	t.Cleanup(func() { cc.Close() })
 	return cc
+}
+
+// runSockSquatter binds a Unix socket at $NOTNETS_TEST_SOCK, as another
+// process could where a listener's socket was, prints "ready", and takes
+// connections until its standard input closes.
+func runSockSquatter() {
+	ln, err := net.Listen("unix", os.Getenv("NOTNETS_TEST_SOCK"))
+	if err != nil {
+		fmt.Println("error", err)
+		return
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+	ln.Close()
 }
 
 // runCallClient dials the listener $NOTNETS_TEST_NAME in $NOTNETS_POOL

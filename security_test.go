@@ -484,15 +484,20 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 		name   string
 		seals  int
 		sendFD bool
+		as     *unix.Ucred // credentials the sender claims (root may)
 		accept bool
 	}{
-		{"unsealed", 0, true, false},
-		{"may shrink", unix.F_SEAL_GROW | unix.F_SEAL_SEAL, true, false},
-		{"may grow", unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL, true, false},
-		{"no descriptor", requiredSeals, false, false},
-		{"sealed", requiredSeals, true, true},
+		{"unsealed", 0, true, nil, false},
+		{"may shrink", unix.F_SEAL_GROW | unix.F_SEAL_SEAL, true, nil, false},
+		{"may grow", unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL, true, nil, false},
+		{"no descriptor", requiredSeals, false, nil, false},
+		{"sent as another process", requiredSeals, true, &unix.Ucred{Pid: 1, Uid: 0, Gid: 0}, false},
+		{"sealed", requiredSeals, true, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.as != nil && os.Geteuid() != 0 {
+				t.Skip("skipped: only root may claim another process's credentials")
+			}
 			fd, err := unix.MemfdCreate("test", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 			if err != nil {
 				t.Fatal(err)
@@ -521,6 +526,9 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 			var oob []byte
 			if tc.sendFD {
 				oob = unix.UnixRights(fd)
+			}
+			if tc.as != nil {
+				oob = append(oob, unix.UnixCredentials(tc.as)...)
 			}
 			if _, _, err := conn.(*net.UnixConn).WriteMsgUnix([]byte{1}, oob, nil); err != nil {
 				t.Fatal(err)
@@ -556,5 +564,38 @@ func TestListenerSocketLifetime(t *testing.T) {
 	lis.Close()
 	if _, err := os.Lstat(filepath.Join(dir, "life.sock")); !os.IsNotExist(err) {
 		t.Fatalf("socket after Close: %v, want it gone", err)
+	}
+}
+
+// TestSocketOnlyListener removes a listener's socket, as a member of a
+// shared pool could, and then puts another process's socket in its place:
+// a client neither falls back to the slots nor hands its segment to the
+// squatter.
+func TestSocketOnlyListener(t *testing.T) {
+	dir := t.TempDir()
+	serveWho(t, dir, "only", nil)
+	sock := filepath.Join(dir, "only.sock")
+	if err := os.Remove(sock); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Dial(context.Background(), "only", WithPool(dir))
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "only through its socket") {
+		t.Fatalf("Dial with the socket gone: %v, want Unavailable (only through its socket)", err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "NOTNETS_TEST_ROLE=sock-squatter", "NOTNETS_TEST_SOCK="+sock)
+	stdin, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	line := make([]byte, 6)
+	if _, err := io.ReadFull(out, line); err != nil || string(line) != "ready\n" {
+		t.Fatalf("squatter: %q, %v", line, err)
+	}
+	_, err = Dial(context.Background(), "only", WithPool(dir))
+	if st := status.Convert(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), "not by the listener's pid") {
+		t.Fatalf("Dial with another process on the socket: %v, want PermissionDenied", err)
 	}
 }
