@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
@@ -98,7 +99,17 @@ func TestArenaProtobuf(t *testing.T) {
 			t.Fatalf("echo of %d bytes came back different (%d bytes)", n, len(r.GetPayload().GetBody()))
 		}
 	}
-	stream, err := c.FullDuplexCall(context.Background())
+	// Bounded, and with the server's stacks in the log if it stalls: a stall
+	// here was seen once under load and could not be reproduced.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		if ctx.Err() == context.DeadlineExceeded {
+			srv.dumpStacks()
+		}
+	})
+	defer stop()
+	stream, err := c.FullDuplexCall(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

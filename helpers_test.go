@@ -12,6 +12,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -151,6 +152,13 @@ func (p *serverProc) shutdown() {
 		p.cmd.Process.Kill()
 		<-done
 	}
+}
+
+// dumpStacks makes the server process print every goroutine's stack to
+// the test's standard error (SIGQUIT), for a test that finds it stalled.
+func (p *serverProc) dumpStacks() {
+	fmt.Fprintf(os.Stderr, "--- stacks of the server process %d ---\n", p.cmd.Process.Pid)
+	p.cmd.Process.Signal(syscall.SIGQUIT)
 }
 
 // dial connects to the server process's listener.
