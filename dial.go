@@ -105,22 +105,30 @@ func announce(ctx context.Context, o *dialOptions, lis *pool.ListenerLayout, seg
 	}
 	lis.Knock.Add(1)
 	pool.FutexWake(lis.Knock, 1)
-	err = poll(ctx, o.wait, func() (bool, error) {
+	err = waitAccepted(ctx, o, lay, func() error {
+		if lis.Server.State.Load() != pool.StateOpen {
+			return status.Error(codes.Unavailable, "notnets: listener closed before accepting")
+		}
+		return nil
+	})
+	if err != nil {
+		slot.Free(word) // withdraw, unless the server has taken it
+	}
+	return err
+}
+
+// waitAccepted waits until the server opens the connection of lay, or
+// refuses it, or gone reports that the server has gone.
+func waitAccepted(ctx context.Context, o *dialOptions, lay *pool.ConnLayout, gone func() error) error {
+	return poll(ctx, o.wait, func() (bool, error) {
 		switch lay.Server.State.Load() {
 		case pool.StateOpen:
 			return true, nil
 		case pool.StateClosed:
 			return false, status.Error(codes.Unavailable, "notnets: server refused the connection")
 		}
-		if lis.Server.State.Load() != pool.StateOpen {
-			return false, status.Error(codes.Unavailable, "notnets: listener closed before accepting")
-		}
-		return false, nil
+		return false, gone()
 	})
-	if err != nil {
-		slot.Free(word) // withdraw, unless the server has taken it
-	}
-	return err
 }
 
 // poll calls try until it reports done or an error, spinning first and then

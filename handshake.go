@@ -208,22 +208,8 @@ func (l *Listener) receiveSegment(conn *net.UnixConn) (*accepted, error) {
 		return nil, err
 	}
 	seg.Owner.UID, seg.Owner.GID = cred.Uid, cred.Gid
-	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
-	if err == nil {
-		err = checkFresh(lay)
-	}
-	if err == nil {
-		err = protectPeer(seg, lay, false)
-	}
-	if err != nil {
-		if lay != nil {
-			lay.Server.State.Store(pool.StateClosed) // tell the client at once
-		}
-		seg.Close()
-		return nil, err
-	}
 	auth := credAuthInfo(cred)
-	return &accepted{seg: seg, lay: lay, auth: &auth}, nil
+	return acceptSegment(seg, &auth)
 }
 
 // maxConnSize is the largest connection segment a server maps.
@@ -383,17 +369,11 @@ func dialCreds(ctx context.Context, o *dialOptions, name string, lis *pool.Liste
 	if err != nil {
 		return fail(status.Errorf(codes.Unavailable, "notnets: hand the segment to listener %q: %v", name, err))
 	}
-	err = poll(ctx, o.wait, func() (bool, error) {
-		switch lay.Server.State.Load() {
-		case pool.StateOpen:
-			return true, nil
-		case pool.StateClosed:
-			return false, status.Error(codes.Unavailable, "notnets: server refused the connection")
-		}
+	err = waitAccepted(ctx, o, lay, func() error {
 		if !pool.ProcessAlive(int(cred.Pid)) {
-			return false, status.Errorf(codes.Unavailable, "notnets: server process %d exited before accepting", cred.Pid)
+			return status.Errorf(codes.Unavailable, "notnets: server process %d exited before accepting", cred.Pid)
 		}
-		return false, nil
+		return nil
 	})
 	if err != nil {
 		return fail(err)

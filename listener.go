@@ -269,10 +269,18 @@ func (l *Listener) take(s pool.Slot) (*accepted, error) {
 	if !pool.ValidConnName(name) {
 		return nil, fmt.Errorf("notnets: slot names %q, not a connection segment", name)
 	}
-	seg, err := pool.OpenIn(l.dir, name, pool.ConnSize(ring.MinCap, ring.MinCap), pool.ConnSpec{C2S: 1 << 30, S2C: 1 << 30, C2SHeap: pool.MaxHeap, S2CHeap: pool.MaxHeap}.Size(), l.access)
+	seg, err := pool.OpenIn(l.dir, name, pool.ConnSize(ring.MinCap, ring.MinCap), maxConnSize, l.access)
 	if err != nil {
 		return nil, err
 	}
+	return acceptSegment(seg, nil)
+}
+
+// acceptSegment checks the mapped connection segment seg as a client
+// leaves it and protects the client's regions; on a refusal it tells the
+// client (if the header was valid) and unmaps the segment. auth is the
+// client's identity when the kernel reported it.
+func acceptSegment(seg *pool.Segment, auth *AuthInfo) (*accepted, error) {
 	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
 	if err == nil {
 		err = checkFresh(lay)
@@ -287,5 +295,5 @@ func (l *Listener) take(s pool.Slot) (*accepted, error) {
 		seg.Close()
 		return nil, err
 	}
-	return &accepted{seg: seg, lay: lay}, nil
+	return &accepted{seg: seg, lay: lay, auth: auth}, nil
 }
