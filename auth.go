@@ -21,23 +21,24 @@ import (
 // as the kernel vouches for it. A server finds it in
 // peer.FromContext(ctx).AuthInfo; a client gets it with grpc.Peer.
 //
-// UID and GID are the owner and group of the segment file the peer
-// created (the client's connection segment, the server's listener), read
-// with fstat: the kernel sets them, the peer cannot choose them. In a pool
-// of one user GID is the creator's effective group; in a shared pool
-// (WithPoolGroup) it is the pool's group for every peer.
+// On one host (the default), connections are set up through the
+// listener's Unix socket: UID, GID and PID are the peer's as the kernel
+// recorded them (SO_PEERCRED, checked against the credentials attached to
+// the handshake message), and PIDVerified is true (false only for a peer
+// in another pid namespace, whose PID is 0).
 //
-// PID is the process id the peer wrote into its segment's header. It is
-// PIDVerified when this process could read /proc/PID/maps and found the
-// segment mapped there (same user, or root), and that process's file-system
-// uid is UID; only then are Groups, the peer's supplementary groups from
-// /proc/PID/status, filled in. A mapped pid of another uid means the
-// segment was passed on by someone other than its creator: Mismatch is
-// set, and a server refuses the connection's calls.
+// In pools shared across hosts (WithPollOnly), UID and GID are the owner
+// and group of the segment file the peer created (the client's connection
+// segment, the server's listener), read with fstat; in a shared pool
+// (WithPoolGroup) GID is then the pool's group for every peer. PID is what
+// the peer wrote into its header: PIDVerified when this process could read
+// /proc/PID/maps and found the segment mapped there (same user, or root)
+// by a process whose file-system uid is UID. A mapped pid of another uid
+// means the segment was passed on by someone other than its creator:
+// Mismatch is set, and a server refuses the connection's calls.
 //
-// In a shared pool the members of the group can open each other's
-// segments while they exist, so they can pass as one another: see
-// docs/SECURITY.md.
+// Groups, the peer's supplementary groups from /proc/PID/status, are
+// filled in only for a verified PID. See docs/SECURITY.md.
 type AuthInfo struct {
 	credentials.CommonAuthInfo
 	UID, GID    uint32
