@@ -139,17 +139,7 @@ func TestHostileReferences(t *testing.T) {
 				t.Fatal(err)
 			}
 			cn := cc.conn()
-			if err := cn.lock(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			tc.inject(cn)
-			pool.FutexWake(ring.TailWord(cn.self.Tail), 1)
-			select {
-			case <-cn.done:
-			case <-time.After(10 * time.Second):
-				t.Fatal("the server did not close the connection within 10 s")
-			}
-			<-cn.wlock
+			injectUntilClosed(t, cn, tc.inject)
 			st := status.Convert(cn.closeErr())
 			if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "protocol violation") || !strings.Contains(st.Message(), tc.want) {
 				t.Errorf("connection closed with %v, want Unavailable naming a protocol violation with %q", st, tc.want)

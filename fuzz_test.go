@@ -49,27 +49,42 @@ func anonSegment(spec pool.ConnSpec) (*pool.Segment, *pool.ConnLayout) {
 	return &pool.Segment{Path: "/nonexistent/notnets-fuzz", Mem: mem}, lay
 }
 
+// seedFrame is one record of a seed.
+type seedFrame struct {
+	t           frame.Type
+	flags       frame.Flags
+	stream, aux uint32
+	p           []byte
+}
+
+// seedSide is what one side writes, as fuzz input: its control block
+// (state open, tail past the records) and then its ring holding frames.
+func seedSide(frames ...seedFrame) []byte {
+	var data []byte
+	for _, f := range frames {
+		rec := make([]byte, ring.RecordSize(len(f.p)))
+		binary.LittleEndian.PutUint32(rec, uint32(len(f.p)))
+		rec[4] = byte(f.t)
+		frame.Put(rec, f.flags, f.stream, f.aux)
+		copy(rec[frame.HeaderSize:], f.p)
+		data = append(data, rec...)
+	}
+	ctl := make([]byte, 256)
+	ctl[0] = pool.StateOpen
+	binary.LittleEndian.PutUint64(ctl[64:], uint64(len(data))) // tail
+	return append(ctl, data...)
+}
+
 // seedCall is a well-formed unary call: HEADERS, then MESSAGE with the end
 // of the stream, as the client would write them.
 func seedCall() []byte {
-	var c2s []byte
-	put := func(t frame.Type, flags frame.Flags, stream, aux uint32, p []byte) {
-		rec := make([]byte, ring.RecordSize(len(p)))
-		binary.LittleEndian.PutUint32(rec, uint32(len(p)))
-		rec[4] = byte(t)
-		frame.Put(rec, flags, stream, aux)
-		copy(rec[frame.HeaderSize:], p)
-		c2s = append(c2s, rec...)
-	}
 	h := frame.RequestHeaders{Method: "/helloworld.Greeter/SayHello", MD: metadata.Pairs("k", "v")}
-	put(frame.TypeHeaders, 0, 1, 0, h.Append(nil))
 	msg := []byte{0x0a, 0x03, 'a', 'b', 'c'}
-	put(frame.TypeMessage, frame.FlagEndStream, 1, uint32(len(msg)), msg)
-	put(frame.TypeCancel, 0, 1, 0, (&frame.Status{Code: 1, Message: "x"}).Append(nil))
-	ctl := make([]byte, 256)
-	ctl[0] = pool.StateOpen
-	binary.LittleEndian.PutUint64(ctl[64:], uint64(len(c2s))) // tail
-	return append(ctl, c2s...)
+	return seedSide(
+		seedFrame{frame.TypeHeaders, 0, 1, 0, h.Append(nil)},
+		seedFrame{frame.TypeMessage, frame.FlagEndStream, 1, uint32(len(msg)), msg},
+		seedFrame{frame.TypeCancel, 0, 1, 0, (&frame.Status{Code: 1, Message: "x"}).Append(nil)},
+	)
 }
 
 // FuzzServerReadsSegment puts arbitrary bytes where the client writes (its
@@ -113,23 +128,12 @@ func FuzzServerReadsSegment(f *testing.F) {
 // it: HEADERS, a MESSAGE, a MESSAGE_REF to the start of its heap, and
 // TRAILERS with a status and trailer metadata.
 func seedReply() []byte {
-	var s2c []byte
-	put := func(t frame.Type, flags frame.Flags, stream, aux uint32, p []byte) {
-		rec := make([]byte, ring.RecordSize(len(p)))
-		binary.LittleEndian.PutUint32(rec, uint32(len(p)))
-		rec[4] = byte(t)
-		frame.Put(rec, flags, stream, aux)
-		copy(rec[frame.HeaderSize:], p)
-		s2c = append(s2c, rec...)
-	}
-	put(frame.TypeHeaders, 0, 1, 0, (&frame.ResponseHeaders{MD: metadata.Pairs("h", "v")}).Append(nil))
-	put(frame.TypeMessage, 0, 1, 3, []byte("abc"))
-	put(frame.TypeMessageRef, 0, 1, 100, arena.Ref{Offset: 0, Length: 100}.Append(nil))
-	put(frame.TypeTrailers, 0, 1, 0, (&frame.Status{Code: 0, MD: metadata.Pairs("t", "v")}).Append(nil))
-	ctl := make([]byte, 256)
-	ctl[0] = pool.StateOpen
-	binary.LittleEndian.PutUint64(ctl[64:], uint64(len(s2c))) // tail
-	return append(ctl, s2c...)
+	return seedSide(
+		seedFrame{frame.TypeHeaders, 0, 1, 0, (&frame.ResponseHeaders{MD: metadata.Pairs("h", "v")}).Append(nil)},
+		seedFrame{frame.TypeMessage, 0, 1, 3, []byte("abc")},
+		seedFrame{frame.TypeMessageRef, 0, 1, 100, arena.Ref{Offset: 0, Length: 100}.Append(nil)},
+		seedFrame{frame.TypeTrailers, 0, 1, 0, (&frame.Status{Code: 0, MD: metadata.Pairs("t", "v")}).Append(nil)},
+	)
 }
 
 // FuzzClientReadsSegment puts arbitrary bytes where the server writes (its

@@ -93,21 +93,8 @@ func TestHostileClientFrames(t *testing.T) {
 				}
 				tc.want = "fragment of 4 bytes for a message of 2"
 			}
-			// Inject under the write lock and never release it, so that no
-			// later publish repairs what the injection broke; then ring the
-			// server's doorbell.
 			cn := cc.conn()
-			if err := cn.lock(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			tc.inject(cn)
-			pool.FutexWake(ring.TailWord(cn.self.Tail), 1)
-			select {
-			case <-cn.done:
-			case <-time.After(10 * time.Second):
-				t.Fatal("the server did not close the connection within 10 s")
-			}
-			<-cn.wlock // let the connection release its segment
+			injectUntilClosed(t, cn, tc.inject)
 			// The connection's calls end with the reason the server gave, in
 			// its GOAWAY frame.
 			st := status.Convert(cn.closeErr())
@@ -125,4 +112,23 @@ func TestHostileClientFrames(t *testing.T) {
 			}
 		})
 	}
+}
+
+// injectUntilClosed runs inject on the client connection cn under its
+// write lock, which it never releases, so that no later publish repairs
+// what the injection broke; rings the server's doorbell; and waits until
+// the connection closes, then lets it release its segment.
+func injectUntilClosed(t *testing.T, cn *conn, inject func(*conn)) {
+	t.Helper()
+	if err := cn.lock(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	inject(cn)
+	pool.FutexWake(ring.TailWord(cn.self.Tail), 1)
+	select {
+	case <-cn.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server did not close the connection within 10 s")
+	}
+	<-cn.wlock
 }
