@@ -99,16 +99,26 @@ func TestArenaProtobuf(t *testing.T) {
 			t.Fatalf("echo of %d bytes came back different (%d bytes)", n, len(r.GetPayload().GetBody()))
 		}
 	}
-	// Bounded, and with the server's stacks in the log if it stalls: a stall
-	// here was seen once under load and could not be reproduced.
+	// Bounded, and with both sides' state in the failure if it stalls: a
+	// stall here was seen under load.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	stalled := make(chan string, 1)
 	stop := context.AfterFunc(ctx, func() {
 		if ctx.Err() == context.DeadlineExceeded {
-			srv.dumpStacks()
+			stalled <- "client: " + notnets.ClientState(cc) + " | " + compactStacks() + "\nserver: " + srv.state()
 		}
 	})
 	defer stop()
+	fatalf := func(format string, args ...any) {
+		t.Helper()
+		select {
+		case s := <-stalled:
+			t.Fatalf(format+"\n%s", append(args, s)...)
+		case <-time.After(time.Second):
+			t.Fatalf(format, args...)
+		}
+	}
 	stream, err := c.FullDuplexCall(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +138,7 @@ func TestArenaProtobuf(t *testing.T) {
 	for i := 0; i < count; i++ {
 		r, err := stream.Recv()
 		if err != nil {
-			t.Fatalf("Recv %d: %v", i, err)
+			fatalf("Recv %d: %v", i, err)
 		}
 		if b := r.GetPayload().GetBody(); len(b) != size || b[0] != byte(i) || b[size-1] != byte(i) || !bytes.Equal(b, bytes.Repeat([]byte{byte(i)}, size)) {
 			t.Fatalf("message %d came back wrong (%d bytes)", i, len(b))

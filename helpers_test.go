@@ -12,7 +12,6 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -154,11 +153,51 @@ func (p *serverProc) shutdown() {
 	}
 }
 
-// dumpStacks makes the server process print every goroutine's stack to
-// the test's standard error (SIGQUIT), for a test that finds it stalled.
-func (p *serverProc) dumpStacks() {
-	fmt.Fprintf(os.Stderr, "--- stacks of the server process %d ---\n", p.cmd.Process.Pid)
-	p.cmd.Process.Signal(syscall.SIGQUIT)
+// state asks the server process for its connections' state and the
+// stacks of its goroutines that run notnets code, in one line.
+// It may be called from any goroutine.
+func (p *serverProc) state() string {
+	if _, err := fmt.Fprintln(p.stdin, "state"); err != nil {
+		return err.Error()
+	}
+	line, err := p.out.ReadString('\n')
+	if err != nil {
+		return err.Error()
+	}
+	return strings.TrimSuffix(line, "\n")
+}
+
+// compactStacks summarizes the goroutines that run notnets code, one line
+// each: its state and the functions on its stack, innermost first. A
+// stalled test puts this in its failure message, which CI shows whole where
+// a full dump would be cut.
+func compactStacks() string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		lines := strings.Split(g, "\n")
+		if !strings.Contains(g, "notnets") || strings.Contains(g, "compactStacks") {
+			continue
+		}
+		head := strings.TrimSuffix(strings.TrimPrefix(lines[0], "goroutine "), ":")
+		var fns []string
+		for _, l := range lines[1:] {
+			if l == "" || strings.HasPrefix(l, "\t") || strings.HasPrefix(l, "created by") {
+				continue
+			}
+			fn := l[:max(strings.LastIndex(l, "("), 0)]
+			fn = strings.TrimPrefix(fn, "github.com/notnets/notnets.")
+			if i := strings.LastIndex(fn, "/"); i >= 0 {
+				fn = fn[i+1:]
+			}
+			if len(fns) < 8 {
+				fns = append(fns, fn)
+			}
+		}
+		out = append(out, head+" "+strings.Join(fns, "<"))
+	}
+	return strings.Join(out, " || ")
 }
 
 // dial connects to the server process's listener.
@@ -288,6 +327,9 @@ func runServer() {
 		case "graceful":
 			srv.GracefulStop()
 			fmt.Println("stopped", <-served)
+		case "state":
+			// One line: the test reads answers a line at a time.
+			fmt.Println(notnets.ServerState(srv), "|", compactStacks())
 		case "services":
 			var names []string
 			for name := range srv.GetServiceInfo() {

@@ -147,6 +147,11 @@ func (p *Producer) Publish() {
 // Empty reports whether the consumer has freed everything published.
 func (p *Producer) Empty() bool { return p.head.Load() == p.published }
 
+// String describes the producer's counters, for diagnostics.
+func (p *Producer) String() string {
+	return fmt.Sprintf("out{next=%d published=%d head=%d}", p.next, p.published, p.head.Load())
+}
+
 func writeHeader(b []byte, n int, kind byte) {
 	binary.LittleEndian.PutUint32(b[0:4], uint32(n))
 	b[4] = kind
@@ -227,6 +232,11 @@ func (c *Consumer) Published() bool { return c.tail.Load() != c.read }
 // with a futex: it changes whenever the producer publishes.
 func TailWord(tail *atomic.Uint64) *atomic.Uint32 {
 	return (*atomic.Uint32)(unsafePointer(tail))
+}
+
+// String describes the consumer's counters, for diagnostics.
+func (c *Consumer) String() string {
+	return fmt.Sprintf("in{read=%d tail=%d}", c.read, c.tail.Load())
 }
 
 // Position returns the consumer's read counter: everything before it has
