@@ -81,5 +81,5 @@ func (c *conn) state() string {
 // stateLocked describes the stream's receive side and window; the caller
 // holds s.mu.
 func (s *streamBase) stateLocked() string {
-	return fmt.Sprintf("quota=%d queued=%d closed=%v unacked=%d", s.quota, len(s.msgs), s.closed, s.unacked)
+	return fmt.Sprintf("quota=%d queued=%d closed=%v waiters=%d", s.quota, len(s.msgs), s.closed, s.waiters)
 }

@@ -36,12 +36,15 @@ type streamBase struct {
 	c  *conn
 
 	mu sync.Mutex
-	// notify (capacity 1) holds a pending wake-up for the stream's user.
-	// It is made only when the user first has to park: a call answered
+	// notify is closed to wake every goroutine parked on the stream: a
+	// receiver and a sender waiting for window may park at once, and each
+	// must see every change (one pending token would wake only one of
+	// them). It is made only when a goroutine has to park: a call answered
 	// while its caller polls never needs one.
-	notify chan struct{}
-	msgs   []inMsg
-	msg0   [1]inMsg // msgs' first backing array
+	notify  chan struct{}
+	waiters int // goroutines parked in await
+	msgs    []inMsg
+	msg0    [1]inMsg // msgs' first backing array
 	// discard drops messages as they arrive: the stream ended on this side.
 	discard bool
 	quota   int  // message bytes the peer still accepts before a window update
@@ -59,15 +62,14 @@ func (s *streamBase) init(id uint32, c *conn, maxRecv, window int) {
 	s.msgs = s.msg0[:0]
 }
 
+// signal wakes every goroutine parked in await.
 func (s *streamBase) signal() {
 	s.mu.Lock()
 	ch := s.notify
+	s.notify = nil
 	s.mu.Unlock()
 	if ch != nil {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
+		close(ch)
 	}
 }
 
@@ -75,19 +77,27 @@ func (s *streamBase) signal() {
 func (s *streamBase) await(ctx context.Context, ready func() bool) error {
 	for {
 		s.mu.Lock()
-		ok := ready()
-		if !ok && s.notify == nil {
-			s.notify = make(chan struct{}, 1)
-		}
-		ch := s.notify
-		s.mu.Unlock()
-		if ok {
+		if ready() {
+			s.mu.Unlock()
 			return nil
 		}
+		if s.notify == nil {
+			s.notify = make(chan struct{})
+		}
+		ch := s.notify
+		s.waiters++
+		s.mu.Unlock()
+		var err error
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return ctx.Err()
+			err = ctx.Err()
+		}
+		s.mu.Lock()
+		s.waiters--
+		s.mu.Unlock()
+		if err != nil {
+			return err
 		}
 	}
 }
