@@ -2,6 +2,7 @@ package notnets
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -72,6 +73,15 @@ func TestHostileClientFrames(t *testing.T) {
 		{"garbage request headers", frameOf(frame.TypeHeaders, 0, 1, 0, []byte{0xff, 0xff, 0xff}), "request headers"},
 		{"message for a stream never opened", frameOf(frame.TypeMessage, 0, 7, 0, nil), "never opened"},
 		{"fragment longer than its message", frameOf(frame.TypeMessage, 0, 1, 2, []byte("four")), ""},
+		{"messages beyond the window", func(c *conn) {
+			// Over the size limit, so that the server drops the bytes (and
+			// the test need not send them), but charged to the window
+			// all the same: the second message has no window left.
+			big := uint32(DefaultMaxRecvMsgSize + 1)
+			frameOf(frame.TypeMessage, frame.FlagMore, 1, big, nil)(c)
+			frameOf(frame.TypeMessage, 0, 1, 0, nil)(c)
+			frameOf(frame.TypeMessage, 0, 1, 1, []byte{0})(c)
+		}, fmt.Sprintf("message sent beyond the flow-control window (%d bytes started, %d allowed)", DefaultMaxRecvMsgSize+1, defaultWindow)},
 		{"unaligned tail", func(c *conn) { c.self.Tail.Add(3) }, "ring corrupt: tail"},
 		{"tail beyond the ring", func(c *conn) { c.self.Tail.Add(1 << 30) }, "ring corrupt: tail"},
 		{"record overruns the ring", func(c *conn) {
@@ -85,13 +95,15 @@ func TestHostileClientFrames(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cc := dial()
 			c := pb.NewGreeterClient(cc)
-			if tc.name == "fragment longer than its message" {
+			if tc.name == "fragment longer than its message" || tc.name == "messages beyond the window" {
 				// Open stream 1 first so that the message is not refused as
 				// belonging to no stream.
 				if _, err := cc.NewStream(context.Background(), unaryDesc, "/helloworld.Greeter/SayHello"); err != nil {
 					t.Fatal(err)
 				}
-				tc.want = "fragment of 4 bytes for a message of 2"
+				if tc.name == "fragment longer than its message" {
+					tc.want = "fragment of 4 bytes for a message of 2"
+				}
 			}
 			cn := cc.conn()
 			injectUntilClosed(t, cn, tc.inject)

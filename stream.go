@@ -47,8 +47,12 @@ type streamBase struct {
 	msg0    [1]inMsg // msgs' first backing array
 	// discard drops messages as they arrive: the stream ended on this side.
 	discard bool
-	quota   int  // message bytes the peer still accepts before a window update
-	closed  bool // the peer sends nothing more on the stream
+	quota   int // message bytes the peer still accepts before a window update
+	// recvd counts the message bytes the peer has started; credited is the
+	// window it has been given (the initial window and every update
+	// written). A peer may start a message only while recvd < credited.
+	recvd, credited int64
+	closed          bool // the peer sends nothing more on the stream
 
 	asm     assembler     // reader goroutine only
 	dec     [1]mem.Buffer // the slice a message is decoded from (decode)
@@ -59,6 +63,7 @@ type streamBase struct {
 
 func (s *streamBase) init(id uint32, c *conn, maxRecv, window int) {
 	s.id, s.c, s.maxRecv, s.window, s.quota = id, c, maxRecv, window, window
+	s.credited = int64(window)
 	s.msgs = s.msg0[:0]
 }
 
@@ -107,6 +112,11 @@ func (s *streamBase) onData(h frame.Header, p []byte) error {
 	var m inMsg
 	var complete bool
 	var err error
+	if h.Type == frame.TypeMessageRef || (s.asm.buf == nil && !s.asm.skip) {
+		if err := s.charge(h.Aux); err != nil {
+			return err
+		}
+	}
 	if h.Type == frame.TypeMessageRef {
 		m, complete, err = s.asm.ref(h, s.c.takeRef(), s.maxRecv)
 	} else {
@@ -124,6 +134,20 @@ func (s *streamBase) onData(h frame.Header, p []byte) error {
 	s.msgs = append(s.msgs, m)
 	s.mu.Unlock()
 	s.signal()
+	return nil
+}
+
+// charge counts a message of n bytes that the peer starts against the
+// window this side has given it. A peer that starts one with no window left
+// breaks the protocol: unchecked, it could make this side queue without
+// bound.
+func (s *streamBase) charge(n uint32) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.recvd >= s.credited {
+		return fmt.Errorf("stream %d: message sent beyond the flow-control window (%d bytes started, %d allowed)", s.id, s.recvd, s.credited)
+	}
+	s.recvd += int64(n)
 	return nil
 }
 
@@ -168,10 +192,15 @@ func (s *streamBase) consumed(ctx context.Context, n int) {
 		return
 	}
 	err := s.c.writeFrame(ctx, frame.TypeWindowUpdate, 0, s.id, uint32(s.unacked), nil)
-	s.c.unlock()
 	if err == nil {
+		// Before unlock publishes the update: the peer's next message may
+		// be read as soon as it is out.
+		s.mu.Lock()
+		s.credited += int64(s.unacked)
+		s.mu.Unlock()
 		s.unacked = 0
 	}
+	s.c.unlock()
 }
 
 // takeQuota waits until the peer's window is open, then charges n bytes to
