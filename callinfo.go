@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
@@ -25,12 +26,13 @@ type callInfo struct {
 	peers          []*peer.Peer
 	onFinish       []func(error)
 	waitForReady   bool
+	creds          credentials.PerRPCCredentials // grpc.PerRPCCredentials
 }
 
 // newCallInfo applies the connection's default call options, then the
 // call's. grpc-go's CallOption interface has unexported methods, so options
 // are recognised by their exported types; options that make no sense over
-// shared memory (compression, per-RPC credentials, authority) are ignored.
+// shared memory (compression, authority) are ignored.
 func newCallInfo(o *dialOptions, opts []grpc.CallOption) (*callInfo, error) {
 	if len(opts) == 0 && len(o.callOptions) == 0 && o.plainCall != nil {
 		return o.plainCall, nil // shared: nothing in it is written after this
@@ -97,6 +99,8 @@ func buildCallInfo(o *dialOptions, opts []grpc.CallOption) (*callInfo, error) {
 				ci.waitForReady = !v.FailFast
 			case grpc.OnFinishCallOption:
 				ci.onFinish = append(ci.onFinish, v.OnFinish)
+			case grpc.PerRPCCredsCallOption:
+				ci.creds = v.Creds
 			}
 		}
 	}

@@ -490,6 +490,11 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 	if err != nil {
 		return nil, err
 	}
+	if len(cc.opts.perRPC) > 0 || ci.creds != nil {
+		if hdr.MD, err = cc.withCredentials(ctx, t, method, ci, hdr.MD); err != nil {
+			return nil, err
+		}
+	}
 	// The headers live in the stream so that encoding them allocates nothing.
 	s := &clientStream{cc: cc, t: t, ctx: ctx, desc: desc, ci: ci, method: method, reqHdr: hdr}
 	if err := t.c.stage(msg); err != nil {

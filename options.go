@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/encoding"
 )
 
@@ -71,6 +72,7 @@ type dialOptions struct {
 	subtypeCalls *subtypeCalls // the call infos of calls whose only option is a content subtype
 	liveness     time.Duration
 	backoff      backoff.Config
+	perRPC       []credentials.PerRPCCredentials // WithPerRPCCredentials
 }
 
 type serverOptions struct {
