@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
@@ -65,6 +66,8 @@ type transport struct {
 	streams map[uint32]*clientStream
 	lastID  uint32
 	goAway  error // why no new streams may start, once the server said so
+
+	statsCtx context.Context // the connection's context from the stats handlers' TagConn
 }
 
 var _ grpc.ClientConnInterface = (*ClientConn)(nil)
@@ -143,6 +146,9 @@ func (cc *ClientConn) connect(ctx context.Context) (*transport, error) {
 		return nil, err
 	}
 	t := &transport{cc: cc, streams: make(map[uint32]*clientStream), server: server}
+	if sh := cc.opts.stats; sh != nil {
+		t.statsCtx = sh.connBegin(context.Background(), true, cc.peerAddr, &Addr{Pool: cc.opts.pool})
+	}
 	t.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, cc.opts.wait)
 	t.c.initHeaps(lay.C2SHeap, lay.C2SReturns, lay.S2CHeap, lay.S2CReturns, cc.opts.wait.checkViews)
 	t.c.onFrame = t.onFrame
@@ -357,6 +363,9 @@ func (t *transport) onClose(err error) {
 		s.finish(st, nil)
 	}
 	t.cc.lost(t, err)
+	if sh := t.cc.opts.stats; sh != nil {
+		sh.connEnd(t.statsCtx, true)
+	}
 }
 
 // onFrame handles a frame from the server on the reader goroutine.
@@ -392,11 +401,18 @@ func (t *transport) onFrame(h frame.Header, p []byte) error {
 		if dup {
 			return fmt.Errorf("second HEADERS frame on stream %d", h.Stream)
 		}
+		if sh := t.cc.opts.stats; sh != nil {
+			sh.handle(s.ctx, &stats.InHeader{Client: true, Header: rh.MD.Copy(), WireLength: len(p)})
+		}
 		s.signal()
 	case frame.TypeMessage, frame.TypeMessageRef:
 		s.mu.Lock()
+		first := !s.gotHeader
 		s.gotHeader = true // a message without HEADERS before it has empty headers
 		s.mu.Unlock()
+		if sh := t.cc.opts.stats; sh != nil && first {
+			sh.handle(s.ctx, &stats.InHeader{Client: true, Header: metadata.MD{}})
+		}
 		return s.onData(h, p)
 	case frame.TypeTrailers, frame.TypeCancel:
 		var fs frame.Status
@@ -406,6 +422,9 @@ func (t *transport) onFrame(h frame.Header, p []byte) error {
 		st, err := statusFromFrame(&fs)
 		if err != nil {
 			return err
+		}
+		if sh := t.cc.opts.stats; sh != nil && h.Type == frame.TypeTrailers {
+			sh.handle(s.ctx, &stats.InTrailer{Client: true, Trailer: fs.MD.Copy(), WireLength: len(p)})
 		}
 		s.finish(st, fs.MD)
 	case frame.TypeWindowUpdate:
@@ -476,44 +495,50 @@ func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *g
 // start opens a stream and sends its HEADERS frame, followed, for a unary
 // call, by the request with the end-of-stream flag in the same publish.
 func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, desc *grpc.StreamDesc, msg *outMsg) (*clientStream, error) {
+	var begin time.Time
+	sh := cc.opts.stats
+	if sh != nil {
+		begin = time.Now()
+		failFast := !ci.waitForReady
+		ctx = sh.tagRPC(ctx, method, failFast)
+		sh.handle(ctx, &stats.Begin{Client: true, BeginTime: begin, FailFast: failFast, IsClientStream: desc.ClientStreams, IsServerStream: desc.ServerStreams})
+	}
 	hdr := frame.RequestHeaders{Method: method, ContentSubtype: ci.contentSubtype}
 	if dl, ok := ctx.Deadline(); ok {
 		if hdr.Timeout = time.Until(dl); hdr.Timeout <= 0 {
-			return nil, status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+			return nil, cc.notStarted(ctx, ci, begin, status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error()))
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, contextStatus(err)
+		return nil, cc.notStarted(ctx, ci, begin, contextStatus(err))
 	}
 	hdr.MD, _ = metadata.FromOutgoingContext(ctx)
 	t, err := cc.transport(ctx, ci.waitForReady)
 	if err != nil {
-		return nil, err
+		return nil, cc.notStarted(ctx, ci, begin, err)
 	}
 	if len(cc.opts.perRPC) > 0 || ci.creds != nil {
 		if hdr.MD, err = cc.withCredentials(ctx, t, method, ci, hdr.MD); err != nil {
-			return nil, err
+			return nil, cc.notStarted(ctx, ci, begin, err)
 		}
 	}
 	// The headers live in the stream so that encoding them allocates nothing.
-	s := &clientStream{cc: cc, t: t, ctx: ctx, desc: desc, ci: ci, method: method, reqHdr: hdr}
+	s := &clientStream{cc: cc, t: t, ctx: ctx, desc: desc, ci: ci, method: method, reqHdr: hdr, begin: begin}
 	if err := t.c.stage(msg); err != nil {
-		return nil, err
+		return nil, s.notStarted(err)
 	}
 	if err := t.c.lock(ctx); err != nil {
-		return nil, err
+		return nil, s.notStarted(err)
 	}
 	// Ids are taken under the write lock, so they reach the server in order.
 	if err := t.register(s); err != nil {
 		t.c.unlock()
-		return nil, err
+		return nil, s.notStarted(err)
 	}
 	if err := t.c.writeFrame(ctx, frame.TypeHeaders, 0, s.id, 0, &s.reqHdr); err != nil {
 		t.c.unlock()
 		// The server never saw the stream: end it here without a CANCEL.
-		s.finish(status.Convert(err), nil)
-		s.done()
-		return nil, err
+		return nil, s.notStarted(err)
 	}
 	if msg != nil {
 		s.quota -= msg.size
@@ -521,6 +546,12 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 		s.halfClosed = true
 	}
 	t.c.unlock()
+	if sh != nil {
+		sh.handle(ctx, &stats.OutHeader{Client: true, Header: hdr.MD.Copy(), FullMethod: method, RemoteAddr: cc.peerAddr, LocalAddr: &Addr{Pool: cc.opts.pool}})
+		if msg != nil && err == nil {
+			sh.outPayload(ctx, true, msg.value, msg.size)
+		}
+	}
 	if err != nil {
 		s.cancel(err)
 		return nil, err
@@ -529,6 +560,25 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 		t.c.kick() // a stream's messages may come while nobody polls
 	}
 	return s, nil
+}
+
+// notStarted ends a call that failed before it had a stream: the call
+// options and stats handlers that want its outcome get err.
+func (cc *ClientConn) notStarted(ctx context.Context, ci *callInfo, begin time.Time, err error) error {
+	for _, f := range ci.onFinish {
+		f(err)
+	}
+	if sh := cc.opts.stats; sh != nil {
+		sh.handle(ctx, &stats.End{Client: true, BeginTime: begin, EndTime: time.Now(), Error: err})
+	}
+	return err
+}
+
+// notStarted ends a stream the server never saw, with err.
+func (s *clientStream) notStarted(err error) error {
+	s.finish(status.Convert(err), nil)
+	s.done()
+	return err
 }
 
 func (t *transport) register(s *clientStream) error {
@@ -577,6 +627,7 @@ type clientStream struct {
 	received   int
 	stopWatch  func() bool
 	reqHdr     frame.RequestHeaders // sent once, at the start
+	begin      time.Time            // when the call began, for stats handlers
 	orphaned   atomic.Bool          // in t.orphans
 	finishOnce sync.Once
 }
@@ -661,6 +712,9 @@ func (s *clientStream) done() {
 		for _, f := range s.ci.onFinish {
 			f(st.Err())
 		}
+		if sh := s.cc.opts.stats; sh != nil {
+			sh.handle(s.ctx, &stats.End{Client: true, BeginTime: s.begin, EndTime: time.Now(), Trailer: trailer, Error: st.Err()})
+		}
 	})
 }
 
@@ -732,7 +786,14 @@ func (s *clientStream) recvUnary(reply any) error {
 	if m.err != nil {
 		return m.err
 	}
-	return s.decode(s.ci.codec, m.buf, reply)
+	size := m.buf.Len()
+	if err := s.decode(s.ci.codec, m.buf, reply); err != nil {
+		return err
+	}
+	if sh := s.cc.opts.stats; sh != nil {
+		sh.inPayload(s.ctx, true, reply, size)
+	}
+	return nil
 }
 
 // Context returns the call's context.
@@ -807,6 +868,9 @@ func (s *clientStream) SendMsg(m any) error {
 	if err != nil {
 		return s.sendFailed(err)
 	}
+	if sh := s.cc.opts.stats; sh != nil {
+		sh.outPayload(s.ctx, true, m, msg.size)
+	}
 	return nil
 }
 
@@ -870,6 +934,9 @@ func (s *clientStream) RecvMsg(m any) error {
 		return err
 	}
 	s.received++
+	if sh := s.cc.opts.stats; sh != nil {
+		sh.inPayload(s.ctx, true, m, n)
+	}
 	s.consumed(s.ctx, n)
 	if s.desc.ServerStreams {
 		return nil

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -298,6 +299,9 @@ func runServer() {
 	if os.Getenv("NOTNETS_TEST_BIG") != "" {
 		opts = append(opts, notnets.MaxRecvMsgSize(bigLimit), notnets.MaxSendMsgSize(bigLimit))
 	}
+	if os.Getenv("NOTNETS_TEST_STATS") != "" {
+		opts = append(opts, notnets.StatsHandler(serverStats))
+	}
 	srv := notnets.NewServer(opts...)
 	srv.RegisterService(&benchsvc.RawServiceDesc, struct{}{})
 	pb.RegisterGreeterServer(srv, greeter{})
@@ -320,6 +324,12 @@ func runServer() {
 	fmt.Println("ready", tcp.Addr())
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
+		if n, ok := strings.CutPrefix(in.Text(), "stats "); ok {
+			// The events since the last "stats", once n calls have ended.
+			ends, _ := strconv.Atoi(n)
+			fmt.Println(serverStats.take(ends))
+			continue
+		}
 		switch in.Text() {
 		case "stop":
 			srv.Stop()

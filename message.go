@@ -22,6 +22,7 @@ var grpcProto = encoding.GetCodecV2(protocodec.Name)
 // outMsg is a message ready to be written: either a protobuf message to be
 // marshalled in place, or bytes a codec produced.
 type outMsg struct {
+	value  any // as the caller gave it, for stats handlers
 	direct proto.Message
 	data   mem.BufferSlice
 	bytes  *Bytes // a Bytes message: the transport's now, freed with m
@@ -73,7 +74,7 @@ func (c *conn) stage(m *outMsg) error {
 
 // prepareMsg sizes or marshals v with codec and checks it against maxSend.
 func prepareMsg(codec encoding.CodecV2, v any, maxSend int) (outMsg, error) {
-	var m outMsg
+	m := outMsg{value: v}
 	if v == nil {
 		return m, nil // grpc-go sends an untyped nil message as empty
 	}

@@ -73,6 +73,7 @@ type dialOptions struct {
 	liveness     time.Duration
 	backoff      backoff.Config
 	perRPC       []credentials.PerRPCCredentials // WithPerRPCCredentials
+	stats        statsHandlers                   // WithStatsHandler
 }
 
 type serverOptions struct {
@@ -85,6 +86,7 @@ type serverOptions struct {
 	window      int
 	liveness    time.Duration
 	authz       authorizer
+	stats       statsHandlers // StatsHandler
 }
 
 type listenOptions struct {

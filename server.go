@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
@@ -320,6 +321,9 @@ func newServerConn(s *Server, lis *Listener, a *accepted) *serverConn {
 	sc.denied = s.opts.authz.check(auth)
 	sc.ctx, sc.cancel = context.WithCancel(context.Background())
 	sc.ctx = peer.NewContext(sc.ctx, sc.peer) // once per connection, not per call
+	if sh := s.opts.stats; sh != nil {
+		sc.ctx = sh.connBegin(sc.ctx, false, sc.peer.Addr, sc.peer.LocalAddr)
+	}
 	sc.c = newConn(a.seg, a.lay.Server, a.lay.Client, a.lay.S2C, a.lay.C2S, s.opts.wait)
 	sc.c.initHeaps(a.lay.S2CHeap, a.lay.S2CReturns, a.lay.C2SHeap, a.lay.C2SReturns, s.opts.wait.checkViews)
 	sc.c.onFrame = sc.onFrame
@@ -344,6 +348,9 @@ func (sc *serverConn) goAway(reason string) {
 
 func (sc *serverConn) onClose(err error) {
 	sc.cancel()
+	if sh := sc.srv.opts.stats; sh != nil {
+		defer sh.connEnd(sc.ctx, false)
+	}
 	sc.mu.Lock()
 	streams := make([]*serverStream, 0, len(sc.streams))
 	for _, st := range sc.streams {
@@ -530,6 +537,10 @@ func (sc *serverConn) open(h frame.Header, p []byte) error {
 	st := &serverStream{sc: sc, method: rh.Method}
 	st.init(h.Stream, sc.c, sc.srv.opts.maxRecvSize, sc.srv.opts.window)
 	st.ctx, st.cancelCtx = newServerContext(sc.ctx, &rh, st)
+	if sh := sc.srv.opts.stats; sh != nil {
+		st.ctx = sh.tagRPC(st.ctx, rh.Method, false)
+		sh.handle(st.ctx, &stats.InHeader{FullMethod: rh.Method, RemoteAddr: sc.peer.Addr, LocalAddr: sc.peer.LocalAddr, Header: rh.MD.Copy(), WireLength: len(p)})
+	}
 	if h.Flags&frame.FlagEndStream != 0 {
 		st.closed = true
 	}

@@ -4,11 +4,13 @@ import (
 	"context"
 	"io"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
@@ -65,10 +67,29 @@ func newServerContext(base context.Context, rh *frame.RequestHeaders, st *server
 	return context.WithCancelCause(ctx)
 }
 
-// run dispatches the call to its handler and sends the final status.
+// run dispatches the call to its handler and sends the final status,
+// between a Begin and an End for stats handlers if it has a method to run.
 func (st *serverStream) run() {
 	defer st.sc.remove(st)
 	defer st.cancelCtx(nil)
+	sh := st.sc.srv.opts.stats
+	if sh == nil || st.err != nil {
+		st.serve()
+		return
+	}
+	begin := time.Now()
+	client, server := false, false
+	if sd := st.sd; sd != nil {
+		client, server = sd.ClientStreams, sd.ServerStreams
+	}
+	sh.handle(st.ctx, &stats.Begin{BeginTime: begin, IsClientStream: client, IsServerStream: server})
+	err := st.serve()
+	sh.handle(st.ctx, &stats.End{BeginTime: begin, EndTime: time.Now(), Error: err})
+}
+
+// serve runs the handler and sends the final status; it returns the
+// call's error status, or nil for OK.
+func (st *serverStream) serve() error {
 	s := st.sc.srv
 	info, md, sd, err := st.info, st.md, st.sd, st.err
 	switch {
@@ -77,9 +98,8 @@ func (st *serverStream) run() {
 		var reply any
 		reply, err = md.Handler(info.impl, st.ctx, st.decodeRequest, s.unaryInt)
 		if err == nil {
-			err = st.sendReply(reply)
-			if err == nil {
-				return
+			if err = st.sendReply(reply); err == nil {
+				return nil
 			}
 		}
 	case s.streamInt != nil:
@@ -89,7 +109,9 @@ func (st *serverStream) run() {
 	default:
 		err = sd.Handler(info.impl, st)
 	}
-	st.finish(statusOf(err), nil)
+	stat := statusOf(err)
+	st.finish(stat, nil)
+	return stat.Err()
 }
 
 // decodeRequest reads the one request of a unary call into v.
@@ -115,11 +137,45 @@ func (st *serverStream) sendReply(reply any) error {
 // st's status, once.
 func (st *serverStream) finish(s *status.Status, msg *outMsg) error {
 	st.hmu.Lock()
-	defer st.hmu.Unlock()
 	if st.finished {
+		st.hmu.Unlock()
 		return nil
 	}
 	st.finished = true
+	var out sent
+	err := st.writeEnd(s, msg, &out)
+	st.hmu.Unlock()
+	st.report(&out)
+	return err
+}
+
+// sent records what a write put on the ring, for stats handlers, which
+// run after the locks are released.
+type sent struct {
+	header  metadata.MD // the headers, if they went out now
+	msg     *outMsg
+	trailer *frame.Status
+}
+
+// report tells the stats handlers what went out.
+func (st *serverStream) report(out *sent) {
+	sh := st.sc.srv.opts.stats
+	if sh == nil {
+		return
+	}
+	if out.header != nil {
+		sh.handle(st.ctx, &stats.OutHeader{Header: out.header.Copy(), FullMethod: st.method, RemoteAddr: st.sc.peer.Addr, LocalAddr: st.sc.peer.LocalAddr})
+	}
+	if m := out.msg; m != nil {
+		sh.outPayload(st.ctx, false, m.value, m.size)
+	}
+	if fs := out.trailer; fs != nil {
+		sh.handle(st.ctx, &stats.OutTrailer{Trailer: fs.MD.Copy(), WireLength: fs.Size()})
+	}
+}
+
+// writeEnd is finish's write; the caller holds hmu.
+func (st *serverStream) writeEnd(s *status.Status, msg *outMsg, out *sent) error {
 	fs, err := statusToFrame(s)
 	if err != nil {
 		fs = frame.Status{Code: uint32(codes.Internal), Message: "notnets: cannot encode status details: " + err.Error()}
@@ -141,18 +197,26 @@ func (st *serverStream) finish(s *status.Status, msg *outMsg) error {
 	}
 	defer c.unlock()
 	wctx := context.Background()
-	if !st.headerSent && len(st.header) > 0 {
+	if !st.headerSent && (len(st.header) > 0 || msg != nil) {
 		st.headerSent = true
-		if err := c.writeFrame(wctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header}); err != nil {
-			if status.Code(err) != codes.ResourceExhausted {
-				return err
+		out.header = st.header
+		if out.header == nil {
+			out.header = metadata.MD{}
+		}
+		if len(st.header) > 0 {
+			if err := c.writeFrame(wctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header}); err != nil {
+				if status.Code(err) != codes.ResourceExhausted {
+					return err
+				}
+				msg, fs = nil, frame.Status{Code: uint32(codes.Internal), Message: "notnets: response headers too large: " + status.Convert(err).Message()}
 			}
-			msg, fs = nil, frame.Status{Code: uint32(codes.Internal), Message: "notnets: response headers too large: " + status.Convert(err).Message()}
 		}
 	}
 	if msg != nil {
 		if err := c.writeMsg(wctx, st.id, 0, msg); err != nil {
 			fs = frame.Status{Code: uint32(status.Code(err)), Message: status.Convert(err).Message()}
+		} else {
+			out.msg = msg
 		}
 	}
 	err = c.writeFrame(wctx, frame.TypeTrailers, 0, st.id, 0, &fs)
@@ -161,6 +225,9 @@ func (st *serverStream) finish(s *status.Status, msg *outMsg) error {
 		// details that made it too large.
 		fs = frame.Status{Code: uint32(codes.Internal), Message: "notnets: response trailers too large"}
 		err = c.writeFrame(wctx, frame.TypeTrailers, 0, st.id, 0, &fs)
+	}
+	if err == nil {
+		out.trailer = &fs
 	}
 	return err
 }
@@ -208,17 +275,23 @@ func (st *serverStream) SetHeader(md metadata.MD) error {
 // SendHeader sends the response headers, merged with md, now.
 func (st *serverStream) SendHeader(md metadata.MD) error {
 	st.hmu.Lock()
-	defer st.hmu.Unlock()
 	if st.headerSent || st.finished {
+		st.hmu.Unlock()
 		return status.Error(codes.Internal, "transport: the stream is done or WriteHeader was already called")
 	}
 	st.header = metadata.Join(st.header, md)
 	st.headerSent = true
-	if err := st.c.lock(st.ctx); err != nil {
-		return err
+	err := st.c.lock(st.ctx)
+	if err == nil {
+		err = st.c.writeFrame(st.ctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header})
+		st.c.unlock()
 	}
-	defer st.c.unlock()
-	return st.c.writeFrame(st.ctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header})
+	header := st.header
+	st.hmu.Unlock()
+	if err == nil {
+		st.report(&sent{header: header})
+	}
+	return err
 }
 
 // SetTrailer merges md into the trailers sent with the status.
@@ -247,8 +320,16 @@ func (st *serverStream) SendMsg(m any) error {
 	if err := st.c.stage(&msg); err != nil {
 		return err
 	}
+	var out sent
 	st.hmu.Lock()
-	defer st.hmu.Unlock()
+	err = st.writeMsg(&msg, &out)
+	st.hmu.Unlock()
+	st.report(&out)
+	return err
+}
+
+// writeMsg is SendMsg's write; the caller holds hmu.
+func (st *serverStream) writeMsg(msg *outMsg, out *sent) error {
 	if st.finished {
 		return status.Error(codes.Internal, "transport: the stream is done")
 	}
@@ -264,8 +345,16 @@ func (st *serverStream) SendMsg(m any) error {
 				return err
 			}
 		}
+		out.header = st.header
+		if out.header == nil {
+			out.header = metadata.MD{}
+		}
 	}
-	return c.writeMsg(st.ctx, st.id, 0, &msg)
+	if err := c.writeMsg(st.ctx, st.id, 0, msg); err != nil {
+		return err
+	}
+	out.msg = msg
+	return nil
 }
 
 // RecvMsg receives the next request message into m; io.EOF after the
@@ -288,6 +377,9 @@ func (st *serverStream) RecvMsg(m any) error {
 	n := msg.buf.Len()
 	if err := st.decode(st.codec, msg.buf, m); err != nil {
 		return err
+	}
+	if sh := st.sc.srv.opts.stats; sh != nil {
+		sh.inPayload(st.ctx, false, m, n)
 	}
 	st.consumed(st.ctx, n)
 	return nil
