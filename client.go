@@ -129,8 +129,30 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 	if err != nil {
 		return nil, err
 	}
-	cc.cur = t
+	cc.mu.Lock()
+	if why := cc.install(t); why != nil {
+		cc.lastErr, cc.reconnect = why, true
+		go cc.reconnectLoop()
+	}
+	cc.mu.Unlock()
 	return cc, nil
+}
+
+// install makes t the connection new calls start on, unless it already
+// failed or was told to go away: its reader may have called lost before t
+// was installed, when lost had nothing to do. It returns why t cannot be
+// used, or nil. The caller holds cc.mu.
+func (cc *ClientConn) install(t *transport) error {
+	why := t.c.closeErr()
+	if why == nil {
+		t.mu.Lock()
+		why = t.goAway
+		t.mu.Unlock()
+	}
+	if why == nil {
+		cc.cur = t
+	}
+	return why
 }
 
 // connect makes a new connection, bounded by ctx and the connect timeout.
@@ -203,12 +225,17 @@ func (cc *ClientConn) reconnectLoop() {
 			}
 			return
 		}
+		if err == nil {
+			if err = cc.install(t); err != nil {
+				go t.close(err) // failed at once: try again
+			}
+		}
 		if err != nil {
 			cc.lastErr = err
 			cc.mu.Unlock()
 			continue
 		}
-		cc.cur, cc.lastErr, cc.reconnect = t, nil, false
+		cc.lastErr, cc.reconnect = nil, false
 		close(cc.ready)
 		cc.ready = make(chan struct{})
 		cc.mu.Unlock()
@@ -246,6 +273,8 @@ func (cc *ClientConn) transport(ctx context.Context, waitForReady bool) (*transp
 		}
 		select {
 		case <-ready:
+		case <-cc.quit:
+			return nil, ErrClientConnClosing
 		case <-ctx.Done():
 			return nil, contextStatus(ctx.Err())
 		}
@@ -557,7 +586,7 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 		return nil, err
 	}
 	if msg == nil {
-		t.c.kick() // a stream's messages may come while nobody polls
+		t.c.resumeReader() // a stream's messages may come while nobody polls
 	}
 	return s, nil
 }

@@ -444,8 +444,20 @@ func (c *conn) release() {
 }
 
 // waitReleased blocks until no goroutine reads the connection any more.
+// It rings the reader's doorbell every millisecond meanwhile: fail's
+// wake-up is lost if it comes between the reader's last look at the
+// connection and its futex wait, whose word the close does not change.
 func (c *conn) waitReleased() {
-	<-c.readerDone
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.readerDone:
+			return
+		case <-tick.C:
+			c.kick()
+		}
+	}
 }
 
 func contextStatus(err error) error { return status.FromContextError(err).Err() }

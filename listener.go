@@ -142,6 +142,9 @@ func (l *Listener) Close() error {
 		close(l.done)
 		l.stopCreds()
 		l.lay.Server.State.Store(pool.StateClosed)
+		// A new knock value, so that an accept about to wait on the old
+		// one returns at once instead of after maxBlock.
+		l.lay.Knock.Add(1)
 		pool.FutexWake(l.lay.Knock, 1<<30)
 		l.mu.Lock() // wait for Accept to leave the segment
 		defer l.mu.Unlock()

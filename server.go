@@ -167,6 +167,7 @@ func (s *Server) Serve(lis *Listener) error {
 		if s.stopped || s.draining.Load() {
 			s.mu.Unlock()
 			sc.c.fail(errServerStopping)
+			sc.c.endReader() // no reader ever ran: release may go on
 			continue
 		}
 		s.conns[sc] = true
@@ -348,6 +349,12 @@ func (sc *serverConn) goAway(reason string) {
 
 func (sc *serverConn) onClose(err error) {
 	sc.cancel()
+	// A handler running inline holds the reading role until it returns,
+	// which may be never: take the role from it, so that the connection
+	// is released (the handler then finds it closed).
+	if t := sc.inlineSince.Load(); t != 0 && sc.inlineSince.CompareAndSwap(t, 0) {
+		sc.c.endReader()
+	}
 	if sh := sc.srv.opts.stats; sh != nil {
 		defer sh.connEnd(sc.ctx, false)
 	}
@@ -410,12 +417,20 @@ func (sc *serverConn) readRole() {
 // runInline runs st on the reading goroutine and reports whether this
 // goroutine still holds the reading role afterwards.
 func (sc *serverConn) runInline(st *serverStream) bool {
-	start := time.Now().UnixNano()
+	start := monoNow()
 	sc.inlineSince.Store(start)
 	sc.srv.watchInline()
 	st.run()
 	return sc.inlineSince.CompareAndSwap(start, 0)
 }
+
+// monoStart anchors monoNow.
+var monoStart = time.Now()
+
+// monoNow is the monotonic time in ns since monoStart, never 0 (0 means
+// "no inline handler"): a step of the wall clock must not delay the
+// handoff.
+func monoNow() int64 { return int64(time.Since(monoStart)) + 1 }
 
 // handoffAfter is how long a handler may run on the reading goroutine
 // before the monitor passes the reading role to another goroutine. The
@@ -454,7 +469,7 @@ func (s *Server) monitor() {
 // rescueInline reports whether any handler runs inline, after taking the
 // reading role from those that have run for handoffAfter.
 func (s *Server) rescueInline() bool {
-	now := time.Now().UnixNano()
+	now := monoNow()
 	busy := false
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -235,8 +235,10 @@ func (st *serverStream) writeEnd(s *status.Status, msg *outMsg, out *sent) error
 // cancel ends the call from the client's side or the connection's: the
 // handler's context is cancelled and its receives stop.
 func (st *serverStream) cancel(err error) {
-	st.stop()
+	// First, so that a send holding hmu while it waits for the write lock
+	// or ring space gives up, and stop does not hold up the reader.
 	st.cancelCtx(err)
+	st.stop()
 }
 
 // stop marks the stream over for sending and receiving.
@@ -371,11 +373,15 @@ func (st *serverStream) RecvMsg(m any) error {
 	}
 	msg := st.takeMsg()
 	st.mu.Unlock()
+	// The window goes back for every message, also one that fails: a
+	// handler may read on after the error.
 	if msg.err != nil {
+		st.consumed(st.ctx, msg.n)
 		return msg.err
 	}
 	n := msg.buf.Len()
 	if err := st.decode(st.codec, msg.buf, m); err != nil {
+		st.consumed(st.ctx, n)
 		return err
 	}
 	if sh := st.sc.srv.opts.stats; sh != nil {

@@ -17,6 +17,7 @@ import (
 type inMsg struct {
 	buf mem.Buffer
 	err error
+	n   int // with err: the message's length, charged to the window
 }
 
 func (m inMsg) free() {
@@ -265,7 +266,7 @@ func (a *assembler) add(h frame.Header, p []byte, limit int) (inMsg, bool, error
 	}
 	if a.skip {
 		a.skip = false
-		return inMsg{err: status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", a.want, limit)}, true, nil
+		return inMsg{err: status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", a.want, limit), n: a.want}, true, nil
 	}
 	if len(*a.buf) != a.want {
 		return inMsg{}, false, fmt.Errorf("stream %d: message of %d bytes ended after %d", h.Stream, a.want, len(*a.buf))
@@ -288,7 +289,7 @@ func (a *assembler) ref(h frame.Header, buf mem.Buffer, limit int) (inMsg, bool,
 	}
 	if n := buf.Len(); n > limit {
 		buf.Free()
-		return inMsg{err: status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", n, limit)}, true, nil
+		return inMsg{err: status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", n, limit), n: n}, true, nil
 	}
 	return inMsg{buf: buf}, true, nil
 }
