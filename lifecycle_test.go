@@ -26,13 +26,7 @@ import (
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
 )
 
-type lifeGreeter struct{ pb.UnimplementedGreeterServer }
-
-func (lifeGreeter) SayHello(_ context.Context, in *pb.HelloRequest) (*pb.HelloReply, error) {
-	return &pb.HelloReply{Message: "Hello " + in.GetName()}, nil
-}
-
-// lifeServe serves lifeGreeter (and extra services) in this process
+// lifeServe serves echoGreeter (and extra services) in this process
 // under name in a new pool. Serve's result goes to the returned channel.
 func lifeServe(t *testing.T, name string, register func(*Server), lopts []ListenOption, sopts ...ServerOption) (*Server, *Listener, string, chan error) {
 	t.Helper()
@@ -42,7 +36,7 @@ func lifeServe(t *testing.T, name string, register func(*Server), lopts []Listen
 		t.Fatal(err)
 	}
 	srv := NewServer(sopts...)
-	pb.RegisterGreeterServer(srv, lifeGreeter{})
+	pb.RegisterGreeterServer(srv, echoGreeter{})
 	if register != nil {
 		register(srv)
 	}
