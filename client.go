@@ -68,6 +68,12 @@ type transport struct {
 	goAway  error // why no new streams may start, once the server said so
 
 	statsCtx context.Context // the connection's context from the stats handlers' TagConn
+
+	// The server's limit on open streams (0 for none), the streams that
+	// count against it, and a channel closed when one ends (under mu).
+	maxStreams uint32
+	slotsUsed  uint32
+	slotFree   chan struct{}
 }
 
 var _ grpc.ClientConnInterface = (*ClientConn)(nil)
@@ -167,7 +173,7 @@ func (cc *ClientConn) connect(ctx context.Context) (*transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &transport{cc: cc, streams: make(map[uint32]*clientStream), server: server}
+	t := &transport{cc: cc, streams: make(map[uint32]*clientStream), server: server, maxStreams: lay.Server.MaxStreams.Load()}
 	if sh := cc.opts.stats; sh != nil {
 		t.statsCtx = sh.connBegin(context.Background(), true, cc.peerAddr, &Addr{Pool: cc.opts.pool})
 	}
@@ -456,6 +462,7 @@ func (t *transport) onFrame(h frame.Header, p []byte) error {
 			sh.handle(s.ctx, &stats.InTrailer{Client: true, Trailer: fs.MD.Copy(), WireLength: len(p)})
 		}
 		s.finish(st, fs.MD)
+		s.releaseSlot()
 	case frame.TypeWindowUpdate:
 		return s.onWindowUpdate(h.Aux)
 	default:
@@ -553,6 +560,9 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 	}
 	// The headers live in the stream so that encoding them allocates nothing.
 	s := &clientStream{cc: cc, t: t, ctx: ctx, desc: desc, ci: ci, method: method, reqHdr: hdr, begin: begin}
+	if err := s.takeSlot(); err != nil {
+		return nil, s.notStarted(err)
+	}
 	if err := t.c.stage(msg); err != nil {
 		return nil, s.notStarted(err)
 	}
@@ -606,8 +616,57 @@ func (cc *ClientConn) notStarted(ctx context.Context, ci *callInfo, begin time.T
 // notStarted ends a stream the server never saw, with err.
 func (s *clientStream) notStarted(err error) error {
 	s.finish(status.Convert(err), nil)
+	s.releaseSlot()
 	s.done()
 	return err
+}
+
+// takeSlot waits until the server's limit on open streams lets the stream
+// open, or the call's context ends or the connection closes.
+func (s *clientStream) takeSlot() error {
+	t := s.t
+	if t.maxStreams == 0 {
+		return nil
+	}
+	for {
+		t.mu.Lock()
+		if t.slotsUsed < t.maxStreams {
+			t.slotsUsed++
+			t.mu.Unlock()
+			s.holdsSlot.Store(true)
+			return nil
+		}
+		if t.slotFree == nil {
+			t.slotFree = make(chan struct{})
+		}
+		free := t.slotFree
+		t.mu.Unlock()
+		select {
+		case <-free:
+		case <-s.ctx.Done():
+			return contextStatus(s.ctx.Err())
+		case <-t.c.done:
+			return t.c.err
+		}
+	}
+}
+
+// releaseSlot gives back the stream's place under the server's limit, once:
+// when its trailers or the server's CANCEL have been read, or after its
+// own CANCEL has been written (so that the server reads that first).
+func (s *clientStream) releaseSlot() {
+	if !s.holdsSlot.CompareAndSwap(true, false) {
+		return
+	}
+	t := s.t
+	t.mu.Lock()
+	t.slotsUsed--
+	free := t.slotFree
+	t.slotFree = nil
+	t.mu.Unlock()
+	if free != nil {
+		close(free)
+	}
 }
 
 func (t *transport) register(s *clientStream) error {
@@ -658,6 +717,7 @@ type clientStream struct {
 	reqHdr     frame.RequestHeaders // sent once, at the start
 	begin      time.Time            // when the call began, for stats handlers
 	orphaned   atomic.Bool          // in t.orphans
+	holdsSlot  atomic.Bool          // counts against the server's stream limit
 	finishOnce sync.Once
 }
 
@@ -710,6 +770,7 @@ func (s *clientStream) cancel(err error) {
 		c.writeFrame(context.Background(), frame.TypeCancel, 0, s.id, 0, &frame.Status{Code: uint32(st.Code()), Message: msg})
 		c.unlock()
 	}
+	s.releaseSlot()
 	s.done()
 }
 

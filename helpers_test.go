@@ -299,6 +299,9 @@ func runServer() {
 	if os.Getenv("NOTNETS_TEST_BIG") != "" {
 		opts = append(opts, notnets.MaxRecvMsgSize(bigLimit), notnets.MaxSendMsgSize(bigLimit))
 	}
+	if n, err := strconv.Atoi(os.Getenv("NOTNETS_TEST_MAXSTREAMS")); err == nil {
+		opts = append(opts, notnets.MaxConcurrentStreams(uint32(n)))
+	}
 	if os.Getenv("NOTNETS_TEST_STATS") != "" {
 		opts = append(opts, notnets.StatsHandler(serverStats))
 	}

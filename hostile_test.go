@@ -144,3 +144,38 @@ func injectUntilClosed(t *testing.T, cn *conn, inject func(*conn)) {
 	}
 	<-cn.wlock
 }
+
+// TestStreamsBeyondTheLimit opens more streams than the server's
+// MaxConcurrentStreams, as a client that ignores the limit it was told
+// could: the server closes that connection, naming the limit.
+func TestStreamsBeyondTheLimit(t *testing.T) {
+	dir := t.TempDir()
+	lis, err := Listen("limit", WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(MaxConcurrentStreams(1))
+	pb.RegisterGreeterServer(srv, echoGreeter{})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	cc, err := Dial(context.Background(), "limit", WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	cn := cc.conn()
+	injectUntilClosed(t, cn, func(c *conn) {
+		// Two unary calls without their requests: both stay open.
+		for id := uint32(1); id <= 3; id += 2 {
+			rh := frame.RequestHeaders{Method: "/helloworld.Greeter/SayHello"}
+			rec := c.out.Reserve(rh.Size(), byte(frame.TypeHeaders))
+			frame.Put(rec, 0, id, 0)
+			rh.Append(rec[frame.HeaderSize:frame.HeaderSize])
+		}
+		c.out.Publish()
+	})
+	st := status.Convert(cn.closeErr())
+	if want := "stream 3 opened beyond the limit of 1 concurrent streams"; st.Code() != codes.Unavailable || !strings.Contains(st.Message(), want) {
+		t.Errorf("connection closed with %v, want Unavailable naming %q", st, want)
+	}
+}

@@ -87,6 +87,7 @@ type serverOptions struct {
 	liveness    time.Duration
 	authz       authorizer
 	stats       statsHandlers // StatsHandler
+	maxStreams  uint32        // MaxConcurrentStreams; 0 for none
 }
 
 type listenOptions struct {
@@ -268,6 +269,15 @@ func StreamInterceptor(i grpc.StreamServerInterceptor) ServerOption {
 // outermost.
 func ChainStreamInterceptor(is ...grpc.StreamServerInterceptor) ServerOption {
 	return serverFunc(func(o *serverOptions) { o.stream = append(o.stream, is...) })
+}
+
+// MaxConcurrentStreams limits the calls a client may have open at once on
+// one connection, as grpc.MaxConcurrentStreams does: the limit is told to
+// the client when it connects, and its further calls wait for one to end.
+// A client that opens more breaks the protocol and loses the connection.
+// 0, the default, is no limit.
+func MaxConcurrentStreams(n uint32) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.maxStreams = n })
 }
 
 // MaxRecvMsgSize sets the largest request message the server accepts

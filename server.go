@@ -296,6 +296,11 @@ type serverConn struct {
 
 	ready []*serverStream // unary calls whose request is complete; reader only
 
+	// openStreams counts the streams open as the client counts them: from
+	// HEADERS until the server writes TRAILERS or reads a CANCEL
+	// (MaxConcurrentStreams). A handler may run on after that.
+	openStreams atomic.Int64
+
 	denied error // why the peer may not call (PermissionDenied), or nil
 
 	// inlineSince is when the handler running on the reading goroutine
@@ -329,7 +334,8 @@ func newServerConn(s *Server, lis *Listener, a *accepted) *serverConn {
 	sc.c.initHeaps(a.lay.S2CHeap, a.lay.S2CReturns, a.lay.C2SHeap, a.lay.C2SReturns, s.opts.wait.checkViews)
 	sc.c.onFrame = sc.onFrame
 	sc.c.onClose = sc.onClose
-	a.lay.Server.State.Store(pool.StateOpen) // the client may start calls
+	a.lay.Server.MaxStreams.Store(s.opts.maxStreams) // before the state: the client reads it after
+	a.lay.Server.State.Store(pool.StateOpen)         // the client may start calls
 	return sc
 }
 
@@ -521,6 +527,7 @@ func (sc *serverConn) onFrame(h frame.Header, p []byte) error {
 		if err := fs.Decode(p); err != nil {
 			return err
 		}
+		st.closeStream()
 		if _, ok := st.ctx.Deadline(); ok && codes.Code(fs.Code) == codes.DeadlineExceeded {
 			// The handler's own deadline, set from the same timeout, ends
 			// its context as DeadlineExceeded at the same moment.
@@ -568,6 +575,11 @@ func (sc *serverConn) open(h frame.Header, p []byte) error {
 	sc.lastID = h.Stream
 	sc.streams[h.Stream] = st
 	sc.mu.Unlock()
+	if limit := sc.srv.opts.maxStreams; limit > 0 && sc.openStreams.Load() >= int64(limit) {
+		st.cancelCtx(nil)
+		return fmt.Errorf("stream %d opened beyond the limit of %d concurrent streams", h.Stream, limit)
+	}
+	sc.openStreams.Add(1)
 	if sc.denied != nil {
 		// Refused before anything of the server's runs for it.
 		st.err = sc.denied

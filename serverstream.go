@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -37,6 +38,8 @@ type serverStream struct {
 	headerSent bool
 	trailer    metadata.MD
 	finished   bool
+
+	closedOut atomic.Bool // counted out of sc.openStreams (closeStream)
 }
 
 var (
@@ -228,8 +231,20 @@ func (st *serverStream) writeEnd(s *status.Status, msg *outMsg, out *sent) error
 	}
 	if err == nil {
 		out.trailer = &fs
+		st.closeStream() // before unlock publishes the trailers
 	}
 	return err
+}
+
+// closeStream counts the stream out of the connection's open streams,
+// once: when its trailers are written (before they are published), or
+// when the client's CANCEL is read. The client counts it out when it reads
+// the trailers or after it writes the CANCEL, so the server never counts
+// more streams than the client did when it opened one.
+func (st *serverStream) closeStream() {
+	if st.closedOut.CompareAndSwap(false, true) {
+		st.sc.openStreams.Add(-1)
+	}
 }
 
 // cancel ends the call from the client's side or the connection's: the

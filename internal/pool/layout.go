@@ -82,6 +82,7 @@ const (
 	ctlSleeping  = 192
 	ctlRetTail   = 256
 	ctlRetHead   = 320
+	ctlMaxStream = 384
 )
 
 // Control-block states.
@@ -103,6 +104,10 @@ type Control struct {
 	// the one it reads (blocks of its own heap the peer gave back).
 	ReturnTail *atomic.Uint64
 	ReturnHead *atomic.Uint64
+	// MaxStreams is the server's limit on the streams a client may have
+	// open at once, 0 for none; written by the server before it opens the
+	// connection. Unused in the client's control block.
+	MaxStreams *atomic.Uint32
 }
 
 func u32(mem []byte, off int) *atomic.Uint32 { return (*atomic.Uint32)(unsafe.Pointer(&mem[off])) }
@@ -118,6 +123,7 @@ func controlAt(mem []byte, off int) Control {
 
 		ReturnTail: u64(mem, off+ctlRetTail),
 		ReturnHead: u64(mem, off+ctlRetHead),
+		MaxStreams: u32(mem, off+ctlMaxStream),
 	}
 }
 
