@@ -23,7 +23,10 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -312,6 +315,9 @@ func runServer() {
 	desc := testgrpc.TestService_ServiceDesc
 	desc.ServiceName = semanticsService
 	srv.RegisterService(&desc, newSemantics())
+	// The standard services users add to every server.
+	reflection.Register(srv)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	// grpc-go over TCP loopback, for benchmarks that compare.
