@@ -505,8 +505,8 @@ func TestManyConnectionsAndClose(t *testing.T) {
 			t.Errorf("connection %d after another closed: %v", i+1, err)
 		}
 	}
-	if got := srv.command(t, "services"); got != "6" {
-		t.Errorf("server has %s services, want 6 (Greeter, TestService, semantics, raw echo, reflection, health)", got)
+	if got := srv.command(t, "services"); got != "7" {
+		t.Errorf("server has %s services, want 7 (Greeter, TestService, semantics, raw echo, reflection v1 and v1alpha, health)", got)
 	}
 }
 
