@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
@@ -51,6 +52,9 @@ type ClientConn struct {
 	closed    bool
 	quit      chan struct{} // closed by Close: stops reconnecting
 	reconnect bool          // a reconnecting goroutine runs
+	state     connectivity.State
+	stateCh   chan struct{} // closed when state changes
+	retryNow  chan struct{} // ResetConnectBackoff: cut the wait short (capacity 1)
 }
 
 // transport is one connection of a ClientConn and the calls on it.
@@ -130,6 +134,9 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 		streamInt: chainStreamClient(o.stream),
 		ready:     make(chan struct{}),
 		quit:      make(chan struct{}),
+		state:     connectivity.Connecting,
+		stateCh:   make(chan struct{}),
+		retryNow:  make(chan struct{}, 1),
 	}
 	t, err := cc.connect(ctx)
 	if err != nil {
@@ -138,6 +145,7 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 	cc.mu.Lock()
 	if why := cc.install(t); why != nil {
 		cc.lastErr, cc.reconnect = why, true
+		cc.setState(connectivity.TransientFailure)
 		go cc.reconnectLoop()
 	}
 	cc.mu.Unlock()
@@ -157,8 +165,62 @@ func (cc *ClientConn) install(t *transport) error {
 	}
 	if why == nil {
 		cc.cur = t
+		cc.setState(connectivity.Ready)
 	}
 	return why
+}
+
+// setState records a new connectivity state and wakes WaitForStateChange.
+// The caller holds cc.mu.
+func (cc *ClientConn) setState(s connectivity.State) {
+	if cc.state == s {
+		return
+	}
+	cc.state = s
+	close(cc.stateCh)
+	cc.stateCh = make(chan struct{})
+}
+
+// GetState returns the connectivity state: Ready while there is a
+// connection for new calls, Connecting while one is being made,
+// TransientFailure while waiting to try again, Shutdown after Close. A
+// notnets ClientConn is never Idle: it connects at Dial and at once after
+// a loss.
+func (cc *ClientConn) GetState() connectivity.State {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.state
+}
+
+// WaitForStateChange waits until the state differs from source, and
+// reports true, or until ctx ends, and reports false.
+func (cc *ClientConn) WaitForStateChange(ctx context.Context, source connectivity.State) bool {
+	for {
+		cc.mu.Lock()
+		state, ch := cc.state, cc.stateCh
+		cc.mu.Unlock()
+		if state != source {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// Connect does nothing: a notnets ClientConn is never idle. It is here
+// for code written against grpc.ClientConn.
+func (cc *ClientConn) Connect() {}
+
+// ResetConnectBackoff makes a ClientConn that waits to connect again try
+// now.
+func (cc *ClientConn) ResetConnectBackoff() {
+	select {
+	case cc.retryNow <- struct{}{}:
+	default:
+	}
 }
 
 // connect makes a new connection, bounded by ctx and the connect timeout.
@@ -196,6 +258,7 @@ func (cc *ClientConn) lost(t *transport, why error) {
 		return
 	}
 	cc.cur, cc.lastErr = nil, why
+	cc.setState(connectivity.TransientFailure)
 	if !cc.reconnect {
 		cc.reconnect = true
 		go cc.reconnectLoop()
@@ -207,12 +270,21 @@ func (cc *ClientConn) lost(t *transport, why error) {
 func (cc *ClientConn) reconnectLoop() {
 	for retries := 0; ; retries++ {
 		if retries > 0 {
+			wait := time.NewTimer(backoffDelay(cc.opts.backoff, retries-1))
 			select {
-			case <-time.After(backoffDelay(cc.opts.backoff, retries-1)):
+			case <-wait.C:
+			case <-cc.retryNow:
+				wait.Stop()
 			case <-cc.quit:
+				wait.Stop()
 				return
 			}
 		}
+		cc.mu.Lock()
+		if !cc.closed {
+			cc.setState(connectivity.Connecting)
+		}
+		cc.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), cc.opts.connectLimit)
 		go func() {
 			select {
@@ -238,6 +310,7 @@ func (cc *ClientConn) reconnectLoop() {
 		}
 		if err != nil {
 			cc.lastErr = err
+			cc.setState(connectivity.TransientFailure)
 			cc.mu.Unlock()
 			continue
 		}
@@ -299,6 +372,7 @@ func (cc *ClientConn) Close() error {
 		return nil
 	}
 	cc.closed = true
+	cc.setState(connectivity.Shutdown)
 	close(cc.quit)
 	t := cc.cur
 	cc.cur = nil

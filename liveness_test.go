@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
@@ -211,5 +212,44 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 	t.Logf("reconnected %v after the new server started", time.Since(start))
 	if _, err := c.UnaryCall(withMode(ctx, "echo", "4"), &testpb.SimpleRequest{}); err != nil {
 		t.Fatalf("call on the new connection: %v", err)
+	}
+}
+
+// TestConnectivityState follows a ClientConn's state through the loss of
+// its server process, a new server and Close, with WaitForStateChange.
+func TestConnectivityState(t *testing.T) {
+	srv := startServer(t)
+	cc := srv.dial(t)
+	if s := cc.GetState(); s != connectivity.Ready {
+		t.Fatalf("state after Dial = %v, want READY", s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.cmd.Process.Kill()
+	srv.cmd.Wait()
+	if !cc.WaitForStateChange(ctx, connectivity.Ready) {
+		t.Fatal("still READY 10 s after the server was killed")
+	}
+	if s := cc.GetState(); s != connectivity.TransientFailure && s != connectivity.Connecting {
+		t.Errorf("state without a server = %v, want TRANSIENT_FAILURE or CONNECTING", s)
+	}
+	startServerIn(t, srv.pool)
+	cc.ResetConnectBackoff()
+	for s := cc.GetState(); s != connectivity.Ready; s = cc.GetState() {
+		if !cc.WaitForStateChange(ctx, s) {
+			t.Fatalf("not READY 10 s after a new server started (state %v)", s)
+		}
+	}
+	if _, err := semanticsClient(cc).UnaryCall(withMode(ctx, "echo", "1"), &testpb.SimpleRequest{}); err != nil {
+		t.Fatalf("call once READY again: %v", err)
+	}
+	cc.Close()
+	if s := cc.GetState(); s != connectivity.Shutdown {
+		t.Errorf("state after Close = %v, want SHUTDOWN", s)
+	}
+	done, stop := context.WithCancel(context.Background())
+	stop()
+	if cc.WaitForStateChange(done, connectivity.Shutdown) {
+		t.Error("WaitForStateChange from SHUTDOWN reported a change")
 	}
 }
