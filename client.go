@@ -568,7 +568,7 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	}
 	msg, err := prepareMsg(ci.codec, args, ci.maxSend)
 	if err != nil {
-		return err
+		return cc.requestFailed(ctx, method, ci, err)
 	}
 	s, err := cc.start(ctx, method, ci, unaryDesc, &msg)
 	msg.free()
@@ -605,32 +605,24 @@ func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *g
 // start opens a stream and sends its HEADERS frame, followed, for a unary
 // call, by the request with the end-of-stream flag in the same publish.
 func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, desc *grpc.StreamDesc, msg *outMsg) (*clientStream, error) {
-	var begin time.Time
-	sh := cc.opts.stats
-	if sh != nil {
-		begin = time.Now()
-		failFast := !ci.waitForReady
-		ctx = sh.tagRPC(ctx, method, failFast)
-		sh.handle(ctx, &stats.Begin{Client: true, BeginTime: begin, FailFast: failFast, IsClientStream: desc.ClientStreams, IsServerStream: desc.ServerStreams})
+	// As in grpc-go, a call that cannot begin (its context is over, the
+	// ClientConn is closed) reports nothing to stats handlers.
+	if err := cc.canBegin(ctx); err != nil {
+		return nil, cc.notStarted(ctx, ci, time.Time{}, err)
 	}
-	hdr := frame.RequestHeaders{Method: method, ContentSubtype: ci.contentSubtype}
-	if dl, ok := ctx.Deadline(); ok {
-		if hdr.Timeout = time.Until(dl); hdr.Timeout <= 0 {
-			return nil, cc.notStarted(ctx, ci, begin, status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error()))
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, cc.notStarted(ctx, ci, begin, contextStatus(err))
-	}
-	hdr.MD, _ = metadata.FromOutgoingContext(ctx)
+	ctx, begin := cc.beginStats(ctx, method, ci, desc)
 	t, err := cc.transport(ctx, ci.waitForReady)
 	if err != nil {
 		return nil, cc.notStarted(ctx, ci, begin, err)
 	}
-	if len(cc.opts.perRPC) > 0 || ci.creds != nil {
-		if hdr.MD, err = cc.withCredentials(ctx, t, method, ci, hdr.MD); err != nil {
-			return nil, cc.notStarted(ctx, ci, begin, err)
-		}
+	hdr, ctxMD, err := cc.requestHeaders(ctx, t, method, ci)
+	if err != nil {
+		return nil, cc.notStarted(ctx, ci, begin, err)
+	}
+	sh := cc.opts.stats
+	if sh != nil || ci.creds != nil || len(cc.opts.perRPC) > 0 {
+		// The peer is in the call's context from here on, as in grpc-go.
+		ctx = peer.NewContext(ctx, &peer.Peer{Addr: cc.peerAddr, LocalAddr: &Addr{Pool: cc.opts.pool}, AuthInfo: t.server})
 	}
 	// The headers live in the stream so that encoding them allocates nothing.
 	s := &clientStream{cc: cc, t: t, ctx: ctx, desc: desc, ci: ci, method: method, reqHdr: hdr, begin: begin}
@@ -639,6 +631,14 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 	}
 	if err := t.c.stage(msg); err != nil {
 		return nil, s.notStarted(err)
+	}
+	if sh != nil {
+		// Reported as queued, as grpc-go does: never under the write lock,
+		// and before the reply can be read.
+		sh.handle(ctx, &stats.OutHeader{Client: true, Header: ctxMD.Copy(), FullMethod: method, RemoteAddr: cc.peerAddr, LocalAddr: &Addr{Pool: cc.opts.pool}})
+		if msg != nil {
+			sh.outPayload(ctx, true, msg.value, msg.size)
+		}
 	}
 	if err := t.c.lock(ctx); err != nil {
 		return nil, s.notStarted(err)
@@ -659,14 +659,9 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 		s.halfClosed = true
 	}
 	t.c.unlock()
-	if sh != nil {
-		sh.handle(ctx, &stats.OutHeader{Client: true, Header: hdr.MD.Copy(), FullMethod: method, RemoteAddr: cc.peerAddr, LocalAddr: &Addr{Pool: cc.opts.pool}})
-		if msg != nil && err == nil {
-			sh.outPayload(ctx, true, msg.value, msg.size)
-		}
-	}
 	if err != nil {
 		s.cancel(err)
+		s.doneWith(err) // if the stream had already ended, cancel did not
 		return nil, err
 	}
 	if msg == nil {
@@ -675,13 +670,78 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 	return s, nil
 }
 
+// requestFailed ends a unary call whose request could not be marshalled
+// or was over the size limit: as in grpc-go, a call that could begin
+// reports a Begin and an End with err.
+func (cc *ClientConn) requestFailed(ctx context.Context, method string, ci *callInfo, err error) error {
+	if why := cc.canBegin(ctx); why != nil {
+		return cc.notStarted(ctx, ci, time.Time{}, why)
+	}
+	ctx, begin := cc.beginStats(ctx, method, ci, unaryDesc)
+	return cc.notStarted(ctx, ci, begin, err)
+}
+
+// canBegin reports why a call cannot start at all: its context is over,
+// or the ClientConn is closed.
+func (cc *ClientConn) canBegin(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return contextStatus(err)
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= 0 {
+		return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+	}
+	cc.mu.Lock()
+	closed := cc.closed
+	cc.mu.Unlock()
+	if closed {
+		return ErrClientConnClosing
+	}
+	return nil
+}
+
+// beginStats tags the call and reports its Begin to the stats handlers,
+// if any; it returns the tagged context and the begin time.
+func (cc *ClientConn) beginStats(ctx context.Context, method string, ci *callInfo, desc *grpc.StreamDesc) (context.Context, time.Time) {
+	sh := cc.opts.stats
+	if sh == nil {
+		return ctx, time.Time{}
+	}
+	begin := time.Now()
+	failFast := !ci.waitForReady
+	ctx = sh.tagRPC(ctx, method, failFast)
+	sh.handle(ctx, &stats.Begin{Client: true, BeginTime: begin, FailFast: failFast, IsClientStream: desc.ClientStreams, IsServerStream: desc.ServerStreams})
+	return ctx, begin
+}
+
+// requestHeaders builds the HEADERS of a call on t: its metadata with the
+// per-RPC credentials' first, and the time left (measured now, after any
+// wait for a connection). It also returns the context's own metadata,
+// which is what stats handlers see (never the credentials).
+func (cc *ClientConn) requestHeaders(ctx context.Context, t *transport, method string, ci *callInfo) (frame.RequestHeaders, metadata.MD, error) {
+	hdr := frame.RequestHeaders{Method: method, ContentSubtype: ci.contentSubtype}
+	ctxMD, _ := metadata.FromOutgoingContext(ctx)
+	hdr.MD = ctxMD
+	if len(cc.opts.perRPC) > 0 || ci.creds != nil {
+		var err error
+		if hdr.MD, err = cc.withCredentials(ctx, t, method, ci, ctxMD); err != nil {
+			return hdr, nil, err
+		}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		if hdr.Timeout = time.Until(dl); hdr.Timeout <= 0 {
+			return hdr, nil, status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+		}
+	}
+	return hdr, ctxMD, nil
+}
+
 // notStarted ends a call that failed before it had a stream: the call
 // options and stats handlers that want its outcome get err.
 func (cc *ClientConn) notStarted(ctx context.Context, ci *callInfo, begin time.Time, err error) error {
 	for _, f := range ci.onFinish {
 		f(err)
 	}
-	if sh := cc.opts.stats; sh != nil {
+	if sh := cc.opts.stats; sh != nil && !begin.IsZero() {
 		sh.handle(ctx, &stats.End{Client: true, BeginTime: begin, EndTime: time.Now(), Error: err})
 	}
 	return err
@@ -849,7 +909,14 @@ func (s *clientStream) cancel(err error) {
 }
 
 // done runs the call options that want the call's outcome, once.
-func (s *clientStream) done() {
+func (s *clientStream) done() { s.end(nil, true) }
+
+// doneWith is done for a call whose caller gets err (nil for success),
+// which may differ from the stream's status: a reply too large or that
+// failed to decode fails a call the server ended with OK.
+func (s *clientStream) doneWith(err error) { s.end(err, false) }
+
+func (s *clientStream) end(err error, useStatus bool) {
 	s.finishOnce.Do(func() {
 		s.mu.Lock()
 		stop := s.stopWatch
@@ -864,6 +931,9 @@ func (s *clientStream) done() {
 		header, trailer, st := s.header, s.trailer, s.st
 		s.freeAll()
 		s.mu.Unlock()
+		if useStatus {
+			err = st.Err()
+		}
 		for _, h := range s.ci.headers {
 			*h = header
 		}
@@ -874,10 +944,10 @@ func (s *clientStream) done() {
 			*p = peer.Peer{Addr: s.cc.peerAddr, LocalAddr: &Addr{Pool: s.cc.opts.pool}, AuthInfo: s.t.server}
 		}
 		for _, f := range s.ci.onFinish {
-			f(st.Err())
+			f(err)
 		}
 		if sh := s.cc.opts.stats; sh != nil {
-			sh.handle(s.ctx, &stats.End{Client: true, BeginTime: s.begin, EndTime: time.Now(), Trailer: trailer, Error: st.Err()})
+			sh.handle(s.ctx, &stats.End{Client: true, BeginTime: s.begin, EndTime: time.Now(), Trailer: trailer, Error: err})
 		}
 	})
 }
@@ -925,13 +995,13 @@ func (s *clientStream) ready(ready func() bool) bool {
 }
 
 // recvUnary waits for the reply and status of a unary call.
-func (s *clientStream) recvUnary(reply any) error {
+func (s *clientStream) recvUnary(reply any) (err error) {
 	if err := s.wait(func() bool { return s.st != nil }); err != nil {
 		// The reply may have come as the deadline passed: then it stands,
 		// and the cancel does nothing.
 		s.cancel(err)
 	}
-	defer s.done()
+	defer func() { s.doneWith(err) }()
 	s.mu.Lock()
 	st := s.st
 	var m inMsg
@@ -1024,6 +1094,9 @@ func (s *clientStream) SendMsg(m any) error {
 	if err := c.stage(&msg); err != nil {
 		return s.sendFailed(err)
 	}
+	if sh := s.cc.opts.stats; sh != nil {
+		sh.outPayload(s.ctx, true, m, msg.size) // as queued: not under the write lock
+	}
 	if err := c.lock(s.ctx); err != nil {
 		return s.sendFailed(err)
 	}
@@ -1031,9 +1104,6 @@ func (s *clientStream) SendMsg(m any) error {
 	c.unlock()
 	if err != nil {
 		return s.sendFailed(err)
-	}
-	if sh := s.cc.opts.stats; sh != nil {
-		sh.outPayload(s.ctx, true, m, msg.size)
 	}
 	return nil
 }
@@ -1075,26 +1145,27 @@ func (s *clientStream) RecvMsg(m any) error {
 	if len(s.msgs) == 0 {
 		st := s.st
 		s.mu.Unlock()
-		s.done()
-		if st.Code() != codes.OK {
-			return st.Err()
+		err := st.Err()
+		if err == nil && !s.desc.ServerStreams && s.received == 0 {
+			err = status.Error(codes.Internal, "grpc: cardinality violation: expected <Message> received <EOF>")
 		}
-		if !s.desc.ServerStreams && s.received == 0 {
-			return status.Error(codes.Internal, "grpc: cardinality violation: expected <Message> received <EOF>")
+		s.doneWith(err)
+		if err == nil {
+			return io.EOF
 		}
-		return io.EOF
+		return err
 	}
 	msg := s.takeMsg()
 	s.mu.Unlock()
 	if msg.err != nil {
 		s.cancel(msg.err)
-		s.done()
+		s.doneWith(msg.err)
 		return msg.err
 	}
 	n := msg.buf.Len()
 	if err := s.decode(s.ci.codec, msg.buf, m); err != nil {
 		s.cancel(err)
-		s.done()
+		s.doneWith(err)
 		return err
 	}
 	s.received++
@@ -1112,12 +1183,10 @@ func (s *clientStream) RecvMsg(m any) error {
 	s.mu.Lock()
 	st, extra := s.st, len(s.msgs)
 	s.mu.Unlock()
-	s.done()
-	if st.Code() != codes.OK {
-		return st.Err()
+	err = st.Err()
+	if err == nil && extra > 0 {
+		err = status.Error(codes.Internal, "grpc: cardinality violation: expected <EOF> received <Message>")
 	}
-	if extra > 0 {
-		return status.Error(codes.Internal, "grpc: cardinality violation: expected <EOF> received <Message>")
-	}
-	return nil
+	s.doneWith(err)
+	return err
 }

@@ -54,7 +54,7 @@ func TestPerRPCCredentials(t *testing.T) {
 		wantMD   map[string]string
 	}{
 		{"both", tokenCreds{md: map[string]string{"X-Echo-Call": "k"}}, codes.OK, map[string]string{"x-echo-conn": "c", "x-echo-call": "k"}},
-		{"plain error", tokenCreds{err: errors.New("no token")}, codes.Unauthenticated, nil},
+		{"plain error", tokenCreds{err: errors.New("no token")}, codes.Internal, nil}, // Unauthenticated only from the connection's credentials, as in grpc-go
 		{"status error", tokenCreds{err: status.Error(codes.PermissionDenied, "revoked")}, codes.PermissionDenied, nil},
 		{"control-plane code", tokenCreds{err: status.Error(codes.NotFound, "gone")}, codes.Internal, nil},
 	}

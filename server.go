@@ -373,6 +373,7 @@ func (sc *serverConn) onClose(err error) {
 	for _, st := range streams {
 		st.cancel(err)
 		st.dropQueued() // a stream that never ran is never removed
+		st.neverRan(err)
 	}
 	s := sc.srv
 	s.mu.Lock()
@@ -535,12 +536,15 @@ func (sc *serverConn) onFrame(h frame.Header, p []byte) error {
 			if !st.started {
 				sc.remove(st)
 				st.cancelCtx(nil) // it never runs: release its deadline's timer
+				st.neverRan(status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error()))
 			}
 			return nil
 		}
-		st.cancel(status.Error(codes.Code(fs.Code), fs.Message))
+		err := status.Error(codes.Code(fs.Code), fs.Message)
+		st.cancel(err)
 		if !st.started {
 			sc.remove(st) // a unary call cancelled before its request was whole
+			st.neverRan(err)
 		}
 	case frame.TypeWindowUpdate:
 		return st.onWindowUpdate(h.Aux)
@@ -566,6 +570,12 @@ func (sc *serverConn) open(h frame.Header, p []byte) error {
 	if h.Flags&frame.FlagEndStream != 0 {
 		st.closed = true
 	}
+	// Decided before the stream is in the map, where onClose may read it.
+	if sc.denied != nil {
+		st.err = sc.denied // refused before anything of the server's runs for it
+	} else if st.codec, st.err = sc.srv.codecFor(rh.ContentSubtype); st.err == nil {
+		st.info, st.md, st.sd, st.err = sc.srv.lookup(rh.Method)
+	}
 	sc.mu.Lock()
 	if h.Stream <= sc.lastID {
 		sc.mu.Unlock()
@@ -581,11 +591,7 @@ func (sc *serverConn) open(h frame.Header, p []byte) error {
 	}
 	sc.openStreams.Add(1)
 	if sc.denied != nil {
-		// Refused before anything of the server's runs for it.
-		st.err = sc.denied
 		sc.srv.refused.Add(1)
-	} else if st.codec, st.err = sc.srv.codecFor(rh.ContentSubtype); st.err == nil {
-		st.info, st.md, st.sd, st.err = sc.srv.lookup(rh.Method)
 	}
 	if st.md == nil || st.closed {
 		st.started = true

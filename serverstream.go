@@ -39,7 +39,9 @@ type serverStream struct {
 	trailer    metadata.MD
 	finished   bool
 
-	closedOut atomic.Bool // counted out of sc.openStreams (closeStream)
+	closedOut  atomic.Bool // counted out of sc.openStreams (closeStream)
+	statsBegun atomic.Bool // Begin reported (run or neverRan)
+	aborted    atomic.Bool // cancelled: nothing more is sent
 }
 
 var (
@@ -76,7 +78,7 @@ func (st *serverStream) run() {
 	defer st.sc.remove(st)
 	defer st.cancelCtx(nil)
 	sh := st.sc.srv.opts.stats
-	if sh == nil || st.err != nil {
+	if sh == nil || st.err != nil || !st.statsBegun.CompareAndSwap(false, true) {
 		st.serve()
 		return
 	}
@@ -88,6 +90,21 @@ func (st *serverStream) run() {
 	sh.handle(st.ctx, &stats.Begin{BeginTime: begin, IsClientStream: client, IsServerStream: server})
 	err := st.serve()
 	sh.handle(st.ctx, &stats.End{BeginTime: begin, EndTime: time.Now(), Error: err})
+}
+
+// neverRan reports a stream whose handler never ran (a unary call
+// cancelled, or its connection closed, before its request was whole) to
+// the stats handlers as a call that began and ended with err, as grpc-go
+// reports it: their TagRPC had it. Calls of unknown or refused methods
+// get no Begin, as in grpc-go.
+func (st *serverStream) neverRan(err error) {
+	sh := st.sc.srv.opts.stats
+	if sh == nil || st.err != nil || !st.statsBegun.CompareAndSwap(false, true) {
+		return
+	}
+	now := time.Now()
+	sh.handle(st.ctx, &stats.Begin{BeginTime: now, IsClientStream: st.sd != nil && st.sd.ClientStreams, IsServerStream: st.sd != nil && st.sd.ServerStreams})
+	sh.handle(st.ctx, &stats.End{BeginTime: now, EndTime: now, Error: status.Convert(err).Err()})
 }
 
 // serve runs the handler and sends the final status; it returns the
@@ -140,7 +157,7 @@ func (st *serverStream) sendReply(reply any) error {
 // st's status, once.
 func (st *serverStream) finish(s *status.Status, msg *outMsg) error {
 	st.hmu.Lock()
-	if st.finished {
+	if st.finished || st.aborted.Load() {
 		st.hmu.Unlock()
 		return nil
 	}
@@ -250,8 +267,11 @@ func (st *serverStream) closeStream() {
 // cancel ends the call from the client's side or the connection's: the
 // handler's context is cancelled and its receives stop.
 func (st *serverStream) cancel(err error) {
-	// First, so that a send holding hmu while it waits for the write lock
-	// or ring space gives up, and stop does not hold up the reader.
+	// aborted first, so that a handler the cancellation wakes sends
+	// nothing; then the context, so that a send holding hmu while it
+	// waits for the write lock or ring space gives up, and stop does not
+	// hold up the reader.
+	st.aborted.Store(true)
 	st.cancelCtx(err)
 	st.stop()
 }
@@ -347,7 +367,7 @@ func (st *serverStream) SendMsg(m any) error {
 
 // writeMsg is SendMsg's write; the caller holds hmu.
 func (st *serverStream) writeMsg(msg *outMsg, out *sent) error {
-	if st.finished {
+	if st.finished || st.aborted.Load() {
 		return status.Error(codes.Internal, "transport: the stream is done")
 	}
 	c := st.c

@@ -1,8 +1,8 @@
 package notnets
 
-// Review tests for the stats handler, per-RPC credentials and lifecycle
-// changes (1cb4d37..a05d681). Each compares with what grpc-go v1.85 does;
-// every test here fails on a05d681.
+// Stats handler and per-RPC credential behaviour that must match grpc-go
+// v1.85 (each case was checked against grpc-go over TCP by the review
+// that wrote these tests, and failed on notnets before its fix).
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
@@ -115,12 +116,12 @@ func (c staticCreds) GetRequestMetadata(context.Context, ...string) (map[string]
 }
 func (staticCreds) RequireTransportSecurity() bool { return false }
 
-// TestReview2UnaryEndReportsLocalFailure: the server answers OK, but the
+// TestUnaryEndReportsLocalFailure: the server answers OK, but the
 // client cannot take the reply (larger than MaxCallRecvMsgSize). The call
 // fails with ResourceExhausted; grpc-go's End (and OnFinish) carry that
 // error (RecvMsg -> cs.finish(err)). notnets reports the server's OK:
 // recvUnary returns m.err, and its deferred done() reports s.st.
-func TestReview2UnaryEndReportsLocalFailure(t *testing.T) {
+func TestUnaryEndReportsLocalFailure(t *testing.T) {
 	_, dir := r2Serve(t, "r2end", echoGreeter{})
 	rec := &r2Stats{}
 	cc := r2Dial(t, "r2end", dir, WithStatsHandler(rec))
@@ -141,11 +142,11 @@ func TestReview2UnaryEndReportsLocalFailure(t *testing.T) {
 	}
 }
 
-// TestReview2UnaryRequestTooLargeGetsBeginEnd: a unary request over
+// TestUnaryRequestTooLargeGetsBeginEnd: a unary request over
 // MaxCallSendMsgSize. grpc-go reports Begin, OutHeader, End(err) and calls
 // OnFinish (invoke: newClientStream, then SendMsg fails -> cs.finish).
 // notnets's invoke fails in prepareMsg before start: no event at all.
-func TestReview2UnaryRequestTooLargeGetsBeginEnd(t *testing.T) {
+func TestUnaryRequestTooLargeGetsBeginEnd(t *testing.T) {
 	_, dir := r2Serve(t, "r2big", echoGreeter{})
 	rec := &r2Stats{}
 	cc := r2Dial(t, "r2big", dir, WithStatsHandler(rec))
@@ -163,12 +164,12 @@ func TestReview2UnaryRequestTooLargeGetsBeginEnd(t *testing.T) {
 	}
 }
 
-// TestReview2OutHeaderWithoutCredentials: grpc-go's client OutHeader
+// TestOutHeaderWithoutCredentials: grpc-go's client OutHeader
 // carries the outgoing context's metadata (plus user-agent), never the
 // per-RPC credentials' tokens (those are added to the HPACK fields only).
 // notnets reports hdr.MD after withCredentials, so a logging or tracing
 // stats handler sees (and may export) bearer tokens.
-func TestReview2OutHeaderWithoutCredentials(t *testing.T) {
+func TestOutHeaderWithoutCredentials(t *testing.T) {
 	_, dir := r2Serve(t, "r2hdr", echoGreeter{})
 	rec := &r2Stats{}
 	cc := r2Dial(t, "r2hdr", dir, WithStatsHandler(rec),
@@ -186,11 +187,11 @@ func TestReview2OutHeaderWithoutCredentials(t *testing.T) {
 	}
 }
 
-// TestReview2CallCredentialsPlainError: grpc-go turns a non-status error
+// TestCallCredentialsPlainError: grpc-go turns a non-status error
 // from call credentials (grpc.PerRPCCredentials) into Internal
 // (http2_client.go getCallAuthData), and only the dial option's into
 // Unauthenticated (getTrAuthData). creds.go uses Unauthenticated for both.
-func TestReview2CallCredentialsPlainError(t *testing.T) {
+func TestCallCredentialsPlainError(t *testing.T) {
 	_, dir := r2Serve(t, "r2cerr", echoGreeter{})
 	cc := r2Dial(t, "r2cerr", dir)
 	_, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{},
@@ -200,11 +201,11 @@ func TestReview2CallCredentialsPlainError(t *testing.T) {
 	}
 }
 
-// TestReview2CredentialsBeforeContextMetadata: grpc-go writes the
+// TestCredentialsBeforeContextMetadata: grpc-go writes the
 // credentials' fields before the outgoing context's metadata
 // (createHeaderFields), so a server reading md.Get("authorization")[0]
 // gets the credentials' token. notnets appends the credentials after.
-func TestReview2CredentialsBeforeContextMetadata(t *testing.T) {
+func TestCredentialsBeforeContextMetadata(t *testing.T) {
 	_, dir := r2Serve(t, "r2order", mdGreeter{})
 	cc := r2Dial(t, "r2order", dir, WithPerRPCCredentials(staticCreds{md: map[string]string{"authorization": "creds"}}))
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "ctx")
@@ -217,14 +218,14 @@ func TestReview2CredentialsBeforeContextMetadata(t *testing.T) {
 	}
 }
 
-// TestReview2ServerEndForUnaryCancelledEarly: a unary method's stream is
+// TestServerEndForUnaryCancelledEarly: a unary method's stream is
 // opened (HEADERS only, as through NewStream, or a request still being
 // written) and cancelled before the request is whole. The server's stats
 // handler got TagRPC and InHeader (serverConn.open) but never Begin or
 // End: run never runs (onFrame CANCEL: !st.started -> remove). grpc-go
 // runs the handler at HEADERS: InHeader, Begin, End(Canceled). A tracing
 // handler's span started in TagRPC is never ended.
-func TestReview2ServerEndForUnaryCancelledEarly(t *testing.T) {
+func TestServerEndForUnaryCancelledEarly(t *testing.T) {
 	rec := &r2Stats{}
 	srv, dir := r2Serve(t, "r2srv", echoGreeter{}, StatsHandler(rec))
 	cc := r2Dial(t, "r2srv", dir)
@@ -254,10 +255,10 @@ func TestReview2ServerEndForUnaryCancelledEarly(t *testing.T) {
 	}
 }
 
-// TestReview2NoBeginForCancelledContext: grpc-go starts no attempt (no
+// TestNoBeginForCancelledContext: grpc-go starts no attempt (no
 // TagRPC, Begin or End) for a call whose context is already over
 // (newAttemptLocked). notnets reports Begin and End(Canceled).
-func TestReview2NoBeginForCancelledContext(t *testing.T) {
+func TestNoBeginForCancelledContext(t *testing.T) {
 	_, dir := r2Serve(t, "r2ctx", echoGreeter{})
 	rec := &r2Stats{}
 	cc := r2Dial(t, "r2ctx", dir, WithStatsHandler(rec))
@@ -294,7 +295,7 @@ func (b *blockInHeader) HandleRPC(_ context.Context, s stats.RPCStats) {
 	}
 }
 
-// TestReview2UnaryEndAfterEarlyTrailers: the server ends a unary call
+// TestUnaryEndAfterEarlyTrailers: the server ends a unary call
 // (TRAILERS, as for a refused or unknown method) while the client is
 // still writing a request larger than the ring, and the caller then
 // gives up (ctx cancelled). start's write error path calls s.cancel,
@@ -303,7 +304,7 @@ func (b *blockInHeader) HandleRPC(_ context.Context, s stats.RPCStats) {
 // stats End never fire for this call, and no CANCEL goes out. The same
 // happens when the connection closes during the write (onClose finishes
 // the stream first). grpc-go calls OnFinish and End once for every call.
-func TestReview2UnaryEndAfterEarlyTrailers(t *testing.T) {
+func TestUnaryEndAfterEarlyTrailers(t *testing.T) {
 	blk := &blockInHeader{entered: make(chan struct{}), release: make(chan struct{})}
 	srv, dir := r2Serve(t, "r2early", echoGreeter{}, StatsHandler(blk))
 	defer close(blk.release)
@@ -360,7 +361,7 @@ func TestReview2UnaryEndAfterEarlyTrailers(t *testing.T) {
 }
 
 // slowOutHeader is a stats handler that takes its time over the client's
-// OutHeader: it returns once ordered has seen InTrailer, or after 2 s.
+// OutHeader: it returns once ordered has seen InTrailer, or after 300 ms.
 type slowOutHeader struct{ ordered *r2Stats }
 
 func (h slowOutHeader) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
@@ -372,13 +373,13 @@ func (h slowOutHeader) HandleRPC(_ context.Context, s stats.RPCStats) {
 	if _, ok := s.(*stats.OutHeader); !ok {
 		return
 	}
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(300 * time.Millisecond)
 	for h.ordered.count("InTrailer") == 0 && time.Now().Before(deadline) {
 		runtime.Gosched()
 	}
 }
 
-// TestReview2ClientOutEventsBeforeInEvents: start publishes HEADERS and the
+// TestClientOutEventsBeforeInEvents: start publishes HEADERS and the
 // request, unlocks, and only then reports OutHeader and OutPayload; the
 // connection's reader may meanwhile read the reply and report InHeader and
 // InTrailer. A stats handler then sees the reply before the request (the
@@ -387,7 +388,7 @@ func (h slowOutHeader) HandleRPC(_ context.Context, s stats.RPCStats) {
 // in NewStream, before the request message is handed to the transport, so
 // for a known method no reply event can precede it. Here a slow first
 // handler (one that exports synchronously, say) makes it certain.
-func TestReview2ClientOutEventsBeforeInEvents(t *testing.T) {
+func TestClientOutEventsBeforeInEvents(t *testing.T) {
 	_, dir := r2Serve(t, "r2order2", echoGreeter{})
 	rec := &r2Stats{}
 	cc := r2Dial(t, "r2order2", dir, WithStatsHandler(slowOutHeader{rec}), WithStatsHandler(rec))
@@ -397,5 +398,36 @@ func TestReview2ClientOutEventsBeforeInEvents(t *testing.T) {
 	ev := strings.Fields(rec.String())
 	if len(ev) < 3 || ev[1] != "OutHeader" {
 		t.Errorf("client events %q: the reply's events come before OutHeader", ev)
+	}
+}
+
+// peerSeen records, per client event, whether its context has the peer.
+type peerSeen struct{ r2Stats }
+
+func (h *peerSeen) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	_, ok := peer.FromContext(ctx)
+	h.r2Stats.HandleRPC(ctx, s)
+	h.mu.Lock()
+	h.events[len(h.events)-1] += fmt.Sprintf("(peer=%v)", ok)
+	h.mu.Unlock()
+}
+
+// TestClientStatsContextHasPeer: grpc-go's client events after
+// Begin get the transport stream's context, which carries the peer
+// (http2Client.NewStream: peer.NewContext); otelgrpc reads it on
+// OutHeader for the server address attributes. notnets passes the
+// TagRPC context, without the peer.
+func TestClientStatsContextHasPeer(t *testing.T) {
+	_, dir := r2Serve(t, "r2peer", echoGreeter{})
+	rec := &peerSeen{}
+	cc := r2Dial(t, "r2peer", dir, WithStatsHandler(rec))
+	if _, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range strings.Fields(rec.String()) {
+		if !strings.HasPrefix(ev, "Begin") && strings.HasSuffix(ev, "(peer=false)") {
+			t.Errorf("client events %s: no peer in the context after Begin (grpc-go has it)", rec.String())
+			break
+		}
 	}
 }
