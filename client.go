@@ -378,7 +378,18 @@ func (cc *ClientConn) Close() error {
 	cc.cur = nil
 	cc.mu.Unlock()
 	if t != nil {
+		t.mu.Lock()
+		streams := make([]*clientStream, 0, len(t.streams))
+		for _, s := range t.streams {
+			streams = append(streams, s)
+		}
+		t.mu.Unlock()
 		t.close(ErrClientConnClosing)
+		// As in grpc-go, closing finishes the calls: their OnFinish and
+		// stats End run now, even for streams nobody reads again.
+		for _, s := range streams {
+			s.done()
+		}
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
@@ -204,5 +205,28 @@ func TestStatsHandlers(t *testing.T) {
 	}
 	if got := srv.command(t, "stats 1"); got != "ConnEnd" {
 		t.Errorf("server events at close %q, want ConnEnd", got)
+	}
+}
+
+// TestCloseEndsOpenStreams closes a ClientConn with a stream open that
+// nobody reads: as in grpc-go, its OnFinish and stats End run at Close.
+func TestCloseEndsOpenStreams(t *testing.T) {
+	srv := startServer(t)
+	rec := newStatsRecorder(true)
+	cc := srv.dial(t, notnets.WithStatsHandler(rec))
+	var finished error
+	stream, err := semanticsClient(cc).FullDuplexCall(context.Background(), grpc.OnFinish(func(err error) { finished = err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&testpb.StreamingOutputCallRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	cc.Close()
+	if got := rec.take(6); !strings.HasSuffix(got, "End(Canceled) ConnEnd") && !strings.HasSuffix(got, "ConnEnd End(Canceled)") {
+		t.Errorf("events %q, want the stream's End(Canceled) at Close", got)
+	}
+	if status.Code(finished) != codes.Canceled {
+		t.Errorf("OnFinish got %v, want Canceled", finished)
 	}
 }
