@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
@@ -529,7 +528,7 @@ func (sc *serverConn) onFrame(h frame.Header, p []byte) error {
 			return err
 		}
 		st.closeStream()
-		if _, ok := st.ctx.Deadline(); ok && codes.Code(fs.Code) == codes.DeadlineExceeded {
+		if st.hasDeadline && codes.Code(fs.Code) == codes.DeadlineExceeded {
 			// The handler's own deadline, set from the same timeout, ends
 			// its context as DeadlineExceeded at the same moment.
 			st.stop()
@@ -563,9 +562,11 @@ func (sc *serverConn) open(h frame.Header, p []byte) error {
 	st := &serverStream{sc: sc, method: rh.Method}
 	st.init(h.Stream, sc.c, sc.srv.opts.maxRecvSize, sc.srv.opts.window)
 	st.ctx, st.cancelCtx = newServerContext(sc.ctx, &rh, st)
-	if sh := sc.srv.opts.stats; sh != nil {
-		st.ctx = sh.tagRPC(st.ctx, rh.Method, false)
-		sh.handle(st.ctx, &stats.InHeader{FullMethod: rh.Method, RemoteAddr: sc.peer.Addr, LocalAddr: sc.peer.LocalAddr, Header: rh.MD.Copy(), WireLength: len(p)})
+	st.hasDeadline = rh.Timeout > 0
+	if sc.srv.opts.stats != nil {
+		// For InHeader, which the stats handlers get on the call's
+		// goroutine, not on this one (startStats).
+		st.reqMD, st.reqLen = rh.MD, len(p)
 	}
 	if h.Flags&frame.FlagEndStream != 0 {
 		st.closed = true

@@ -40,8 +40,13 @@ type serverStream struct {
 	finished   bool
 
 	closedOut  atomic.Bool // counted out of sc.openStreams (closeStream)
-	statsBegun atomic.Bool // Begin reported (run or neverRan)
-	aborted    atomic.Bool // cancelled: nothing more is sent
+	statsBegun atomic.Bool // stats begun (startStats: by run or neverRan)
+	reqMD      metadata.MD // the request headers, for InHeader
+	reqLen     int
+	// hasDeadline: the client sent a timeout. Read by the reader, which
+	// must not read ctx (run replaces it with the stats handlers' one).
+	hasDeadline bool
+	aborted     atomic.Bool // cancelled: nothing more is sent
 }
 
 var (
@@ -78,7 +83,7 @@ func (st *serverStream) run() {
 	defer st.sc.remove(st)
 	defer st.cancelCtx(nil)
 	sh := st.sc.srv.opts.stats
-	if sh == nil || st.err != nil || !st.statsBegun.CompareAndSwap(false, true) {
+	if sh == nil || !st.startStats() || st.err != nil {
 		st.serve()
 		return
 	}
@@ -99,12 +104,27 @@ func (st *serverStream) run() {
 // get no Begin, as in grpc-go.
 func (st *serverStream) neverRan(err error) {
 	sh := st.sc.srv.opts.stats
-	if sh == nil || st.err != nil || !st.statsBegun.CompareAndSwap(false, true) {
+	if sh == nil || !st.startStats() || st.err != nil {
 		return
 	}
 	now := time.Now()
 	sh.handle(st.ctx, &stats.Begin{BeginTime: now, IsClientStream: st.sd != nil && st.sd.ClientStreams, IsServerStream: st.sd != nil && st.sd.ServerStreams})
 	sh.handle(st.ctx, &stats.End{BeginTime: now, EndTime: now, Error: status.Convert(err).Err()})
+}
+
+// startStats tags the call and reports its InHeader to the stats
+// handlers, once: on the goroutine that runs the call (grpc-go's order,
+// and a slow handler does not hold up the connection's reader), or in
+// neverRan. It reports whether it did; st.ctx is the tagged context then.
+func (st *serverStream) startStats() bool {
+	sh := st.sc.srv.opts.stats
+	if !st.statsBegun.CompareAndSwap(false, true) {
+		return false
+	}
+	sc := st.sc
+	st.ctx = sh.tagRPC(st.ctx, st.method, false)
+	sh.handle(st.ctx, &stats.InHeader{FullMethod: st.method, RemoteAddr: sc.peer.Addr, LocalAddr: sc.peer.LocalAddr, Header: st.reqMD.Copy(), WireLength: st.reqLen})
+	return true
 }
 
 // serve runs the handler and sends the final status; it returns the

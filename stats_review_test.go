@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,7 +234,16 @@ func TestServerEndForUnaryCancelledEarly(t *testing.T) {
 	if _, err := cc.NewStream(ctx, &grpc.StreamDesc{}, "/helloworld.Greeter/SayHello"); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "server sees the stream", func() bool { return rec.count("InHeader") == 1 })
+	waitUntil(t, 10*time.Second, "server sees the stream", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		for sc := range srv.conns {
+			if sc.active() == 1 {
+				return true
+			}
+		}
+		return false
+	})
 	cancel()
 	waitUntil(t, 10*time.Second, "server drops the stream", func() bool {
 		srv.mu.Lock()
@@ -272,29 +282,6 @@ func TestNoBeginForCancelledContext(t *testing.T) {
 	}
 }
 
-// blockInHeader is a server stats handler whose first InHeader blocks
-// (on the server's reading goroutine, which holds the connection's
-// pollMu) until release is closed.
-type blockInHeader struct {
-	once    sync.Once
-	entered chan struct{}
-	release chan struct{}
-}
-
-func (b *blockInHeader) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
-func (b *blockInHeader) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
-	return ctx
-}
-func (b *blockInHeader) HandleConn(context.Context, stats.ConnStats) {}
-func (b *blockInHeader) HandleRPC(_ context.Context, s stats.RPCStats) {
-	if _, ok := s.(*stats.InHeader); ok {
-		b.once.Do(func() {
-			close(b.entered)
-			<-b.release
-		})
-	}
-}
-
 // TestUnaryEndAfterEarlyTrailers: the server ends a unary call
 // (TRAILERS, as for a refused or unknown method) while the client is
 // still writing a request larger than the ring, and the caller then
@@ -305,11 +292,21 @@ func (b *blockInHeader) HandleRPC(_ context.Context, s stats.RPCStats) {
 // happens when the connection closes during the write (onClose finishes
 // the stream first). grpc-go calls OnFinish and End once for every call.
 func TestUnaryEndAfterEarlyTrailers(t *testing.T) {
-	blk := &blockInHeader{entered: make(chan struct{}), release: make(chan struct{})}
-	srv, dir := r2Serve(t, "r2early", echoGreeter{}, StatsHandler(blk))
-	defer close(blk.release)
+	srv, dir := r2Serve(t, "r2early", echoGreeter{})
 	rec := &r2Stats{}
 	cc := r2Dial(t, "r2early", dir, WithRingSize(4096), WithArenaSize(0), WithStatsHandler(rec))
+	// The server's reader stops reading: holding its poll lock.
+	var sc *serverConn
+	waitUntil(t, 10*time.Second, "the server has the connection", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		for c := range srv.conns {
+			sc = c
+		}
+		return sc != nil
+	})
+	sc.c.pollMu.Lock()
+	defer sc.c.pollMu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
 	var mu sync.Mutex
 	finished := 0
@@ -319,18 +316,11 @@ func TestUnaryEndAfterEarlyTrailers(t *testing.T) {
 			grpc.OnFinish(func(error) { mu.Lock(); finished++; mu.Unlock() }))
 		callErr <- err
 	}()
-	<-blk.entered // the server's reader has read HEADERS and reads no more
 	waitUntil(t, 10*time.Second, "the request's write waits for ring space", func() bool {
 		return anyStack("(*conn).reserve", "(*conn).writeData")
 	})
 	// The server ends the call (status only), as it does for a call it
 	// refuses at once.
-	var sc *serverConn
-	srv.mu.Lock()
-	for c := range srv.conns {
-		sc = c
-	}
-	srv.mu.Unlock()
 	if err := sc.c.lock(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -429,5 +419,48 @@ func TestClientStatsContextHasPeer(t *testing.T) {
 			t.Errorf("client events %s: no peer in the context after Begin (grpc-go has it)", rec.String())
 			break
 		}
+	}
+}
+
+// blockFirstTag is a server stats handler whose first TagRPC blocks until
+// release is closed.
+type blockFirstTag struct {
+	r2Stats
+	first   atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockFirstTag) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
+	if b.first.CompareAndSwap(false, true) {
+		close(b.entered)
+		<-b.release
+	}
+	return ctx
+}
+
+// TestSlowStatsHandlerHoldsUpOnlyItsCall: the server's stats handlers get
+// a call's TagRPC and InHeader on the goroutine that runs it, as in
+// grpc-go, so a slow one holds up that call only, not the connection's
+// reader and the other calls on it.
+func TestSlowStatsHandlerHoldsUpOnlyItsCall(t *testing.T) {
+	blk := &blockFirstTag{entered: make(chan struct{}), release: make(chan struct{})}
+	_, dir := r2Serve(t, "r2slow", echoGreeter{}, StatsHandler(blk))
+	cc := r2Dial(t, "r2slow", dir)
+	c := pb.NewGreeterClient(cc)
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.SayHello(context.Background(), &pb.HelloRequest{Name: "first"})
+		first <- err
+	}()
+	<-blk.entered
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.SayHello(ctx, &pb.HelloRequest{Name: "second"}); err != nil {
+		t.Errorf("a call while another's stats handler blocks: %v", err)
+	}
+	close(blk.release)
+	if err := <-first; err != nil {
+		t.Errorf("the held call: %v", err)
 	}
 }
