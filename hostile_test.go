@@ -22,15 +22,7 @@ type echoGreeter struct{ pb.UnimplementedGreeterServer }
 // serveGreeter serves echoGreeter under name in a new pool in this process
 // until the test ends, and returns the pool.
 func serveGreeter(t *testing.T, name string) string {
-	dir := t.TempDir()
-	lis, err := Listen(name, WithPool(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := NewServer()
-	pb.RegisterGreeterServer(srv, echoGreeter{})
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
+	_, dir := serveInProcess(t, name, echoGreeter{})
 	return dir
 }
 
@@ -149,21 +141,8 @@ func injectUntilClosed(t *testing.T, cn *conn, inject func(*conn)) {
 // MaxConcurrentStreams, as a client that ignores the limit it was told
 // could: the server closes that connection, naming the limit.
 func TestStreamsBeyondTheLimit(t *testing.T) {
-	dir := t.TempDir()
-	lis, err := Listen("limit", WithPool(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := NewServer(MaxConcurrentStreams(1))
-	pb.RegisterGreeterServer(srv, echoGreeter{})
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	cc, err := Dial(context.Background(), "limit", WithPool(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	cn := cc.conn()
+	_, dir := serveInProcess(t, "limit", echoGreeter{}, MaxConcurrentStreams(1))
+	cn := dialInProcess(t, "limit", dir).conn()
 	injectUntilClosed(t, cn, func(c *conn) {
 		// Two unary calls without their requests: both stay open.
 		for id := uint32(1); id <= 3; id += 2 {

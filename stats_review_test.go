@@ -79,8 +79,8 @@ func (mdGreeter) SayHello(ctx context.Context, _ *pb.HelloRequest) (*pb.HelloRep
 	return &pb.HelloReply{Message: strings.Join(md.Get("authorization"), ",")}, nil
 }
 
-// r2Serve serves g under name in a new pool until the test ends.
-func r2Serve(t *testing.T, name string, g pb.GreeterServer, sopts ...ServerOption) (*Server, string) {
+// serveInProcess serves g under name in a new pool until the test ends.
+func serveInProcess(t *testing.T, name string, g pb.GreeterServer, sopts ...ServerOption) (*Server, string) {
 	t.Helper()
 	dir := t.TempDir()
 	lis, err := Listen(name, WithPool(dir))
@@ -94,7 +94,7 @@ func r2Serve(t *testing.T, name string, g pb.GreeterServer, sopts ...ServerOptio
 	return srv, dir
 }
 
-func r2Dial(t *testing.T, name, dir string, opts ...DialOption) *ClientConn {
+func dialInProcess(t *testing.T, name, dir string, opts ...DialOption) *ClientConn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -123,9 +123,9 @@ func (staticCreds) RequireTransportSecurity() bool { return false }
 // error (RecvMsg -> cs.finish(err)). notnets reports the server's OK:
 // recvUnary returns m.err, and its deferred done() reports s.st.
 func TestUnaryEndReportsLocalFailure(t *testing.T) {
-	_, dir := r2Serve(t, "r2end", echoGreeter{})
+	_, dir := serveInProcess(t, "r2end", echoGreeter{})
 	rec := &r2Stats{}
-	cc := r2Dial(t, "r2end", dir, WithStatsHandler(rec))
+	cc := dialInProcess(t, "r2end", dir, WithStatsHandler(rec))
 	var finished error = errors.New("OnFinish not called")
 	_, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{Name: "a long enough name"},
 		grpc.MaxCallRecvMsgSize(4), grpc.OnFinish(func(err error) { finished = err }))
@@ -148,9 +148,9 @@ func TestUnaryEndReportsLocalFailure(t *testing.T) {
 // OnFinish (invoke: newClientStream, then SendMsg fails -> cs.finish).
 // notnets's invoke fails in prepareMsg before start: no event at all.
 func TestUnaryRequestTooLargeGetsBeginEnd(t *testing.T) {
-	_, dir := r2Serve(t, "r2big", echoGreeter{})
+	_, dir := serveInProcess(t, "r2big", echoGreeter{})
 	rec := &r2Stats{}
-	cc := r2Dial(t, "r2big", dir, WithStatsHandler(rec))
+	cc := dialInProcess(t, "r2big", dir, WithStatsHandler(rec))
 	called := false
 	_, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{Name: "a long enough name"},
 		grpc.MaxCallSendMsgSize(4), grpc.OnFinish(func(error) { called = true }))
@@ -171,9 +171,9 @@ func TestUnaryRequestTooLargeGetsBeginEnd(t *testing.T) {
 // notnets reports hdr.MD after withCredentials, so a logging or tracing
 // stats handler sees (and may export) bearer tokens.
 func TestOutHeaderWithoutCredentials(t *testing.T) {
-	_, dir := r2Serve(t, "r2hdr", echoGreeter{})
+	_, dir := serveInProcess(t, "r2hdr", echoGreeter{})
 	rec := &r2Stats{}
-	cc := r2Dial(t, "r2hdr", dir, WithStatsHandler(rec),
+	cc := dialInProcess(t, "r2hdr", dir, WithStatsHandler(rec),
 		WithPerRPCCredentials(staticCreds{md: map[string]string{"authorization": "Bearer secret"}}))
 	if _, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{}); err != nil {
 		t.Fatal(err)
@@ -193,8 +193,8 @@ func TestOutHeaderWithoutCredentials(t *testing.T) {
 // (http2_client.go getCallAuthData), and only the dial option's into
 // Unauthenticated (getTrAuthData). creds.go uses Unauthenticated for both.
 func TestCallCredentialsPlainError(t *testing.T) {
-	_, dir := r2Serve(t, "r2cerr", echoGreeter{})
-	cc := r2Dial(t, "r2cerr", dir)
+	_, dir := serveInProcess(t, "r2cerr", echoGreeter{})
+	cc := dialInProcess(t, "r2cerr", dir)
 	_, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{},
 		grpc.PerRPCCredentials(staticCreds{err: errors.New("no token")}))
 	if status.Code(err) != codes.Internal {
@@ -207,8 +207,8 @@ func TestCallCredentialsPlainError(t *testing.T) {
 // (createHeaderFields), so a server reading md.Get("authorization")[0]
 // gets the credentials' token. notnets appends the credentials after.
 func TestCredentialsBeforeContextMetadata(t *testing.T) {
-	_, dir := r2Serve(t, "r2order", mdGreeter{})
-	cc := r2Dial(t, "r2order", dir, WithPerRPCCredentials(staticCreds{md: map[string]string{"authorization": "creds"}}))
+	_, dir := serveInProcess(t, "r2order", mdGreeter{})
+	cc := dialInProcess(t, "r2order", dir, WithPerRPCCredentials(staticCreds{md: map[string]string{"authorization": "creds"}}))
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "ctx")
 	r, err := pb.NewGreeterClient(cc).SayHello(ctx, &pb.HelloRequest{})
 	if err != nil {
@@ -228,8 +228,8 @@ func TestCredentialsBeforeContextMetadata(t *testing.T) {
 // handler's span started in TagRPC is never ended.
 func TestServerEndForUnaryCancelledEarly(t *testing.T) {
 	rec := &r2Stats{}
-	srv, dir := r2Serve(t, "r2srv", echoGreeter{}, StatsHandler(rec))
-	cc := r2Dial(t, "r2srv", dir)
+	srv, dir := serveInProcess(t, "r2srv", echoGreeter{}, StatsHandler(rec))
+	cc := dialInProcess(t, "r2srv", dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	if _, err := cc.NewStream(ctx, &grpc.StreamDesc{}, "/helloworld.Greeter/SayHello"); err != nil {
 		t.Fatal(err)
@@ -269,9 +269,9 @@ func TestServerEndForUnaryCancelledEarly(t *testing.T) {
 // TagRPC, Begin or End) for a call whose context is already over
 // (newAttemptLocked). notnets reports Begin and End(Canceled).
 func TestNoBeginForCancelledContext(t *testing.T) {
-	_, dir := r2Serve(t, "r2ctx", echoGreeter{})
+	_, dir := serveInProcess(t, "r2ctx", echoGreeter{})
 	rec := &r2Stats{}
-	cc := r2Dial(t, "r2ctx", dir, WithStatsHandler(rec))
+	cc := dialInProcess(t, "r2ctx", dir, WithStatsHandler(rec))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := pb.NewGreeterClient(cc).SayHello(ctx, &pb.HelloRequest{}); status.Code(err) != codes.Canceled {
@@ -292,9 +292,9 @@ func TestNoBeginForCancelledContext(t *testing.T) {
 // happens when the connection closes during the write (onClose finishes
 // the stream first). grpc-go calls OnFinish and End once for every call.
 func TestUnaryEndAfterEarlyTrailers(t *testing.T) {
-	srv, dir := r2Serve(t, "r2early", echoGreeter{})
+	srv, dir := serveInProcess(t, "r2early", echoGreeter{})
 	rec := &r2Stats{}
-	cc := r2Dial(t, "r2early", dir, WithRingSize(4096), WithArenaSize(0), WithStatsHandler(rec))
+	cc := dialInProcess(t, "r2early", dir, WithRingSize(4096), WithArenaSize(0), WithStatsHandler(rec))
 	// The server's reader stops reading: holding its poll lock.
 	var sc *serverConn
 	waitUntil(t, 10*time.Second, "the server has the connection", func() bool {
@@ -379,9 +379,9 @@ func (h slowOutHeader) HandleRPC(_ context.Context, s stats.RPCStats) {
 // for a known method no reply event can precede it. Here a slow first
 // handler (one that exports synchronously, say) makes it certain.
 func TestClientOutEventsBeforeInEvents(t *testing.T) {
-	_, dir := r2Serve(t, "r2order2", echoGreeter{})
+	_, dir := serveInProcess(t, "r2order2", echoGreeter{})
 	rec := &r2Stats{}
-	cc := r2Dial(t, "r2order2", dir, WithStatsHandler(slowOutHeader{rec}), WithStatsHandler(rec))
+	cc := dialInProcess(t, "r2order2", dir, WithStatsHandler(slowOutHeader{rec}), WithStatsHandler(rec))
 	if _, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{}); err != nil {
 		t.Fatal(err)
 	}
@@ -408,9 +408,9 @@ func (h *peerSeen) HandleRPC(ctx context.Context, s stats.RPCStats) {
 // OutHeader for the server address attributes. notnets passes the
 // TagRPC context, without the peer.
 func TestClientStatsContextHasPeer(t *testing.T) {
-	_, dir := r2Serve(t, "r2peer", echoGreeter{})
+	_, dir := serveInProcess(t, "r2peer", echoGreeter{})
 	rec := &peerSeen{}
-	cc := r2Dial(t, "r2peer", dir, WithStatsHandler(rec))
+	cc := dialInProcess(t, "r2peer", dir, WithStatsHandler(rec))
 	if _, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{}); err != nil {
 		t.Fatal(err)
 	}
@@ -445,8 +445,8 @@ func (b *blockFirstTag) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context
 // reader and the other calls on it.
 func TestSlowStatsHandlerHoldsUpOnlyItsCall(t *testing.T) {
 	blk := &blockFirstTag{entered: make(chan struct{}), release: make(chan struct{})}
-	_, dir := r2Serve(t, "r2slow", echoGreeter{}, StatsHandler(blk))
-	cc := r2Dial(t, "r2slow", dir)
+	_, dir := serveInProcess(t, "r2slow", echoGreeter{}, StatsHandler(blk))
+	cc := dialInProcess(t, "r2slow", dir)
 	c := pb.NewGreeterClient(cc)
 	first := make(chan error, 1)
 	go func() {
