@@ -2,6 +2,7 @@ package notnets
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -66,10 +67,11 @@ type transport struct {
 	orphans []*clientStream
 	dropped bool // the connection has closed: orphans are dropped at once
 
-	mu      sync.Mutex
-	streams map[uint32]*clientStream
-	lastID  uint32
-	goAway  error // why no new streams may start, once the server said so
+	mu        sync.Mutex
+	streams   map[uint32]*clientStream
+	lastID    uint32
+	goAway    error         // why no new streams may start, once the server said so
+	goingAway chan struct{} // closed with goAway set
 
 	statsCtx context.Context // the connection's context from the stats handlers' TagConn
 
@@ -157,17 +159,23 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 // was installed, when lost had nothing to do. It returns why t cannot be
 // used, or nil. The caller holds cc.mu.
 func (cc *ClientConn) install(t *transport) error {
-	why := t.c.closeErr()
-	if why == nil {
-		t.mu.Lock()
-		why = t.goAway
-		t.mu.Unlock()
-	}
+	why := t.deadReason()
 	if why == nil {
 		cc.cur = t
 		cc.setState(connectivity.Ready)
 	}
 	return why
+}
+
+// deadReason reports why t takes no new calls (it failed, or the server
+// said GOAWAY), or nil.
+func (t *transport) deadReason() error {
+	if err := t.c.closeErr(); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.goAway
 }
 
 // setState records a new connectivity state and wakes WaitForStateChange.
@@ -204,6 +212,8 @@ func (cc *ClientConn) WaitForStateChange(ctx context.Context, source connectivit
 		}
 		select {
 		case <-ch:
+			// Changed, even if it has changed back since (as grpc-go).
+			return true
 		case <-ctx.Done():
 			return false
 		}
@@ -217,6 +227,11 @@ func (cc *ClientConn) Connect() {}
 // ResetConnectBackoff makes a ClientConn that waits to connect again try
 // now.
 func (cc *ClientConn) ResetConnectBackoff() {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if !cc.reconnect {
+		return // nothing waits: a token now would cut a later wait short
+	}
 	select {
 	case cc.retryNow <- struct{}{}:
 	default:
@@ -235,7 +250,7 @@ func (cc *ClientConn) connect(ctx context.Context) (*transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &transport{cc: cc, streams: make(map[uint32]*clientStream), server: server, maxStreams: lay.Server.MaxStreams.Load()}
+	t := &transport{cc: cc, streams: make(map[uint32]*clientStream), server: server, maxStreams: lay.Server.MaxStreams.Load(), goingAway: make(chan struct{})}
 	if sh := cc.opts.stats; sh != nil {
 		t.statsCtx = sh.connBegin(context.Background(), true, cc.peerAddr, &Addr{Pool: cc.opts.pool})
 	}
@@ -275,6 +290,7 @@ func (cc *ClientConn) reconnectLoop() {
 			case <-wait.C:
 			case <-cc.retryNow:
 				wait.Stop()
+				retries = 0 // the next waits start again from the base delay
 			case <-cc.quit:
 				wait.Stop()
 				return
@@ -345,7 +361,25 @@ func (cc *ClientConn) transport(ctx context.Context, waitForReady bool) (*transp
 			return nil, ErrClientConnClosing
 		}
 		if t != nil {
-			return t, nil
+			// One that failed or was told to go away is about to be
+			// replaced (lost): not for new calls.
+			if dead := t.deadReason(); dead == nil {
+				return t, nil
+			} else {
+				t, why = nil, dead
+			}
+			if waitForReady {
+				// Until lost replaces it, wait a little rather than spin.
+				select {
+				case <-ready:
+				case <-time.After(time.Millisecond):
+				case <-cc.quit:
+					return nil, ErrClientConnClosing
+				case <-ctx.Done():
+					return nil, contextStatus(ctx.Err())
+				}
+				continue
+			}
 		}
 		if !waitForReady {
 			return nil, status.Convert(why).Err()
@@ -493,7 +527,10 @@ func (t *transport) onFrame(h frame.Header, p []byte) error {
 	if h.Type == frame.TypeGoAway {
 		why := status.Errorf(codes.Unavailable, "notnets: server is going away: %s", *t.c.peerReason.Load())
 		t.mu.Lock()
-		t.goAway = why
+		if t.goAway == nil {
+			t.goAway = why
+			close(t.goingAway)
+		}
 		t.mu.Unlock()
 		t.cc.lost(t, why) // calls in progress go on; new ones need a new connection
 		return nil
@@ -606,7 +643,13 @@ func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *g
 	if err != nil {
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { s.cancel(ctx.Err()) })
+	stop := context.AfterFunc(ctx, func() {
+		s.cancel(ctx.Err())
+		// If the stream had already ended, cancel did not finish the call:
+		// the caller gave up on it, so its OnFinish and End run now (what
+		// it received stays readable).
+		s.end(status.FromContextError(ctx.Err()).Err(), false, true)
+	})
 	s.mu.Lock() // the function may already run, and done reads stopWatch
 	s.stopWatch = stop
 	s.mu.Unlock()
@@ -622,48 +665,98 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 		return nil, cc.notStarted(ctx, ci, time.Time{}, err)
 	}
 	ctx, begin := cc.beginStats(ctx, method, ci, desc)
+	sh := cc.opts.stats
+	reported := false // OutHeader and OutPayload, once even if the call starts again
+	for {
+		s, ctxMD, err := cc.newStream1(ctx, method, ci, desc, msg, begin)
+		if err == errTryAnother {
+			continue // nothing went out on a connection that takes no more calls
+		}
+		if err != nil {
+			return nil, err
+		}
+		if sent, err := s.send(sh, ctxMD, msg, &reported); sent || err != errTryAnother {
+			return s, err
+		}
+	}
+}
+
+// errTryAnother says that a call's connection stopped taking new calls
+// (GOAWAY, or it closed) before anything of the call went out on it: the
+// call starts again on the next connection, as grpc-go's transparent
+// retry does.
+var errTryAnother = errors.New("notnets: try another connection")
+
+// newStream1 picks the connection for a call, builds its headers and
+// waits for a place under the server's stream limit. Errors other than
+// errTryAnother have ended the call.
+func (cc *ClientConn) newStream1(ctx context.Context, method string, ci *callInfo, desc *grpc.StreamDesc, msg *outMsg, begin time.Time) (*clientStream, metadata.MD, error) {
 	t, err := cc.transport(ctx, ci.waitForReady)
 	if err != nil {
-		return nil, cc.notStarted(ctx, ci, begin, err)
+		return nil, nil, cc.notStarted(ctx, ci, begin, err)
 	}
 	hdr, ctxMD, err := cc.requestHeaders(ctx, t, method, ci)
 	if err != nil {
-		return nil, cc.notStarted(ctx, ci, begin, err)
+		return nil, nil, cc.notStarted(ctx, ci, begin, err)
 	}
-	sh := cc.opts.stats
-	if sh != nil || ci.creds != nil || len(cc.opts.perRPC) > 0 {
+	if cc.opts.stats != nil || ci.creds != nil || len(cc.opts.perRPC) > 0 {
 		// The peer is in the call's context from here on, as in grpc-go.
 		ctx = peer.NewContext(ctx, &peer.Peer{Addr: cc.peerAddr, LocalAddr: &Addr{Pool: cc.opts.pool}, AuthInfo: t.server})
 	}
 	// The headers live in the stream so that encoding them allocates nothing.
 	s := &clientStream{cc: cc, t: t, ctx: ctx, desc: desc, ci: ci, method: method, reqHdr: hdr, begin: begin}
 	if err := s.takeSlot(); err != nil {
-		return nil, s.notStarted(err)
+		if err == errTryAnother {
+			return nil, nil, err
+		}
+		return nil, nil, s.notStarted(err)
 	}
 	if err := t.c.stage(msg); err != nil {
-		return nil, s.notStarted(err)
+		return nil, nil, s.notStarted(err)
 	}
-	if sh != nil {
+	return s, ctxMD, nil
+}
+
+// send writes the call's HEADERS and, for a unary call, its request. It
+// reports whether anything went out; errTryAnother (nothing did) means the
+// call is to start again on another connection.
+func (s *clientStream) send(sh statsHandlers, ctxMD metadata.MD, msg *outMsg, reported *bool) (bool, error) {
+	t, ctx, cc := s.t, s.ctx, s.cc
+	if sh != nil && !*reported {
 		// Reported as queued, as grpc-go does: never under the write lock,
-		// and before the reply can be read.
-		sh.handle(ctx, &stats.OutHeader{Client: true, Header: ctxMD.Copy(), FullMethod: method, RemoteAddr: cc.peerAddr, LocalAddr: &Addr{Pool: cc.opts.pool}})
+		// before the reply can be read, and once for the call.
+		*reported = true
+		sh.handle(ctx, &stats.OutHeader{Client: true, Header: ctxMD.Copy(), FullMethod: s.method, RemoteAddr: cc.peerAddr, LocalAddr: &Addr{Pool: cc.opts.pool}})
 		if msg != nil {
 			sh.outPayload(ctx, true, msg.value, msg.size)
 		}
 	}
 	if err := t.c.lock(ctx); err != nil {
-		return nil, s.notStarted(err)
+		return false, s.notStarted(err)
 	}
 	// Ids are taken under the write lock, so they reach the server in order.
 	if err := t.register(s); err != nil {
 		t.c.unlock()
-		return nil, s.notStarted(err)
+		if err == errTryAnother {
+			s.releaseSlot()
+			msg.unstage()
+			return false, err
+		}
+		return false, s.notStarted(err)
+	}
+	// The time left now, after any wait for a connection or a place.
+	if dl, ok := ctx.Deadline(); ok {
+		if s.reqHdr.Timeout = time.Until(dl); s.reqHdr.Timeout <= 0 {
+			t.c.unlock()
+			return false, s.notStarted(status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error()))
+		}
 	}
 	if err := t.c.writeFrame(ctx, frame.TypeHeaders, 0, s.id, 0, &s.reqHdr); err != nil {
 		t.c.unlock()
 		// The server never saw the stream: end it here without a CANCEL.
-		return nil, s.notStarted(err)
+		return true, s.notStarted(err)
 	}
+	var err error
 	if msg != nil {
 		s.quota -= msg.size
 		err = t.c.writeMsg(ctx, s.id, frame.FlagEndStream, msg)
@@ -673,12 +766,12 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 	if err != nil {
 		s.cancel(err)
 		s.doneWith(err) // if the stream had already ended, cancel did not
-		return nil, err
+		return true, err
 	}
 	if msg == nil {
 		t.c.resumeReader() // a stream's messages may come while nobody polls
 	}
-	return s, nil
+	return true, nil
 }
 
 // requestFailed ends a unary call whose request could not be marshalled
@@ -791,7 +884,9 @@ func (s *clientStream) takeSlot() error {
 		case <-s.ctx.Done():
 			return contextStatus(s.ctx.Err())
 		case <-t.c.done:
-			return t.c.err
+			return errTryAnother
+		case <-t.goingAway:
+			return errTryAnother
 		}
 	}
 }
@@ -817,11 +912,8 @@ func (s *clientStream) releaseSlot() {
 func (t *transport) register(s *clientStream) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if err := t.c.closeErr(); err != nil {
-		return err
-	}
-	if t.goAway != nil {
-		return t.goAway
+	if t.c.closeErr() != nil || t.goAway != nil {
+		return errTryAnother
 	}
 	if t.lastID == 1<<32-1 {
 		return status.Error(codes.Unavailable, "notnets: stream ids exhausted on this connection")
@@ -920,14 +1012,21 @@ func (s *clientStream) cancel(err error) {
 }
 
 // done runs the call options that want the call's outcome, once.
-func (s *clientStream) done() { s.end(nil, true) }
+func (s *clientStream) done() { s.end(nil, true, false) }
 
 // doneWith is done for a call whose caller gets err (nil for success),
 // which may differ from the stream's status: a reply too large or that
 // failed to decode fails a call the server ended with OK.
-func (s *clientStream) doneWith(err error) { s.end(err, false) }
+func (s *clientStream) doneWith(err error) { s.end(err, false, false) }
 
-func (s *clientStream) end(err error, useStatus bool) {
+// end runs the call's OnFinish options and stats End once. Unless keep is
+// set, it also lets go of the messages nobody read; with keep (the caller
+// gave up on a stream that had already ended) they stay readable, and the
+// connection frees them at close if nobody reads them (orphan).
+func (s *clientStream) end(err error, useStatus, keep bool) {
+	if !keep {
+		defer s.settle()
+	}
 	s.finishOnce.Do(func() {
 		s.mu.Lock()
 		stop := s.stopWatch
@@ -935,12 +1034,8 @@ func (s *clientStream) end(err error, useStatus bool) {
 		if stop != nil {
 			stop()
 		}
-		if s.orphaned.Load() {
-			s.t.unorphan(s)
-		}
 		s.mu.Lock()
 		header, trailer, st := s.header, s.trailer, s.st
-		s.freeAll()
 		s.mu.Unlock()
 		if useStatus {
 			err = st.Err()
@@ -961,6 +1056,17 @@ func (s *clientStream) end(err error, useStatus bool) {
 			sh.handle(s.ctx, &stats.End{Client: true, BeginTime: s.begin, EndTime: time.Now(), Trailer: trailer, Error: err})
 		}
 	})
+}
+
+// settle frees the messages nobody will read and forgets the stream as an
+// orphan: the call is over for its caller.
+func (s *clientStream) settle() {
+	if s.orphaned.Load() {
+		s.t.unorphan(s)
+	}
+	s.mu.Lock()
+	s.freeAll()
+	s.mu.Unlock()
 }
 
 // wait blocks until ready (called with s.mu held) holds or the call's

@@ -41,6 +41,15 @@ func (m *outMsg) free() {
 	if m.bytes != nil {
 		m.bytes.Free()
 	}
+	m.unstage()
+}
+
+// unstage gives back the block a message was staged in (stage), so that
+// it can go on another connection. m may be nil.
+func (m *outMsg) unstage() {
+	if m == nil {
+		return
+	}
 	if c := m.staged; c != nil {
 		m.staged = nil
 		c.freeBlock(m.stagedOff)

@@ -83,10 +83,19 @@ func (st *serverStream) run() {
 	defer st.sc.remove(st)
 	defer st.cancelCtx(nil)
 	sh := st.sc.srv.opts.stats
-	if sh == nil || !st.startStats() || st.err != nil {
+	if sh == nil {
 		st.serve()
 		return
 	}
+	ctx, ok := st.startStats()
+	if !ok || st.err != nil {
+		if ok {
+			st.ctx = ctx
+		}
+		st.serve()
+		return
+	}
+	st.ctx = ctx // on this goroutine, before the handler sees it
 	begin := time.Now()
 	client, server := false, false
 	if sd := st.sd; sd != nil {
@@ -104,27 +113,31 @@ func (st *serverStream) run() {
 // get no Begin, as in grpc-go.
 func (st *serverStream) neverRan(err error) {
 	sh := st.sc.srv.opts.stats
-	if sh == nil || !st.startStats() || st.err != nil {
+	if sh == nil {
+		return
+	}
+	ctx, ok := st.startStats()
+	if !ok || st.err != nil {
 		return
 	}
 	now := time.Now()
-	sh.handle(st.ctx, &stats.Begin{BeginTime: now, IsClientStream: st.sd != nil && st.sd.ClientStreams, IsServerStream: st.sd != nil && st.sd.ServerStreams})
-	sh.handle(st.ctx, &stats.End{BeginTime: now, EndTime: now, Error: status.Convert(err).Err()})
+	sh.handle(ctx, &stats.Begin{BeginTime: now, IsClientStream: st.sd != nil && st.sd.ClientStreams, IsServerStream: st.sd != nil && st.sd.ServerStreams})
+	sh.handle(ctx, &stats.End{BeginTime: now, EndTime: now, Error: status.Convert(err).Err()})
 }
 
 // startStats tags the call and reports its InHeader to the stats
 // handlers, once: on the goroutine that runs the call (grpc-go's order,
 // and a slow handler does not hold up the connection's reader), or in
-// neverRan. It reports whether it did; st.ctx is the tagged context then.
-func (st *serverStream) startStats() bool {
-	sh := st.sc.srv.opts.stats
+// neverRan. It returns the tagged context and whether it did; it never
+// writes st.ctx, which a run that lost the race may be reading.
+func (st *serverStream) startStats() (context.Context, bool) {
 	if !st.statsBegun.CompareAndSwap(false, true) {
-		return false
+		return nil, false
 	}
-	sc := st.sc
-	st.ctx = sh.tagRPC(st.ctx, st.method, false)
-	sh.handle(st.ctx, &stats.InHeader{FullMethod: st.method, RemoteAddr: sc.peer.Addr, LocalAddr: sc.peer.LocalAddr, Header: st.reqMD.Copy(), WireLength: st.reqLen})
-	return true
+	sh, sc := st.sc.srv.opts.stats, st.sc
+	ctx := sh.tagRPC(st.ctx, st.method, false)
+	sh.handle(ctx, &stats.InHeader{FullMethod: st.method, RemoteAddr: sc.peer.Addr, LocalAddr: sc.peer.LocalAddr, Header: st.reqMD.Copy(), WireLength: st.reqLen})
+	return ctx, true
 }
 
 // serve runs the handler and sends the final status; it returns the
