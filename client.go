@@ -360,32 +360,23 @@ func (cc *ClientConn) transport(ctx context.Context, waitForReady bool) (*transp
 		if closed {
 			return nil, ErrClientConnClosing
 		}
+		// A connection that failed or was told to go away takes no new
+		// calls; lost is about to clear it. Until then, look again every
+		// millisecond rather than spin.
+		var recheck <-chan time.Time
 		if t != nil {
-			// One that failed or was told to go away is about to be
-			// replaced (lost): not for new calls.
-			if dead := t.deadReason(); dead == nil {
+			dead := t.deadReason()
+			if dead == nil {
 				return t, nil
-			} else {
-				t, why = nil, dead
 			}
-			if waitForReady {
-				// Until lost replaces it, wait a little rather than spin.
-				select {
-				case <-ready:
-				case <-time.After(time.Millisecond):
-				case <-cc.quit:
-					return nil, ErrClientConnClosing
-				case <-ctx.Done():
-					return nil, contextStatus(ctx.Err())
-				}
-				continue
-			}
+			why, recheck = dead, time.After(time.Millisecond)
 		}
 		if !waitForReady {
 			return nil, status.Convert(why).Err()
 		}
 		select {
 		case <-ready:
+		case <-recheck:
 		case <-cc.quit:
 			return nil, ErrClientConnClosing
 		case <-ctx.Done():
@@ -668,15 +659,19 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 	sh := cc.opts.stats
 	reported := false // OutHeader and OutPayload, once even if the call starts again
 	for {
-		s, ctxMD, err := cc.newStream1(ctx, method, ci, desc, msg, begin)
+		s, ctxMD, err := cc.prepareStream(ctx, method, ci, desc, msg, begin)
 		if err == errTryAnother {
 			continue // nothing went out on a connection that takes no more calls
 		}
 		if err != nil {
 			return nil, err
 		}
-		if sent, err := s.send(sh, ctxMD, msg, &reported); sent || err != errTryAnother {
-			return s, err
+		sent, err := s.send(sh, ctxMD, msg, &reported)
+		switch {
+		case err == nil:
+			return s, nil
+		case sent || err != errTryAnother:
+			return nil, err
 		}
 	}
 }
@@ -687,10 +682,10 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 // retry does.
 var errTryAnother = errors.New("notnets: try another connection")
 
-// newStream1 picks the connection for a call, builds its headers and
+// prepareStream picks the connection for a call, builds its headers and
 // waits for a place under the server's stream limit. Errors other than
 // errTryAnother have ended the call.
-func (cc *ClientConn) newStream1(ctx context.Context, method string, ci *callInfo, desc *grpc.StreamDesc, msg *outMsg, begin time.Time) (*clientStream, metadata.MD, error) {
+func (cc *ClientConn) prepareStream(ctx context.Context, method string, ci *callInfo, desc *grpc.StreamDesc, msg *outMsg, begin time.Time) (*clientStream, metadata.MD, error) {
 	t, err := cc.transport(ctx, ci.waitForReady)
 	if err != nil {
 		return nil, nil, cc.notStarted(ctx, ci, begin, err)
