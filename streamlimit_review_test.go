@@ -126,18 +126,6 @@ func rv3Serve(t *testing.T, name, dir string, sopts ...ServerOption) (*Server, s
 	return srv, dir
 }
 
-func rv3Dial(t *testing.T, name, dir string, opts ...DialOption) *ClientConn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cc, err := Dial(ctx, name, append([]DialOption{WithPool(dir)}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return cc
-}
-
 // TestStreamLimitStress runs every way a call can end, from many
 // goroutines, against a server that allows one or two open streams: the client
 // never trips T11 (the connection survives, every call gets the status
@@ -150,7 +138,7 @@ func TestStreamLimitStress(t *testing.T) {
 
 func rv3Stress(t *testing.T, limit uint32) {
 	srv, dir := rv3Serve(t, "rv3limit", "", MaxConcurrentStreams(limit))
-	cc := rv3Dial(t, "rv3limit", dir)
+	cc := dialInProcess(t, "rv3limit", dir)
 	cn := cc.conn()
 	c := testgrpc.NewTestServiceClient(cc)
 	bg := context.Background()
@@ -360,7 +348,7 @@ func (p *rv3StateProbe) Done() <-chan struct{} {
 // channel is closed.
 func TestWaitForStateChangeSeesAFlip(t *testing.T) {
 	_, dir := rv3Serve(t, "rv3state", "")
-	cc := rv3Dial(t, "rv3state", dir)
+	cc := dialInProcess(t, "rv3state", dir)
 	base, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	p := &rv3StateProbe{Context: base, waits: make(chan struct{}, 8)}
@@ -390,7 +378,7 @@ func TestWaitForStateChangeSeesAFlip(t *testing.T) {
 // grpc-go's reset affects only a wait in progress (and the backoff index).
 func TestResetBackoffWhileReadyLeavesNoToken(t *testing.T) {
 	_, dir := rv3Serve(t, "rv3reset", "")
-	cc := rv3Dial(t, "rv3reset", dir)
+	cc := dialInProcess(t, "rv3reset", dir)
 	cc.ResetConnectBackoff()
 	if n := len(cc.retryNow); n != 0 {
 		t.Errorf("ResetConnectBackoff while READY left %d pending retry token(s) for a later reconnectLoop", n)
@@ -407,7 +395,7 @@ func TestResetBackoffWhileReadyLeavesNoToken(t *testing.T) {
 // (errStreamDrain) and retries them transparently on the new transport.
 func TestSlotWaiterMovesOnAfterGoAway(t *testing.T) {
 	srv1, dir := rv3Serve(t, "rv3goaway", "", MaxConcurrentStreams(1))
-	cc := rv3Dial(t, "rv3goaway", dir, WithBackoff(backoff.Config{BaseDelay: time.Millisecond, Multiplier: 1, MaxDelay: time.Millisecond}))
+	cc := dialInProcess(t, "rv3goaway", dir, WithBackoff(backoff.Config{BaseDelay: time.Millisecond, Multiplier: 1, MaxDelay: time.Millisecond}))
 
 	// A holds the only place.
 	actx, acancel := context.WithCancel(rv3With(context.Background(), "block"))
@@ -455,7 +443,7 @@ func TestSlotWaiterMovesOnAfterGoAway(t *testing.T) {
 // ctx.Done in both cases.
 func TestEndWhenCancelledAfterTrailers(t *testing.T) {
 	_, dir := rv3Serve(t, "rv3end", "")
-	cc := rv3Dial(t, "rv3end", dir)
+	cc := dialInProcess(t, "rv3end", dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	finished := make(chan error, 1)
@@ -498,7 +486,7 @@ func (rv3NopStats) HandleRPC(context.Context, stats.RPCStats)                   
 func TestServerStatsCloseRace(t *testing.T) {
 	_, dir := rv3Serve(t, "rv3ctxrace", "", StatsHandler(rv3NopStats{}))
 	for range 200 {
-		cc := rv3Dial(t, "rv3ctxrace", dir)
+		cc := dialInProcess(t, "rv3ctxrace", dir)
 		for range 4 {
 			testgrpc.NewTestServiceClient(cc).FullDuplexCall(context.Background())
 		}
@@ -515,7 +503,7 @@ func TestServerStatsCloseRace(t *testing.T) {
 // handler runs on after the client gave up.
 func TestTimeoutMeasuredAfterSlotWait(t *testing.T) {
 	_, dir := rv3Serve(t, "rv3timeout", "", MaxConcurrentStreams(1))
-	cc := rv3Dial(t, "rv3timeout", dir)
+	cc := dialInProcess(t, "rv3timeout", dir)
 	actx, acancel := context.WithCancel(context.Background())
 	defer acancel()
 	if _, err := testgrpc.NewTestServiceClient(cc).FullDuplexCall(actx); err != nil {
