@@ -24,6 +24,7 @@ import (
 	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
+	"github.com/notnets/notnets/internal/transport"
 )
 
 // bytesEchoDesc is a service whose Echo returns its request, a Bytes.
@@ -91,9 +92,9 @@ func echoBytes(cc *ClientConn, in, out *Bytes) error {
 
 // heldPages returns how many pages of the peer's heap c holds.
 func heldPages(c *conn) int {
-	c.viewMu.Lock()
-	defer c.viewMu.Unlock()
-	return c.held.Count()
+	c.ViewMu().Lock()
+	defer c.ViewMu().Unlock()
+	return c.Held().Count()
 }
 
 // TestHostileReferences sends broken MESSAGE_REF frames from a client, and
@@ -102,10 +103,10 @@ func TestHostileReferences(t *testing.T) {
 	_, dir := serveBytesEcho(t, "refs")
 	refFrame := func(flags frame.Flags, stream, aux uint32, payload []byte) func(*conn) {
 		return func(c *conn) {
-			rec := c.out.Reserve(len(payload), byte(frame.TypeMessageRef))
+			rec := c.Out().Reserve(len(payload), byte(frame.TypeMessageRef))
 			frame.Put(rec, flags, stream, aux)
 			copy(rec[frame.HeaderSize:], payload)
-			c.out.Publish()
+			c.Out().Publish()
 		}
 	}
 	ref := func(off, n uint64) []byte { return arena.Ref{Offset: off, Length: n}.Append(nil) }
@@ -124,9 +125,9 @@ func TestHostileReferences(t *testing.T) {
 		{"length differs from the frame's", refFrame(0, 1, 99, ref(0, 100)), "says the message has 99"},
 		{"referenced twice", both(refFrame(0, 1, 100, ref(0, 100)), refFrame(0, 1, 100, ref(0, 8192))), "referenced twice"},
 		{"in a fragmented message", func(c *conn) {
-			rec := c.out.Reserve(10, byte(frame.TypeMessage))
+			rec := c.Out().Reserve(10, byte(frame.TypeMessage))
 			frame.Put(rec, frame.FlagMore, 1, 20)
-			c.out.Publish()
+			c.Out().Publish()
 			refFrame(0, 1, 100, ref(0, 100))(c)
 		}, "in the middle of a fragmented message"},
 	}
@@ -140,7 +141,7 @@ func TestHostileReferences(t *testing.T) {
 			}
 			cn := cc.conn()
 			injectUntilClosed(t, cn, tc.inject)
-			st := status.Convert(cn.closeErr())
+			st := status.Convert(cn.CloseErr())
 			if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "protocol violation") || !strings.Contains(st.Message(), tc.want) {
 				t.Errorf("connection closed with %v, want Unavailable naming a protocol violation with %q", st, tc.want)
 			}
@@ -164,14 +165,14 @@ func TestHostileReturns(t *testing.T) {
 		want   string
 	}{
 		{"block never lent", func(c *conn) {
-			c.returns.Drain(func(uint32) error { return nil }) // in step with the server
+			c.Returns().Drain(func(uint32) error { return nil }) // in step with the server
 			q := returnsRegion(c)
-			i := 4 * int(c.peer.ReturnTail.Load()%uint64(len(c.heaps.ownMem)/arena.MinBlock))
+			i := 4 * int(c.PeerCtl().ReturnTail.Load()%uint64(len(c.OwnMem())/arena.MinBlock))
 			q[i], q[i+1], q[i+2], q[i+3] = 200, 0, 0, 0 // page 200, never allocated
-			c.peer.ReturnTail.Store(c.peer.ReturnTail.Load() + 1)
+			c.PeerCtl().ReturnTail.Store(c.PeerCtl().ReturnTail.Load() + 1)
 		}, "not allocated"},
 		{"tail beyond the queue", func(c *conn) {
-			c.peer.ReturnTail.Store(c.peer.ReturnTail.Load() + 1<<20)
+			c.PeerCtl().ReturnTail.Store(c.PeerCtl().ReturnTail.Load() + 1<<20)
 		}, "outside"},
 	}
 	for _, tc := range tests {
@@ -184,20 +185,20 @@ func TestHostileReturns(t *testing.T) {
 			out.Free()
 			c := cc.conn()
 			writableAsPeer(t, c, true)
-			c.heapMu.Lock()
+			c.HeapMu().Lock()
 			tc.inject(c)
-			c.heapMu.Unlock()
+			c.HeapMu().Unlock()
 			// The next allocation finds the bad return. The call itself may
 			// still go through the ring; the connection closes just after.
 			if echoBytes(cc, NewBytes(make([]byte, 20000)), &out) == nil {
 				out.Free()
 			}
 			select {
-			case <-c.done:
+			case <-c.Done():
 			case <-time.After(10 * time.Second):
 				t.Fatal("the connection did not close within 10 s of the bad return")
 			}
-			if st := status.Convert(c.closeErr()); st.Code() != codes.Internal || !strings.Contains(st.Message(), tc.want) {
+			if st := status.Convert(c.CloseErr()); st.Code() != codes.Internal || !strings.Contains(st.Message(), tc.want) {
 				t.Errorf("connection closed with %v, want Internal containing %q", st, tc.want)
 			}
 		})
@@ -213,9 +214,9 @@ func TestHostileReturnsToServer(t *testing.T) {
 	cc := dialT(t, "sreturns", dir)
 	c := cc.conn()
 	// The client hands back page 300 of the server's heap, never lent.
-	c.viewMu.Lock()
-	err := c.giveBack.Push(300)
-	c.viewMu.Unlock()
+	c.ViewMu().Lock()
+	err := c.GiveBack().Push(300)
+	c.ViewMu().Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,11 +227,11 @@ func TestHostileReturnsToServer(t *testing.T) {
 		out.Free()
 	}
 	select {
-	case <-c.done:
+	case <-c.Done():
 	case <-ctx.Done():
 		t.Fatal("the server did not close the connection within 10 s")
 	}
-	if st := status.Convert(c.closeErr()); !strings.Contains(st.Message(), "not allocated") {
+	if st := status.Convert(c.CloseErr()); !strings.Contains(st.Message(), "not allocated") {
 		t.Errorf("connection closed with %v, want the server's reason (block not allocated)", st)
 	}
 	if err := echoBytes(healthy, NewBytes(make([]byte, 20000)), &out); err != nil {
@@ -243,11 +244,11 @@ func TestHostileReturnsToServer(t *testing.T) {
 // (c is a client connection when client is true), so that a test can play
 // a broken peer from this side.
 func writableAsPeer(t *testing.T, c *conn, client bool) {
-	lay, err := pool.MapConn(c.seg.Mem, ring.CheckCap)
+	lay, err := pool.MapConn(c.Seg().Mem, ring.CheckCap)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range lay.PeerRegions(c.seg.Mem, client) {
+	for _, r := range lay.PeerRegions(c.Seg().Mem, client) {
 		if err := unix.Mprotect(r, unix.PROT_READ|unix.PROT_WRITE); err != nil {
 			t.Fatal(err)
 		}
@@ -257,7 +258,7 @@ func writableAsPeer(t *testing.T, c *conn, client bool) {
 // returnsRegion returns the bytes of the queue in which the server hands
 // back blocks of c's heap (a client conn).
 func returnsRegion(c *conn) []byte {
-	lay, err := pool.MapConn(c.seg.Mem, ring.CheckCap)
+	lay, err := pool.MapConn(c.Seg().Mem, ring.CheckCap)
 	if err != nil {
 		panic(err)
 	}
@@ -327,10 +328,10 @@ func TestViewsOutliveTheConnection(t *testing.T) {
 	}
 	blk := cc.Alloc(100 << 10) // an allocation the user holds
 	c := cc.conn()
-	base := uintptr(unsafe.Pointer(&c.seg.Mem[0]))
+	base := uintptr(unsafe.Pointer(&c.Seg().Mem[0]))
 	srv.Stop()
 	select {
-	case <-c.done:
+	case <-c.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("connection still open 10 s after the server stopped")
 	}
@@ -341,15 +342,15 @@ func TestViewsOutliveTheConnection(t *testing.T) {
 		t.Fatal("the view changed after the connection closed")
 	}
 	blk.Data()[0] = 1 // still mapped
-	if !mapped(t, c.seg.Path, base) {
+	if !mapped(t, c.Seg().Path, base) {
 		t.Fatal("segment unmapped while a view and an allocation are held")
 	}
 	out.Free()
-	if !mapped(t, c.seg.Path, base) {
+	if !mapped(t, c.Seg().Path, base) {
 		t.Fatal("segment unmapped while an allocation is held")
 	}
 	blk.Free()
-	if mapped(t, c.seg.Path, base) {
+	if mapped(t, c.Seg().Path, base) {
 		t.Fatal("segment still mapped after the last view and allocation were freed")
 	}
 }
@@ -357,9 +358,9 @@ func TestViewsOutliveTheConnection(t *testing.T) {
 // releasedHeaps reports whether c has finished closing, short of
 // unmapping what the user still holds.
 func releasedHeaps(c *conn) bool {
-	c.viewMu.Lock()
-	defer c.viewMu.Unlock()
-	return c.heaps.closed
+	c.ViewMu().Lock()
+	defer c.ViewMu().Unlock()
+	return c.HeapsClosed()
 }
 
 // mapped reports whether /proc/self/maps has a mapping of path that
@@ -390,13 +391,13 @@ func TestAllocFallsBack(t *testing.T) {
 	var held []*Bytes
 	for i := 0; i < 4; i++ {
 		b := cc.Alloc(16 << 10)
-		if b.c == nil {
+		if b.blk.IsZero() {
 			t.Fatalf("allocation %d of 16 KiB from a 64 KiB heap came from ordinary memory", i)
 		}
 		held = append(held, b)
 	}
 	extra := cc.Alloc(16 << 10)
-	if extra.c != nil {
+	if !extra.blk.IsZero() {
 		t.Fatal("a full heap still allocated")
 	}
 	var out Bytes
@@ -408,12 +409,12 @@ func TestAllocFallsBack(t *testing.T) {
 	for _, b := range held {
 		b.Free()
 	}
-	if b := cc.Alloc(64 << 10); b.c == nil {
+	if b := cc.Alloc(64 << 10); b.blk.IsZero() {
 		t.Fatal("the whole heap is not free after freeing every block")
 	} else {
 		b.Free()
 	}
-	if small := cc.Alloc(100); small.c != nil {
+	if small := cc.Alloc(100); !small.blk.IsZero() {
 		t.Fatal("a message below the threshold was allocated in the heap")
 	}
 }
@@ -513,14 +514,14 @@ func TestAllocWhileClosing(t *testing.T) {
 						return
 					default:
 					}
-					c.allocBytes(&b, 64<<10)
+					allocBytes(c, &b, 64<<10)
 					b.Data()[0] = 1
 					b.Free()
 				}
 			}()
 		}
 		srv.Stop()
-		<-c.done
+		<-c.Done()
 		for !releasedHeaps(c) {
 			runtime.Gosched()
 		}
@@ -537,27 +538,27 @@ func TestReturnOfUnsentBlock(t *testing.T) {
 	_, dir := serveBytesEcho(t, "unsent")
 	cc := dialT(t, "unsent", dir)
 	a := cc.Alloc(64 << 10)
-	if a.c == nil {
+	if a.blk.IsZero() {
 		t.Fatal("Alloc did not use the heap")
 	}
 	c := cc.conn()
 	writableAsPeer(t, c, true)
-	c.heapMu.Lock()
-	q, tail := returnsRegion(c), c.peer.ReturnTail.Load()
-	i := 4 * int(tail%uint64(len(c.ownMem)/arena.MinBlock))
-	q[i], q[i+1], q[i+2], q[i+3] = byte(a.off/arena.MinBlock), byte(a.off/arena.MinBlock>>8), 0, 0
-	c.peer.ReturnTail.Store(tail + 1)
-	c.heapMu.Unlock()
+	c.HeapMu().Lock()
+	q, tail := returnsRegion(c), c.PeerCtl().ReturnTail.Load()
+	i := 4 * int(tail%uint64(len(c.OwnMem())/arena.MinBlock))
+	q[i], q[i+1], q[i+2], q[i+3] = byte(a.blk.Offset()/arena.MinBlock), byte(a.blk.Offset()/arena.MinBlock>>8), 0, 0
+	c.PeerCtl().ReturnTail.Store(tail + 1)
+	c.HeapMu().Unlock()
 	b := cc.Alloc(64 << 10) // drains the bad return
-	if b.c != nil && b.off == a.off {
+	if !b.blk.IsZero() && b.blk.Offset() == a.blk.Offset() {
 		t.Fatal("the block the user holds was handed out again")
 	}
 	select {
-	case <-c.done:
+	case <-c.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("the connection did not close within 10 s of the bad return")
 	}
-	if st := status.Convert(c.closeErr()); !strings.Contains(st.Message(), "was not lent") {
+	if st := status.Convert(c.CloseErr()); !strings.Contains(st.Message(), "was not lent") {
 		t.Errorf("connection closed with %v, want the reason (block not lent)", st)
 	}
 	a.Free()
@@ -567,10 +568,10 @@ func TestReturnOfUnsentBlock(t *testing.T) {
 // ownInUse takes back what the peer has returned and reports how many
 // bytes of c's own heap are still in use.
 func ownInUse(c *conn) int {
-	c.heapMu.Lock()
-	defer c.heapMu.Unlock()
-	c.returns.Drain(func(page uint32) error { return c.own.Return(int(page) * arena.MinBlock) })
-	return c.own.InUse()
+	c.HeapMu().Lock()
+	defer c.HeapMu().Unlock()
+	c.Returns().Drain(func(page uint32) error { return c.Own().Return(int(page) * arena.MinBlock) })
+	return c.Own().InUse()
 }
 
 // eventually polls cond until it holds or 10 s pass.
@@ -636,9 +637,8 @@ func TestCancelAfterEnd(t *testing.T) {
 		first.Free()
 		cs := s.(*clientStream)
 		eventually(t, "the stream did not end", func() bool {
-			cs.mu.Lock()
-			defer cs.mu.Unlock()
-			return cs.st != nil && len(cs.msgs) == 3
+			_, _, st := cs.ts.Result()
+			return st != nil && cs.ts.Queued() == 3
 		})
 		c := cc.conn()
 		cancel()
@@ -656,9 +656,7 @@ func TestCancelAfterEnd(t *testing.T) {
 			if n := heldPages(c); n != 0 {
 				t.Fatalf("%d pages held after reading everything", n)
 			}
-			cs.t.mu.Lock()
-			n := len(cs.t.orphans)
-			cs.t.mu.Unlock()
+			n := transport.Orphans(cs.t)
 			if n != 0 {
 				t.Fatalf("%d streams still kept as orphans after being read to the end", n)
 			}
@@ -669,7 +667,7 @@ func TestCancelAfterEnd(t *testing.T) {
 		}
 		cc.Close()
 		eventually(t, "the unread messages still hold the segment after Close", func() bool {
-			return heldPages(c) == 0 && releasedHeaps(c) && c.heaps.unmappedNow()
+			return heldPages(c) == 0 && releasedHeaps(c) && c.HeapsUnmapped()
 		})
 	}
 }
@@ -706,55 +704,6 @@ func TestAllocSentWithAnotherCodec(t *testing.T) {
 	eventually(t, "the heap is not all back", func() bool { return ownInUse(c) == 0 })
 }
 
-// TestStageOutsideTheLock stages a large message (written into the heap
-// before the write lock is taken), then sends it; a small one is not
-// staged; a staged message that is never sent gives its block back.
-func TestStageOutsideTheLock(t *testing.T) {
-	client, server := connPair(t, pool.MinHeap*4)
-	var got []int
-	server.onFrame = func(h frame.Header, p []byte) error {
-		if h.Type == frame.TypeMessageRef {
-			v := server.takeRef()
-			got = append(got, v.Len())
-			v.Free()
-		}
-		return nil
-	}
-	big := outMsg{raw: true, bytes: NewBytes(bytes.Repeat([]byte{1}, 100<<10)), size: 100 << 10}
-	small := outMsg{raw: true, bytes: NewBytes([]byte("small")), size: 5}
-	for _, m := range []*outMsg{&big, &small} {
-		if err := client.stage(m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if big.staged != client || small.staged != nil {
-		t.Fatalf("staged: big %v, small %v; want only the big one", big.staged != nil, small.staged != nil)
-	}
-	if n := client.own.InUse(); n != 128<<10 {
-		t.Fatalf("%d bytes of the heap in use after staging, want one 128 KiB block", n)
-	}
-	if err := client.lock(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := client.writeMsg(context.Background(), 1, 0, &big); err != nil {
-		t.Fatal(err)
-	}
-	client.unlock()
-	big.free()
-	if n, ok := server.drain(); n != 1 || !ok || len(got) != 1 || got[0] != 100<<10 {
-		t.Fatalf("the server read %d frames (ok %v), messages %v", n, ok, got)
-	}
-	unsent := outMsg{raw: true, bytes: NewBytes(make([]byte, 64<<10)), size: 64 << 10}
-	client.stage(&unsent)
-	unsent.free()
-	if n := ownInUse(client); n != 0 {
-		t.Fatalf("%d bytes of the heap in use, want 0", n)
-	}
-	if client.pins != 0 {
-		t.Fatalf("%d pins left", client.pins)
-	}
-}
-
 // TestReplyStandsOverALateDeadline has the deadline fire after the reply
 // and status of a unary call arrived but before the caller took them: the
 // reply stands, as its comment in recvUnary promises.
@@ -770,15 +719,14 @@ func TestReplyStandsOverALateDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	s, err := cc.start(context.Background(), "/test.BytesEcho/Echo", ci, unaryDesc, &msg)
-	msg.free()
+	msg.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "no reply", func() bool {
-		s.t.c.poll()
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.st != nil && len(s.msgs) == 1
+		transport.ConnOf(s.t).Poll()
+		_, _, st := s.ts.Result()
+		return st != nil && s.ts.Queued() == 1
 	})
 	s.cancel(context.DeadlineExceeded)
 	var out Bytes
@@ -786,7 +734,7 @@ func TestReplyStandsOverALateDeadline(t *testing.T) {
 		t.Fatalf("recvUnary after a late deadline: %v, %d bytes; want the reply", err, out.Len())
 	}
 	out.Free()
-	if n := heldPages(s.t.c); n != 0 {
+	if n := heldPages(transport.ConnOf(s.t)); n != 0 {
 		t.Fatalf("%d pages held", n)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/notnets/notnets/internal/transport"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
@@ -41,10 +43,9 @@ func init() { encoding.RegisterCodecV2(bytesCodec{}) }
 // A Bytes is not safe for concurrent use.
 type Bytes struct {
 	b      []byte
-	buf    mem.Buffer // received: the buffer b views, released by Free
-	c      *conn      // allocated in c's heap at off, not yet sent
-	off    int
-	pooled *[]byte // allocated from grpc's buffer pool, returned by Free
+	buf    mem.Buffer      // received: the buffer b views, released by Free
+	blk    transport.Block // allocated in a connection's heap, not yet sent
+	pooled *[]byte         // allocated from grpc's buffer pool, returned by Free
 }
 
 // NewBytes returns a Bytes that holds b, for sending.
@@ -63,10 +64,7 @@ func (m *Bytes) Free() {
 	if m.buf != nil {
 		m.buf.Free()
 	}
-	if m.c != nil {
-		m.c.freeBlock(m.off)
-		m.c.unpin()
-	}
+	m.blk.Free()
 	if m.pooled != nil {
 		mem.DefaultBufferPool().Put(m.pooled)
 	}
@@ -93,10 +91,12 @@ func (cc *ClientConn) AllocInto(m *Bytes, n int) {
 	t := cc.cur
 	cc.mu.Unlock()
 	if t != nil {
-		t.c.allocBytes(m, n)
-	} else {
-		m.allocPooled(n)
+		if blk, b, ok := t.AllocBlock(n); ok {
+			*m = Bytes{b: b, blk: blk}
+			return
+		}
 	}
+	m.allocPooled(n)
 }
 
 // Alloc returns an n-byte Bytes in the heap of the connection that carries
@@ -107,26 +107,13 @@ func (cc *ClientConn) AllocInto(m *Bytes, n int) {
 func Alloc(ctx context.Context, n int) *Bytes {
 	m := new(Bytes)
 	if ts, ok := grpc.ServerTransportStreamFromContext(ctx).(transportStream); ok {
-		ts.c.allocBytes(m, n)
-	} else {
-		m.allocPooled(n)
-	}
-	return m
-}
-
-// allocBytes points m at n bytes of a new block of c's heap, or at
-// ordinary memory.
-func (c *conn) allocBytes(m *Bytes, n int) {
-	// Pinned first: allocBlock reads the segment (the return queue), which
-	// a connection closing meanwhile would otherwise unmap.
-	if n >= ArenaThreshold && c.tryPin() {
-		if off, b, ok := c.allocBlock(n); ok {
-			*m = Bytes{b: b[:n:n], c: c, off: off}
-			return
+		if blk, b, ok := ts.ts.AllocBlock(n); ok {
+			*m = Bytes{b: b, blk: blk}
+			return m
 		}
-		c.unpin()
 	}
 	m.allocPooled(n)
+	return m
 }
 
 // allocPooled points the empty m at n zeroed bytes from grpc's buffer pool.
@@ -134,13 +121,6 @@ func (m *Bytes) allocPooled(n int) {
 	p := mem.DefaultBufferPool().Get(n)
 	clear(*p)
 	*m = Bytes{b: *p, pooled: p}
-}
-
-// sent records that m's block now belongs to the peer.
-func (m *Bytes) sent() {
-	c := m.c
-	*m = Bytes{}
-	c.unpin()
 }
 
 // bytesCodec is the codec of Bytes messages.
@@ -157,7 +137,7 @@ func (bytesCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if !ok {
 		return nil, fmt.Errorf("notnets: the %s codec sends *notnets.Bytes, not %T", BytesCodecName, v)
 	}
-	if m.c != nil {
+	if !m.blk.IsZero() {
 		// Heap memory of a notnets connection going out another way: copy,
 		// since the block must be freed now.
 		buf := mem.Copy(m.b, mem.DefaultBufferPool())

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/notnets/notnets/internal/transport"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -26,8 +27,9 @@ func WithPerRPCCredentials(creds credentials.PerRPCCredentials) DialOption {
 // errors as statuses (a plain error is Unauthenticated from the
 // connection's credentials and Internal from the call's; a code reserved
 // for the control plane by gRFC A54 becomes Internal). md is not changed.
-func (cc *ClientConn) withCredentials(ctx context.Context, t *transport, method string, ci *callInfo, md metadata.MD) (metadata.MD, error) {
-	ctx = credentials.NewContextWithRequestInfo(ctx, credentials.RequestInfo{Method: method, AuthInfo: t.server})
+func (cc *ClientConn) withCredentials(ctx context.Context, t transport.ClientTransport, method string, ci *callInfo, md metadata.MD) (metadata.MD, error) {
+	server := authInfo(t.Peer())
+	ctx = credentials.NewContextWithRequestInfo(ctx, credentials.RequestInfo{Method: method, AuthInfo: server})
 	service := method
 	if i := strings.LastIndex(method, "/"); i >= 0 {
 		service = method[:i]
@@ -41,7 +43,7 @@ func (cc *ClientConn) withCredentials(ctx context.Context, t *transport, method 
 	}
 	var callData map[string]string
 	if c := ci.creds; c != nil {
-		if c.RequireTransportSecurity() && credentials.CheckSecurityLevel(t.server, credentials.PrivacyAndIntegrity) != nil {
+		if c.RequireTransportSecurity() && credentials.CheckSecurityLevel(server, credentials.PrivacyAndIntegrity) != nil {
 			return nil, status.Error(codes.Unauthenticated, "transport: cannot send secure credentials on an insecure connection")
 		}
 		callData = map[string]string{}

@@ -28,8 +28,8 @@ func TestConnectKillCycles(t *testing.T) {
 	}
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(),
 		// Idle workers wait up to 10 s for more work before they exit.
-		goleak.IgnoreTopFunction("github.com/notnets/notnets.(*workers).work"),
-		goleak.IgnoreAnyFunction("github.com/notnets/notnets.(*workers).work"))
+		goleak.IgnoreTopFunction("github.com/notnets/notnets/internal/transport.(*Workers).work"),
+		goleak.IgnoreAnyFunction("github.com/notnets/notnets/internal/transport.(*Workers).work"))
 	dir := testPool(t)
 	lis, err := notnets.Listen(listenName, notnets.WithPool(dir))
 	if err != nil {

@@ -3,21 +3,34 @@ package notnets
 import (
 	"fmt"
 	"strings"
+
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/transport"
 )
+
+// conn is one side of a connection, as the tests reach into it.
+type conn = transport.Conn
+
+// conn returns the current connection's side, or nil, for tests.
+func (cc *ClientConn) conn() *conn {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.cur == nil {
+		return nil
+	}
+	return transport.ConnOf(cc.cur)
+}
 
 // HeapRefs returns how many messages cc's current connection has sent and
 // received as heap references, for tests in package notnets_test.
-func HeapRefs(cc *ClientConn) (sent, recv uint64) {
-	c := cc.conn()
-	return c.refsSent.Load(), c.refsRecv.Load()
-}
+func HeapRefs(cc *ClientConn) (sent, recv uint64) { return cc.conn().Refs() }
 
 // SizeName names a message size in benchmarks: 16B, 64KiB, 1MiB.
 var SizeName = sizeName
 
 // SegmentPath returns the file name of cc's connection segment: empty for
 // a memfd handed over through the listener's socket.
-func SegmentPath(cc *ClientConn) string { return cc.conn().seg.Path }
+func SegmentPath(cc *ClientConn) string { return cc.conn().Seg().Path }
 
 // ClientState describes cc's connection and its streams, for a test that
 // finds a call stalled.
@@ -28,16 +41,7 @@ func ClientState(cc *ClientConn) string {
 	if t == nil {
 		return "no connection"
 	}
-	var b strings.Builder
-	b.WriteString(t.c.state())
-	t.mu.Lock()
-	for id, s := range t.streams {
-		s.mu.Lock()
-		fmt.Fprintf(&b, " stream %d{%s ended=%v}", id, s.streamBase.stateLocked(), s.st != nil)
-		s.mu.Unlock()
-	}
-	t.mu.Unlock()
-	return b.String()
+	return transport.ClientState(t)
 }
 
 // ServerState describes s's connections and their streams.
@@ -46,40 +50,39 @@ func ServerState(s *Server) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for sc := range s.conns {
-		b.WriteString(sc.c.state())
-		fmt.Fprintf(&b, " inline=%v", sc.inlineSince.Load() != 0)
-		sc.mu.Lock()
-		for id, st := range sc.streams {
-			st.mu.Lock()
-			fmt.Fprintf(&b, " stream %d{%s}", id, st.streamBase.stateLocked())
-			st.mu.Unlock()
-		}
-		sc.mu.Unlock()
-		b.WriteString("; ")
+		fmt.Fprintf(&b, "%s; ", sc.t.State())
 	}
 	return b.String()
 }
 
-func (c *conn) state() string {
-	c.heapMu.Lock()
-	inUse := 0
-	if c.own != nil {
-		inUse = c.own.InUse()
+// allocBytes points m at n bytes of c's heap, or at ordinary memory, as
+// ClientConn.AllocInto does on the current connection.
+func allocBytes(c *conn, m *Bytes, n int) {
+	m.Free()
+	if blk, b, ok := c.AllocUserBlock(n); ok {
+		*m = Bytes{b: b, blk: blk}
+		return
 	}
-	c.heapMu.Unlock()
-	c.viewMu.Lock()
-	held, pins := 0, c.pins
-	if c.held != nil {
-		held = c.held.Count()
-	}
-	c.viewMu.Unlock()
-	return fmt.Sprintf("conn{err=%v %v %v selfSleeping=%d peerSleeping=%d peerState=%d pollers=%d readerSleeping=%v heapInUse=%d held=%d pins=%d refs=%d/%d}",
-		c.closeErr(), c.out, c.in, c.self.Sleeping.Load(), c.peer.Sleeping.Load(), c.peer.State.Load(),
-		c.pollers.Load(), c.sleeping.Load(), inUse, held, pins, c.refsSent.Load(), c.refsRecv.Load())
+	m.allocPooled(n)
 }
 
-// stateLocked describes the stream's receive side and window; the caller
-// holds s.mu.
-func (s *streamBase) stateLocked() string {
-	return fmt.Sprintf("quota=%d queued=%d closed=%v waiters=%d", s.quota, len(s.msgs), s.closed, s.waiters)
+func sizeName(n int) string {
+	switch {
+	case n >= 1<<20:
+		return itoa(n>>20) + "MiB"
+	case n >= 1<<10:
+		return itoa(n>>10) + "KiB"
+	}
+	return itoa(n) + "B"
 }
+
+func itoa(n int) string {
+	if n < 10 {
+		return string(rune('0' + n))
+	}
+	return itoa(n/10) + string(rune('0'+n%10))
+}
+
+// authInfoOf is the AuthInfo of the peer that created seg and claims to be
+// pid.
+func authInfoOf(seg *pool.Segment, pid int) AuthInfo { return authInfo(transport.IdentityOf(seg, pid)) }

@@ -13,8 +13,6 @@ import (
 
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
 	"github.com/notnets/notnets/internal/frame"
-	"github.com/notnets/notnets/internal/pool"
-	"github.com/notnets/notnets/internal/ring"
 )
 
 type echoGreeter struct{ pb.UnimplementedGreeterServer }
@@ -49,10 +47,10 @@ func TestHostileClientFrames(t *testing.T) {
 	// frame writes one record of the given type and payload on stream.
 	frameOf := func(typ frame.Type, flags frame.Flags, stream, aux uint32, payload []byte) func(*conn) {
 		return func(c *conn) {
-			rec := c.out.Reserve(len(payload), byte(typ))
+			rec := c.Out().Reserve(len(payload), byte(typ))
 			frame.Put(rec, flags, stream, aux)
 			copy(rec[frame.HeaderSize:], payload)
-			c.out.Publish()
+			c.Out().Publish()
 		}
 	}
 	tests := []struct {
@@ -74,12 +72,12 @@ func TestHostileClientFrames(t *testing.T) {
 			frameOf(frame.TypeMessage, 0, 1, 0, nil)(c)
 			frameOf(frame.TypeMessage, 0, 1, 1, []byte{0})(c)
 		}, fmt.Sprintf("message sent beyond the flow-control window (%d bytes started, %d allowed)", DefaultMaxRecvMsgSize+1, defaultWindow)},
-		{"unaligned tail", func(c *conn) { c.self.Tail.Add(3) }, "ring corrupt: tail"},
-		{"tail beyond the ring", func(c *conn) { c.self.Tail.Add(1 << 30) }, "ring corrupt: tail"},
+		{"unaligned tail", func(c *conn) { c.SelfCtl().Tail.Add(3) }, "ring corrupt: tail"},
+		{"tail beyond the ring", func(c *conn) { c.SelfCtl().Tail.Add(1 << 30) }, "ring corrupt: tail"},
 		{"record overruns the ring", func(c *conn) {
-			rec := c.out.Reserve(0, byte(frame.TypeHeaders))
+			rec := c.Out().Reserve(0, byte(frame.TypeHeaders))
 			rec[0], rec[1], rec[2], rec[3] = 0xff, 0xff, 0xff, 0x7f
-			c.out.Publish()
+			c.Out().Publish()
 		}, "overruns the ring"},
 	}
 	healthy := dial()
@@ -101,7 +99,7 @@ func TestHostileClientFrames(t *testing.T) {
 			injectUntilClosed(t, cn, tc.inject)
 			// The connection's calls end with the reason the server gave, in
 			// its GOAWAY frame.
-			st := status.Convert(cn.closeErr())
+			st := status.Convert(cn.CloseErr())
 			if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "protocol violation") || !strings.Contains(st.Message(), tc.want) {
 				t.Errorf("connection closed with %v, want Unavailable naming a protocol violation with %q", st, tc.want)
 			}
@@ -124,17 +122,17 @@ func TestHostileClientFrames(t *testing.T) {
 // the connection closes, then lets it release its segment.
 func injectUntilClosed(t *testing.T, cn *conn, inject func(*conn)) {
 	t.Helper()
-	if err := cn.lock(context.Background()); err != nil {
+	if err := cn.Lock(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	inject(cn)
-	pool.FutexWake(ring.TailWord(cn.self.Tail), 1)
+	cn.RingAlways()
 	select {
-	case <-cn.done:
+	case <-cn.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("the server did not close the connection within 10 s")
 	}
-	<-cn.wlock
+	cn.UnlockNoPublish()
 }
 
 // TestStreamsBeyondTheLimit opens more streams than the server's
@@ -147,13 +145,13 @@ func TestStreamsBeyondTheLimit(t *testing.T) {
 		// Two unary calls without their requests: both stay open.
 		for id := uint32(1); id <= 3; id += 2 {
 			rh := frame.RequestHeaders{Method: "/helloworld.Greeter/SayHello"}
-			rec := c.out.Reserve(rh.Size(), byte(frame.TypeHeaders))
+			rec := c.Out().Reserve(rh.Size(), byte(frame.TypeHeaders))
 			frame.Put(rec, 0, id, 0)
 			rh.Append(rec[frame.HeaderSize:frame.HeaderSize])
 		}
-		c.out.Publish()
+		c.Out().Publish()
 	})
-	st := status.Convert(cn.closeErr())
+	st := status.Convert(cn.CloseErr())
 	if want := "stream 3 opened beyond the limit of 1 concurrent streams"; st.Code() != codes.Unavailable || !strings.Contains(st.Message(), want) {
 		t.Errorf("connection closed with %v, want Unavailable naming %q", st, want)
 	}

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
+	"github.com/notnets/notnets/internal/transport"
 )
 
 // lifeServe serves echoGreeter (and extra services) in this process
@@ -79,7 +80,7 @@ func anyStack(all ...string) bool {
 
 // TestServeReleasesConnAcceptedWhileStopping: a connection that
 // Serve accepts after Stop or GracefulStop began is failed at once
-// (server.go, Serve: sc.c.fail(errServerStopping); continue). Its readRole
+// (server.go, Serve: sc.t.Conn().Fail(errServerStopping); continue). Its readRole
 // never ran, so nothing calls endReader: release blocks on readerDone
 // forever, and the segment stays mapped (and its shared memory allocated)
 // for the life of the process.
@@ -220,16 +221,16 @@ func TestReconnectSurvivesEarlyFailure(t *testing.T) {
 	}
 	srv.mu.Unlock()
 
-	liveness.Lock()
+	transport.LockLiveness()
 	locked := true
 	defer func() {
 		if locked {
-			liveness.Unlock()
+			transport.UnlockLiveness()
 		}
 	}()
-	cc.conn().fail(status.Error(codes.Unavailable, "review: first connection cut")) // lost -> reconnectLoop
+	cc.conn().Fail(status.Error(codes.Unavailable, "review: first connection cut")) // lost -> reconnectLoop
 	waitUntil(t, 10*time.Second, "reconnectLoop's connect has the new transport's reader running and waits in watch", func() bool {
-		return anyStack("notnets.watch(", "reconnectLoop")
+		return anyStack("transport.watch(", "reconnectLoop")
 	})
 	var second *serverConn
 	waitUntil(t, 10*time.Second, "the server holds the new connection", func() bool {
@@ -242,11 +243,11 @@ func TestReconnectSurvivesEarlyFailure(t *testing.T) {
 		}
 		return second != nil
 	})
-	second.c.fail(status.Error(codes.Unavailable, "review: new connection cut at once"))
+	second.t.Conn().Fail(status.Error(codes.Unavailable, "review: new connection cut at once"))
 	waitUntil(t, 10*time.Second, "the new transport's reader sees the failure (and calls lost) and exits", func() bool {
-		return !anyStack("(*transport).readLoop")
+		return !anyStack("(*Client).readLoop")
 	})
-	liveness.Unlock()
+	transport.UnlockLiveness()
 	locked = false
 
 	// The server is healthy: the client must get a working connection again.
@@ -265,7 +266,7 @@ func TestReconnectSurvivesEarlyFailure(t *testing.T) {
 	reconnecting, cur := cc.reconnect, cc.cur
 	cc.mu.Unlock()
 	t.Fatalf("calls still fail 10 s after the failure with a healthy server: %v (reconnecting=%v, current transport closed: %v)",
-		last, reconnecting, cur != nil && cur.c.closeErr() != nil)
+		last, reconnecting, cur != nil && transport.ConnOf(cur).CloseErr() != nil)
 }
 
 // blockDesc is a unary service whose handler ignores its context and
@@ -306,7 +307,7 @@ type blockImpl struct{ entered, release chan struct{} }
 func TestStopDoesNotWaitForInlineHandler(t *testing.T) {
 	b := &blockImpl{entered: make(chan struct{}), release: make(chan struct{})}
 	srv, _, dir, _ := lifeServe(t, "inline", func(s *Server) { s.RegisterService(&blockDesc, b) }, nil)
-	srv.monitoring.Store(true) // no monitor: as before its first tick
+	srv.workers.HoldMonitor() // no monitor: as before its first tick
 	released := false
 	release := func() {
 		if !released {

@@ -1,8 +1,10 @@
 package notnets
 
 import (
-	"github.com/notnets/notnets/internal/pool"
 	"time"
+
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/transport"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -27,8 +29,14 @@ const (
 	defaultWindow = 1 << 20
 )
 
-// waitConfig says how a side waits for its peer once it has polled for Spin
-// without seeing anything.
+// ArenaThreshold is the size from which a message travels through the
+// connection's heap as a reference rather than through the ring.
+const ArenaThreshold = transport.ArenaThreshold
+
+// DefaultLivenessTimeout is how long a peer's heartbeat may stand still
+// before its connection fails (WithLivenessTimeout).
+const DefaultLivenessTimeout = 2 * time.Second
+
 // LivenessOption sets the liveness timeout; it is both a DialOption and a
 // ServerOption.
 type LivenessOption time.Duration
@@ -43,15 +51,10 @@ func (l LivenessOption) applyServer(o *serverOptions) { o.liveness = time.Durati
 // process has exited is noticed within about 100 ms, whatever the timeout.
 func WithLivenessTimeout(d time.Duration) LivenessOption { return LivenessOption(d) }
 
-type waitConfig struct {
-	spin     time.Duration
-	pollOnly bool // never block in futex; sleep instead (pools shared across hosts)
-	// checkViews protects each received heap block while nobody holds it
-	// (WithViewChecks).
-	checkViews bool
-}
+// waitConfig says how a side waits for its peer (transport.Wait).
+type waitConfig = transport.Wait
 
-func defaultWait() waitConfig { return waitConfig{spin: DefaultSpin} }
+func defaultWait() waitConfig { return waitConfig{Spin: DefaultSpin} }
 
 type dialOptions struct {
 	pool         string
@@ -159,7 +162,7 @@ func (w WaitOption) applyListen(o *listenOptions) { w.w(&o.wait) }
 // blocks on the doorbell (or, with WithPollOnly, sleeps). Longer spins lower
 // latency after a pause and cost CPU while idle.
 func WithSpin(d time.Duration) WaitOption {
-	return WaitOption{func(w *waitConfig) { w.spin = max(d, 0) }}
+	return WaitOption{func(w *waitConfig) { w.Spin = max(d, 0) }}
 }
 
 // WithPollOnly makes the side never use a futex doorbell: after spinning it
@@ -167,7 +170,7 @@ func WithSpin(d time.Duration) WaitOption {
 // cannot reach the peer; wake-up latency is then that of time.Sleep (about
 // 1 ms on Linux).
 func WithPollOnly() WaitOption {
-	return WaitOption{func(w *waitConfig) { w.pollOnly = true }}
+	return WaitOption{func(w *waitConfig) { w.PollOnly = true }}
 }
 
 // WithRingSize sets the capacity of each ring of connections this client
@@ -187,10 +190,10 @@ func WithArenaSize(n int) DialOption { return dialFunc(func(o *dialOptions) { o.
 // no received message holds (mprotect, two system calls per message), so
 // that reading a Bytes after Free, or a message a codec kept without a
 // reference, faults at once instead of reading another message's bytes.
-// Meant for tests and debugging; it is both a DialOption and a
-// ServerOption.
+// Meant for tests and debugging. Like every WaitOption it is a
+// DialOption, a ServerOption and a ListenOption (where it does nothing).
 func WithViewChecks() WaitOption {
-	return WaitOption{func(w *waitConfig) { w.checkViews = true }}
+	return WaitOption{func(w *waitConfig) { w.CheckViews = true }}
 }
 
 // WithUnaryInterceptor sets the client's unary interceptor; it runs before

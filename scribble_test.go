@@ -103,12 +103,12 @@ func TestScribbleOverLiveSegment(t *testing.T) {
 // server's regions included (their page protection is lifted first: the
 // client may have connected again since the last scribble).
 func scribble(c *conn, rng *rand.Rand, n int) {
-	c.mapMu.RLock() // keeps the segment mapped, as for the liveness watch
-	defer c.mapMu.RUnlock()
-	if c.unmapped {
+	c.MapMu().RLock() // keeps the segment mapped, as for the liveness watch
+	defer c.MapMu().RUnlock()
+	if c.Unmapped() {
 		return
 	}
-	mem := c.seg.Mem
+	mem := c.Seg().Mem
 	lay, err := pool.MapConn(mem, ring.CheckCap)
 	if err != nil {
 		return // the header itself was scribbled over: leave this one be
@@ -123,9 +123,9 @@ func scribble(c *conn, rng *rand.Rand, n int) {
 	ringOf := func(i int) (int, int, uint64) { // data offset, size, the reader's head
 		size := (len(mem) - 3*page) / 2
 		if i == 0 {
-			return 3 * page, size, c.peer.Head.Load() // client to server
+			return 3 * page, size, c.PeerCtl().Head.Load() // client to server
 		}
-		return 3*page + size, size, c.self.Head.Load() // server to client
+		return 3*page + size, size, c.SelfCtl().Head.Load() // server to client
 	}
 	for k := 0; k < n; k++ {
 		var off int
@@ -155,7 +155,7 @@ func closed(ch chan struct{}) bool {
 
 // countFailed reports 1 if the connection has closed.
 func countFailed(cc *ClientConn) int {
-	if c := cc.conn(); c == nil || c.closeErr() != nil {
+	if c := cc.conn(); c == nil || c.CloseErr() != nil {
 		return 1
 	}
 	return 0

@@ -25,6 +25,7 @@ import (
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
+	"github.com/notnets/notnets/internal/transport"
 )
 
 // whoGreeter answers with what the server knows of its caller:
@@ -278,7 +279,7 @@ func TestWriteIntoPeerRegionFaults(t *testing.T) {
 	srv.mu.Lock()
 	var server *conn
 	for sc := range srv.conns {
-		server = sc.c
+		server = sc.t.Conn()
 	}
 	srv.mu.Unlock()
 	for _, side := range []struct {
@@ -288,13 +289,13 @@ func TestWriteIntoPeerRegionFaults(t *testing.T) {
 	}{{"client", client, true}, {"server", server, false}} {
 		// Held as the liveness watch holds it: the server's side closes
 		// on its own goroutine when the test ends.
-		side.c.mapMu.RLock()
-		defer side.c.mapMu.RUnlock()
-		lay, err := pool.MapConn(side.c.seg.Mem, ring.CheckCap)
+		side.c.MapMu().RLock()
+		defer side.c.MapMu().RUnlock()
+		lay, err := pool.MapConn(side.c.Seg().Mem, ring.CheckCap)
 		if err != nil {
 			t.Fatal(err)
 		}
-		regions := lay.PeerRegions(side.c.seg.Mem, side.client)
+		regions := lay.PeerRegions(side.c.Seg().Mem, side.client)
 		if len(regions) != 4 {
 			t.Fatalf("%s: %d peer regions, want 4 (control, ring, heap, return queue)", side.name, len(regions))
 		}
@@ -490,9 +491,9 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 		{"unsealed", 0, true, nil, false},
 		{"may shrink", unix.F_SEAL_GROW | unix.F_SEAL_SEAL, true, nil, false},
 		{"may grow", unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL, true, nil, false},
-		{"no descriptor", requiredSeals, false, nil, false},
-		{"sent as another process", requiredSeals, true, &unix.Ucred{Pid: 1, Uid: 0, Gid: 0}, false},
-		{"sealed", requiredSeals, true, nil, true},
+		{"no descriptor", transport.RequiredSeals, false, nil, false},
+		{"sent as another process", transport.RequiredSeals, true, &unix.Ucred{Pid: 1, Uid: 0, Gid: 0}, false},
+		{"sealed", transport.RequiredSeals, true, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.as != nil && os.Geteuid() != 0 {
@@ -518,7 +519,7 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 			lay, _ := pool.MapConn(mem, ring.CheckCap)
 			lay.Client.State.Store(pool.StateOpen)
 			before := srv.ConnCount()
-			conn, err := net.Dial("unix", filepath.Join(dir, sockName("sealed")))
+			conn, err := net.Dial("unix", filepath.Join(dir, transport.SockName("sealed")))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -3,7 +3,6 @@ package notnets
 import (
 	"context"
 	"io"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,13 +14,16 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
+	"github.com/notnets/notnets/internal/transport"
 )
 
 // serverStream is one call being served. It is the grpc.ServerStream that
-// streaming handlers get, and the grpc.ServerTransportStream behind
-// grpc.SetHeader, grpc.SendHeader and grpc.SetTrailer in unary handlers.
+// streaming handlers get, the grpc.ServerTransportStream behind
+// grpc.SetHeader, grpc.SendHeader and grpc.SetTrailer in unary handlers,
+// and the transport's ServerCall. The transport's stream (ts) receives
+// and writes; this type adds the handler, the codec and the stats.
 type serverStream struct {
-	streamBase
+	ts        *transport.ServerStream
 	sc        *serverConn
 	ctx       context.Context
 	cancelCtx context.CancelCauseFunc
@@ -30,23 +32,11 @@ type serverStream struct {
 	info      *serviceInfo
 	md        *grpc.MethodDesc // set for a unary call
 	sd        *grpc.StreamDesc // set for a streaming call
-	err       error            // why the call cannot run: unknown method, no codec
-	started   bool             // handed to a handler; reader only
+	err       error            // why the call cannot run: unknown method, no codec, refused
 
-	hmu        sync.Mutex // guards the fields below
-	header     metadata.MD
-	headerSent bool
-	trailer    metadata.MD
-	finished   bool
-
-	closedOut  atomic.Bool // counted out of sc.openStreams (closeStream)
 	statsBegun atomic.Bool // stats begun (startStats: by run or neverRan)
 	reqMD      metadata.MD // the request headers, for InHeader
 	reqLen     int
-	// hasDeadline: the client sent a timeout. Read by the reader, which
-	// must not read ctx (run replaces it with the stats handlers' one).
-	hasDeadline bool
-	aborted     atomic.Bool // cancelled: nothing more is sent
 }
 
 var (
@@ -61,6 +51,15 @@ type transportStream struct{ *serverStream }
 func (t transportStream) SetTrailer(md metadata.MD) error { return t.setTrailer(md) }
 
 var okStatus = status.New(codes.OK, "")
+
+// Unary reports whether the call runs once its whole request has arrived.
+func (st *serverStream) Unary() bool { return st.md != nil }
+
+// Cancel cancels the handler's context with err (nil: releases it).
+func (st *serverStream) Cancel(err error) { st.cancelCtx(err) }
+
+// NeverRan is neverRan, for the transport.
+func (st *serverStream) NeverRan(err error) { st.neverRan(err) }
 
 // newServerContext builds a handler's context from the connection's (which
 // carries the peer): incoming metadata, the transport stream, and the
@@ -77,10 +76,9 @@ func newServerContext(base context.Context, rh *frame.RequestHeaders, st *server
 	return context.WithCancelCause(ctx)
 }
 
-// run dispatches the call to its handler and sends the final status,
+// Run dispatches the call to its handler and sends the final status,
 // between a Begin and an End for stats handlers if it has a method to run.
-func (st *serverStream) run() {
-	defer st.sc.remove(st)
+func (st *serverStream) Run() {
 	defer st.cancelCtx(nil)
 	sh := st.sc.srv.opts.stats
 	if sh == nil {
@@ -182,146 +180,34 @@ func (st *serverStream) sendReply(reply any) error {
 	if err != nil {
 		return err
 	}
-	defer msg.free()
+	defer msg.Free()
 	return st.finish(okStatus, &msg)
 }
 
 // finish writes any unsent headers, msg if not nil, and the trailers with
 // st's status, once.
-func (st *serverStream) finish(s *status.Status, msg *outMsg) error {
-	st.hmu.Lock()
-	if st.finished || st.aborted.Load() {
-		st.hmu.Unlock()
-		return nil
-	}
-	st.finished = true
-	var out sent
-	err := st.writeEnd(s, msg, &out)
-	st.hmu.Unlock()
+func (st *serverStream) finish(s *status.Status, msg *transport.OutMsg) error {
+	var out transport.Sent
+	err := st.ts.Finish(st.ctx, s, msg, &out)
 	st.report(&out)
 	return err
 }
 
-// sent records what a write put on the ring, for stats handlers, which
-// run after the locks are released.
-type sent struct {
-	header  metadata.MD // the headers, if they went out now
-	msg     *outMsg
-	trailer *frame.Status
-}
-
 // report tells the stats handlers what went out.
-func (st *serverStream) report(out *sent) {
+func (st *serverStream) report(out *transport.Sent) {
 	sh := st.sc.srv.opts.stats
 	if sh == nil {
 		return
 	}
-	if out.header != nil {
-		sh.handle(st.ctx, &stats.OutHeader{Header: out.header.Copy(), FullMethod: st.method, RemoteAddr: st.sc.peer.Addr, LocalAddr: st.sc.peer.LocalAddr})
+	if out.Header != nil {
+		sh.handle(st.ctx, &stats.OutHeader{Header: out.Header.Copy(), FullMethod: st.method, RemoteAddr: st.sc.peer.Addr, LocalAddr: st.sc.peer.LocalAddr})
 	}
-	if m := out.msg; m != nil {
-		sh.outPayload(st.ctx, false, m.value, m.size)
+	if m := out.Msg; m != nil {
+		sh.outPayload(st.ctx, false, m.Value(), m.Size())
 	}
-	if fs := out.trailer; fs != nil {
+	if fs := out.Trailer; fs != nil {
 		sh.handle(st.ctx, &stats.OutTrailer{Trailer: fs.MD.Copy(), WireLength: fs.Size()})
 	}
-}
-
-// writeEnd is finish's write; the caller holds hmu.
-func (st *serverStream) writeEnd(s *status.Status, msg *outMsg, out *sent) error {
-	fs, err := statusToFrame(s)
-	if err != nil {
-		fs = frame.Status{Code: uint32(codes.Internal), Message: "notnets: cannot encode status details: " + err.Error()}
-	}
-	fs.MD = st.trailer
-	c := st.c
-	if err := c.stage(msg); err != nil {
-		msg, fs = nil, frame.Status{Code: uint32(status.Code(err)), Message: status.Convert(err).Message()}
-	}
-	if err := c.lock(st.ctx); err != nil {
-		if st.ctx.Err() == nil {
-			return err
-		}
-		// The handler's context is over (deadline or cancel); the client
-		// still deserves the status if the connection lives.
-		if err := c.lock(context.Background()); err != nil {
-			return err
-		}
-	}
-	defer c.unlock()
-	wctx := context.Background()
-	if !st.headerSent && (len(st.header) > 0 || msg != nil) {
-		st.headerSent = true
-		out.header = st.header
-		if out.header == nil {
-			out.header = metadata.MD{}
-		}
-		if len(st.header) > 0 {
-			if err := c.writeFrame(wctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header}); err != nil {
-				if status.Code(err) != codes.ResourceExhausted {
-					return err
-				}
-				msg, fs = nil, frame.Status{Code: uint32(codes.Internal), Message: "notnets: response headers too large: " + status.Convert(err).Message()}
-			}
-		}
-	}
-	if msg != nil {
-		if err := c.writeMsg(wctx, st.id, 0, msg); err != nil {
-			fs = frame.Status{Code: uint32(status.Code(err)), Message: status.Convert(err).Message()}
-		} else {
-			out.msg = msg
-		}
-	}
-	err = c.writeFrame(wctx, frame.TypeTrailers, 0, st.id, 0, &fs)
-	if status.Code(err) == codes.ResourceExhausted {
-		// The client still gets a status, without the trailers or the
-		// details that made it too large.
-		fs = frame.Status{Code: uint32(codes.Internal), Message: "notnets: response trailers too large"}
-		err = c.writeFrame(wctx, frame.TypeTrailers, 0, st.id, 0, &fs)
-	}
-	if err == nil {
-		out.trailer = &fs
-		st.closeStream() // before unlock publishes the trailers
-	}
-	return err
-}
-
-// closeStream counts the stream out of the connection's open streams,
-// once: when its trailers are written (before they are published), or
-// when the client's CANCEL is read. The client counts it out when it reads
-// the trailers or after it writes the CANCEL, so the server never counts
-// more streams than the client did when it opened one.
-func (st *serverStream) closeStream() {
-	if st.closedOut.CompareAndSwap(false, true) {
-		st.sc.openStreams.Add(-1)
-	}
-}
-
-// cancel ends the call from the client's side or the connection's: the
-// handler's context is cancelled and its receives stop.
-func (st *serverStream) cancel(err error) {
-	// aborted first, so that a handler the cancellation wakes sends
-	// nothing; then the context, so that a send holding hmu while it
-	// waits for the write lock or ring space gives up, and stop does not
-	// hold up the reader.
-	st.aborted.Store(true)
-	st.cancelCtx(err)
-	st.stop()
-}
-
-// stop marks the stream over for sending and receiving.
-func (st *serverStream) stop() {
-	st.hmu.Lock()
-	st.finished = true // nothing more is sent on a cancelled stream
-	st.hmu.Unlock()
-	st.halfClose()
-}
-
-func (st *serverStream) halfClose() {
-	st.mu.Lock()
-	st.closed = true
-	st.mu.Unlock()
-	st.signal()
 }
 
 // Method returns the full method name of the call.
@@ -332,50 +218,21 @@ func (st *serverStream) Context() context.Context { return st.ctx }
 
 // SetHeader merges md into the response headers sent with the first
 // message, by SendHeader, or with the status.
-func (st *serverStream) SetHeader(md metadata.MD) error {
-	st.hmu.Lock()
-	defer st.hmu.Unlock()
-	if st.headerSent || st.finished {
-		return status.Error(codes.Internal, "transport: the stream is done or WriteHeader was already called")
-	}
-	st.header = metadata.Join(st.header, md)
-	return nil
-}
+func (st *serverStream) SetHeader(md metadata.MD) error { return st.ts.SetHeader(md) }
 
 // SendHeader sends the response headers, merged with md, now.
 func (st *serverStream) SendHeader(md metadata.MD) error {
-	st.hmu.Lock()
-	if st.headerSent || st.finished {
-		st.hmu.Unlock()
-		return status.Error(codes.Internal, "transport: the stream is done or WriteHeader was already called")
-	}
-	st.header = metadata.Join(st.header, md)
-	st.headerSent = true
-	err := st.c.lock(st.ctx)
+	header, err := st.ts.SendHeader(st.ctx, md)
 	if err == nil {
-		err = st.c.writeFrame(st.ctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header})
-		st.c.unlock()
-	}
-	header := st.header
-	st.hmu.Unlock()
-	if err == nil {
-		st.report(&sent{header: header})
+		st.report(&transport.Sent{Header: header})
 	}
 	return err
 }
 
 // SetTrailer merges md into the trailers sent with the status.
-func (st *serverStream) SetTrailer(md metadata.MD) { st.setTrailer(md) }
+func (st *serverStream) SetTrailer(md metadata.MD) { st.ts.SetTrailer(md) }
 
-func (st *serverStream) setTrailer(md metadata.MD) error {
-	st.hmu.Lock()
-	defer st.hmu.Unlock()
-	if st.finished {
-		return status.Error(codes.Internal, "transport: the stream is done")
-	}
-	st.trailer = metadata.Join(st.trailer, md)
-	return nil
-}
+func (st *serverStream) setTrailer(md metadata.MD) error { return st.ts.SetTrailer(md) }
 
 // SendMsg sends a response message, after the headers if not yet sent.
 func (st *serverStream) SendMsg(m any) error {
@@ -383,78 +240,41 @@ func (st *serverStream) SendMsg(m any) error {
 	if err != nil {
 		return err
 	}
-	defer msg.free()
-	if err := st.takeQuota(st.ctx, msg.size, func() error { return st.ctx.Err() }); err != nil {
-		return contextStatus(st.ctx.Err())
-	}
-	if err := st.c.stage(&msg); err != nil {
+	defer msg.Free()
+	if err := st.ts.WaitWindow(st.ctx, &msg); err != nil {
 		return err
 	}
-	var out sent
-	st.hmu.Lock()
-	err = st.writeMsg(&msg, &out)
-	st.hmu.Unlock()
+	var out transport.Sent
+	err = st.ts.Send(st.ctx, &msg, &out)
 	st.report(&out)
 	return err
-}
-
-// writeMsg is SendMsg's write; the caller holds hmu.
-func (st *serverStream) writeMsg(msg *outMsg, out *sent) error {
-	if st.finished || st.aborted.Load() {
-		return status.Error(codes.Internal, "transport: the stream is done")
-	}
-	c := st.c
-	if err := c.lock(st.ctx); err != nil {
-		return err
-	}
-	defer c.unlock()
-	if !st.headerSent {
-		st.headerSent = true
-		if len(st.header) > 0 {
-			if err := c.writeFrame(st.ctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header}); err != nil {
-				return err
-			}
-		}
-		out.header = st.header
-		if out.header == nil {
-			out.header = metadata.MD{}
-		}
-	}
-	if err := c.writeMsg(st.ctx, st.id, 0, msg); err != nil {
-		return err
-	}
-	out.msg = msg
-	return nil
 }
 
 // RecvMsg receives the next request message into m; io.EOF after the
 // client's last one.
 func (st *serverStream) RecvMsg(m any) error {
-	err := st.await(st.ctx, func() bool { return len(st.msgs) > 0 || st.closed })
-	st.mu.Lock()
-	if len(st.msgs) == 0 {
-		st.mu.Unlock()
+	err := st.ts.WaitMsg(st.ctx)
+	msg, ok := st.ts.NextMsg()
+	if !ok {
 		if err != nil || st.ctx.Err() != nil {
 			return contextStatus(st.ctx.Err())
 		}
 		return io.EOF
 	}
-	msg := st.takeMsg()
-	st.mu.Unlock()
 	// The window goes back for every message, also one that fails: a
 	// handler may read on after the error.
-	if msg.err != nil {
-		st.consumed(st.ctx, msg.n)
-		return msg.err
+	if msg.Err != nil {
+		st.ts.Consumed(st.ctx, msg.N)
+		return msg.Err
 	}
-	n := msg.buf.Len()
-	if err := st.decode(st.codec, msg.buf, m); err != nil {
-		st.consumed(st.ctx, n)
+	n := msg.Buf.Len()
+	if err := st.ts.Decode(st.codec, msg.Buf, m); err != nil {
+		st.ts.Consumed(st.ctx, n)
 		return err
 	}
 	if sh := st.sc.srv.opts.stats; sh != nil {
 		sh.inPayload(st.ctx, false, m, n)
 	}
-	st.consumed(st.ctx, n)
+	st.ts.Consumed(st.ctx, n)
 	return nil
 }

@@ -24,6 +24,7 @@ import (
 
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
 	"github.com/notnets/notnets/internal/frame"
+	"github.com/notnets/notnets/internal/transport"
 )
 
 // r2Stats records every RPC event with its error (for End) and headers
@@ -238,7 +239,7 @@ func TestServerEndForUnaryCancelledEarly(t *testing.T) {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		for sc := range srv.conns {
-			if sc.active() == 1 {
+			if sc.t.Active() == 1 {
 				return true
 			}
 		}
@@ -249,7 +250,7 @@ func TestServerEndForUnaryCancelledEarly(t *testing.T) {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		for sc := range srv.conns {
-			if sc.active() != 0 {
+			if sc.t.Active() != 0 {
 				return false
 			}
 		}
@@ -305,8 +306,8 @@ func TestUnaryEndAfterEarlyTrailers(t *testing.T) {
 		}
 		return sc != nil
 	})
-	sc.c.pollMu.Lock()
-	defer sc.c.pollMu.Unlock()
+	sc.t.Conn().PollMu().Lock()
+	defer sc.t.Conn().PollMu().Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
 	var mu sync.Mutex
 	finished := 0
@@ -321,19 +322,19 @@ func TestUnaryEndAfterEarlyTrailers(t *testing.T) {
 	})
 	// The server ends the call (status only), as it does for a call it
 	// refuses at once.
-	if err := sc.c.lock(context.Background()); err != nil {
+	if err := sc.t.Conn().Lock(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	fs := frame.Status{Code: uint32(codes.PermissionDenied), Message: "refused"}
-	if err := sc.c.writeFrame(context.Background(), frame.TypeTrailers, 0, 1, 0, &fs); err != nil {
+	if err := sc.t.Conn().WriteFrame(context.Background(), frame.TypeTrailers, 0, 1, 0, &fs); err != nil {
 		t.Fatal(err)
 	}
-	sc.c.unlock()
+	sc.t.Conn().Unlock()
 	waitUntil(t, 10*time.Second, "the client records the status", func() bool {
 		cc.mu.Lock()
 		tr := cc.cur
 		cc.mu.Unlock()
-		return tr != nil && !tr.openStreams()
+		return tr != nil && !transport.OpenStreamsOf(tr)
 	})
 	cancel()
 	if err := <-callErr; err == nil {

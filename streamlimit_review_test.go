@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
+	"github.com/notnets/notnets/internal/transport"
 )
 
 // rv3Service answers as the "rv3-mode" metadata says: "err" fails,
@@ -303,15 +304,13 @@ func rv3Stress(t *testing.T, limit uint32) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if cur := cc.conn(); cur != cn || cn.closeErr() != nil {
-		t.Fatalf("the connection was replaced or closed: %v", cn.closeErr())
+	if cur := cc.conn(); cur != cn || cn.CloseErr() != nil {
+		t.Fatalf("the connection was replaced or closed: %v", cn.CloseErr())
 	}
 	cc.mu.Lock()
 	tr := cc.cur
 	cc.mu.Unlock()
-	tr.mu.Lock()
-	used := tr.slotsUsed
-	tr.mu.Unlock()
+	used := transport.SlotsUsed(tr)
 	if used != 0 {
 		t.Errorf("client counts %d streams after every call ended", used)
 	}
@@ -319,7 +318,7 @@ func rv3Stress(t *testing.T, limit uint32) {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		for sc := range srv.conns {
-			if sc.openStreams.Load() != 0 {
+			if sc.t.OpenStreams() != 0 {
 				return false
 			}
 		}
@@ -411,7 +410,7 @@ func TestSlotWaiterMovesOnAfterGoAway(t *testing.T) {
 		_, err := pb.NewGreeterClient(cc).SayHello(bctx, &pb.HelloRequest{Name: "b"}, grpc.WaitForReady(true))
 		res <- err
 	}()
-	waitUntil(t, 10*time.Second, "B waits for a place", func() bool { return anyStack("(*clientStream).takeSlot") })
+	waitUntil(t, 10*time.Second, "B waits for a place", func() bool { return anyStack("(*Client).TakeSlot") })
 
 	stopped := make(chan struct{})
 	go func() { srv1.GracefulStop(); close(stopped) }() // GOAWAY; waits for A
@@ -520,7 +519,7 @@ func TestTimeoutMeasuredAfterSlotWait(t *testing.T) {
 		r, err := pb.NewGreeterClient(cc).SayHello(bctx, &pb.HelloRequest{Name: "deadline"})
 		res <- result{r.GetMessage(), err}
 	}()
-	waitUntil(t, 10*time.Second, "B waits for a place", func() bool { return anyStack("(*clientStream).takeSlot") })
+	waitUntil(t, 10*time.Second, "B waits for a place", func() bool { return anyStack("(*Client).TakeSlot") })
 	dl, _ := bctx.Deadline()
 	// The wait under test: half of B's time passes while it waits.
 	waitUntil(t, 10*time.Second, "half of B's time has passed", func() bool { return time.Until(dl) <= 2*time.Second })

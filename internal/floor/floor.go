@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/notnets/notnets/internal/doorbell"
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
 	"github.com/notnets/notnets/internal/spin"
@@ -30,6 +31,7 @@ type Conn struct {
 	self, peer pool.Control
 	out        *ring.Producer
 	in         *ring.Consumer
+	bell       *doorbell.Bell
 }
 
 // Create makes a floor segment in dir for the client side and returns it
@@ -71,8 +73,9 @@ func Open(dir, name string) (*Conn, error) {
 func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte) *Conn {
 	return &Conn{
 		seg: seg, self: self, peer: peer,
-		out: ring.NewProducerAt(out, self.Tail, peer.Head, 0),
-		in:  ring.NewConsumerAt(in, peer.Tail, self.Head, 0),
+		out:  ring.NewProducerAt(out, self.Tail, peer.Head, 0),
+		in:   ring.NewConsumerAt(in, peer.Tail, self.Head, 0),
+		bell: doorbell.New(ring.TailWord(self.Tail), self.Sleeping, ring.TailWord(peer.Tail), peer.Sleeping, false),
 	}
 }
 
@@ -86,7 +89,7 @@ func (c *Conn) WaitPeer(timeout time.Duration) error {
 			return errors.New("floor: the other side did not open the segment")
 		}
 		if idle.Spent(spinFor) {
-			time.Sleep(time.Millisecond)
+			time.Sleep(doorbell.PollSleep)
 		}
 	}
 	return c.seg.Unlink()
@@ -126,7 +129,7 @@ func (c *Conn) Serve() error {
 // Close tells the peer, and unmaps the segment.
 func (c *Conn) Close() error {
 	c.self.State.Store(pool.StateClosed)
-	pool.FutexWake(ring.TailWord(c.self.Tail), 1)
+	c.bell.RingAlways()
 	c.seg.Unlink()
 	return c.seg.Close()
 }
@@ -146,9 +149,7 @@ func (c *Conn) send(p []byte) error {
 	}
 	copy(rec[ring.HeaderSize:], p)
 	c.out.Publish()
-	if c.peer.Sleeping.Load() != 0 {
-		pool.FutexWake(ring.TailWord(c.self.Tail), 1)
-	}
+	c.bell.Ring()
 	return nil
 }
 
@@ -164,11 +165,7 @@ func (c *Conn) recv() ([]byte, error) {
 			return nil, nil
 		}
 		if idle.Spent(spinFor) {
-			c.self.Sleeping.Store(1)
-			if !c.in.Published() {
-				pool.FutexWait(ring.TailWord(c.peer.Tail), uint32(c.in.Position()), 500*time.Millisecond)
-			}
-			c.self.Sleeping.Store(0)
+			c.bell.Wait(func() (uint32, bool) { return uint32(c.in.Position()), c.in.Published() })
 			idle.Reset()
 		}
 	}

@@ -1,4 +1,4 @@
-package notnets
+package transport
 
 import (
 	"fmt"

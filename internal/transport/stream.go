@@ -1,38 +1,38 @@
-package notnets
+package transport
 
 import (
 	"context"
 	"fmt"
 	"sync"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
-	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
 )
 
-// inMsg is a received message, in one buffer, or the error that replaced
+// InMsg is a received message, in one buffer, or the error that replaced
 // it.
-type inMsg struct {
-	buf mem.Buffer
-	err error
-	n   int // with err: the message's length, charged to the window
+type InMsg struct {
+	Buf mem.Buffer
+	Err error
+	N   int // with Err: the message's length, charged to the window
 }
 
-func (m inMsg) free() {
-	if m.buf != nil {
-		m.buf.Free()
+// Free releases the message's buffer.
+func (m InMsg) Free() {
+	if m.Buf != nil {
+		m.Buf.Free()
 	}
 }
 
-// minPooled is the capacity of the smallest receive buffer: above grpc's
-// pooling threshold (1 KiB), below which mem.NewBuffer would not pool.
-const minPooled = 1025
-
-// streamBase is the receive side and send window shared by client and
-// server streams. The reader goroutine fills it; the stream's user drains it.
-type streamBase struct {
+// Stream is the receive side and send window shared by client and server
+// streams: the receive queue, reassembly of fragments, and flow control
+// (docs/PROTOCOL.md 12). The reader goroutine fills it; the stream's user
+// drains it.
+//
+// Locks: mu guards the queue, the window counters and closed; it is taken
+// after the connection's write lock, and nothing is taken under it.
+type Stream struct {
 	id uint32
 	c  *conn
 
@@ -44,8 +44,8 @@ type streamBase struct {
 	// while its caller polls never needs one.
 	notify  chan struct{}
 	waiters int // goroutines parked in await
-	msgs    []inMsg
-	msg0    [1]inMsg // msgs' first backing array
+	msgs    []InMsg
+	msg0    [1]InMsg // msgs' first backing array
 	// discard drops messages as they arrive: the stream ended on this side.
 	discard bool
 	quota   int // message bytes the peer still accepts before a window update
@@ -62,14 +62,14 @@ type streamBase struct {
 	unacked int // bytes read by the user not yet returned to the peer
 }
 
-func (s *streamBase) init(id uint32, c *conn, maxRecv, window int) {
+func (s *Stream) init(id uint32, c *conn, maxRecv, window int) {
 	s.id, s.c, s.maxRecv, s.window, s.quota = id, c, maxRecv, window, window
 	s.credited = int64(window)
 	s.msgs = s.msg0[:0]
 }
 
 // signal wakes every goroutine parked in await.
-func (s *streamBase) signal() {
+func (s *Stream) signal() {
 	s.mu.Lock()
 	ch := s.notify
 	s.notify = nil
@@ -80,7 +80,7 @@ func (s *streamBase) signal() {
 }
 
 // await blocks until ready (called with s.mu held) is true or ctx ends.
-func (s *streamBase) await(ctx context.Context, ready func() bool) error {
+func (s *Stream) await(ctx context.Context, ready func() bool) error {
 	for {
 		s.mu.Lock()
 		if ready() {
@@ -109,8 +109,8 @@ func (s *streamBase) await(ctx context.Context, ready func() bool) error {
 }
 
 // onData handles a MESSAGE frame on the reader goroutine.
-func (s *streamBase) onData(h frame.Header, p []byte) error {
-	var m inMsg
+func (s *Stream) onData(h frame.Header, p []byte) error {
+	var m InMsg
 	var complete bool
 	var err error
 	if h.Type == frame.TypeMessageRef || (s.asm.buf == nil && !s.asm.skip) {
@@ -129,7 +129,7 @@ func (s *streamBase) onData(h frame.Header, p []byte) error {
 	s.mu.Lock()
 	if s.discard {
 		s.mu.Unlock()
-		m.free()
+		m.Free()
 		return nil
 	}
 	s.msgs = append(s.msgs, m)
@@ -142,33 +142,33 @@ func (s *streamBase) onData(h frame.Header, p []byte) error {
 // window this side has given it. A peer that starts one with no window left
 // breaks the protocol: unchecked, it could make this side queue without
 // bound.
-func (s *streamBase) charge(n uint32) error {
+func (s *Stream) charge(n uint32) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.recvd >= s.credited {
-		return fmt.Errorf("stream %d: message sent beyond the flow-control window (%d bytes started, %d allowed)", s.id, s.recvd, s.credited)
+		return fmt.Errorf("stream %d: message sent beyond the flow-control window (%d bytes started, %d allowed) (W2)", s.id, s.recvd, s.credited)
 	}
 	s.recvd += int64(n)
 	return nil
 }
 
 // onWindowUpdate handles a WINDOW_UPDATE frame on the reader goroutine.
-func (s *streamBase) onWindowUpdate(n uint32) error {
+func (s *Stream) onWindowUpdate(n uint32) error {
 	s.mu.Lock()
 	s.quota += int(n)
 	over := s.quota > s.window
 	s.mu.Unlock()
 	if over {
-		return fmt.Errorf("stream %d: window update of %d bytes beyond the window of %d", s.id, n, s.window)
+		return fmt.Errorf("stream %d: window update of %d bytes beyond the window of %d (W1)", s.id, n, s.window)
 	}
 	s.signal()
 	return nil
 }
 
 // takeMsg removes the first queued message; the caller holds s.mu.
-func (s *streamBase) takeMsg() inMsg {
+func (s *Stream) takeMsg() InMsg {
 	m := s.msgs[0]
-	s.msgs[0] = inMsg{}
+	s.msgs[0] = InMsg{}
 	s.msgs = s.msgs[1:]
 	if len(s.msgs) == 0 {
 		s.msgs = s.msg0[:0]
@@ -178,7 +178,7 @@ func (s *streamBase) takeMsg() inMsg {
 
 // consumed returns n bytes of window to the peer once enough accumulated,
 // unless the peer has finished sending.
-func (s *streamBase) consumed(ctx context.Context, n int) {
+func (s *Stream) consumed(ctx context.Context, n int) {
 	s.unacked += n
 	if s.unacked < s.window/4 {
 		return
@@ -209,7 +209,7 @@ func (s *streamBase) consumed(ctx context.Context, n int) {
 // left (the window may go negative): waiting for room for the whole message
 // could wait forever, since the receiver returns credit only in quarters of
 // the window. A stream thus has at most a window plus one message in flight.
-func (s *streamBase) takeQuota(ctx context.Context, n int, done func() error) error {
+func (s *Stream) takeQuota(ctx context.Context, n int, done func() error) error {
 	var stop error
 	err := s.await(ctx, func() bool {
 		if stop = done(); stop != nil {
@@ -229,83 +229,9 @@ func (s *streamBase) takeQuota(ctx context.Context, n int, done func() error) er
 	return nil
 }
 
-// assembler joins the fragments of one message at a time.
-type assembler struct {
-	buf  *[]byte
-	want int
-	skip bool // the message is over the limit; its fragments are dropped
-}
-
-// add takes one MESSAGE fragment. It returns the message when complete; a
-// message over limit comes back as an inMsg holding a ResourceExhausted
-// error. A returned error is a protocol violation.
-func (a *assembler) add(h frame.Header, p []byte, limit int) (inMsg, bool, error) {
-	more := h.Flags&frame.FlagMore != 0
-	if a.buf == nil && !a.skip { // first fragment
-		a.want = int(h.Aux)
-		if a.want > limit {
-			a.skip = true
-		} else {
-			if len(p) > a.want || (!more && len(p) != a.want) {
-				return inMsg{}, false, fmt.Errorf("stream %d: fragment of %d bytes for a message of %d", h.Stream, len(p), a.want)
-			}
-			// Small messages too come from the pool, with room beyond
-			// grpc's pooling threshold, so that their buffers are pooled
-			// and receiving allocates nothing.
-			a.buf = mem.DefaultBufferPool().Get(max(a.want, minPooled))
-			*a.buf = append((*a.buf)[:0], p...)
-		}
-	} else if !a.skip {
-		if len(*a.buf)+len(p) > a.want {
-			return inMsg{}, false, fmt.Errorf("stream %d: fragments exceed the message length %d", h.Stream, a.want)
-		}
-		*a.buf = append(*a.buf, p...)
-	}
-	if more {
-		return inMsg{}, false, nil
-	}
-	if a.skip {
-		a.skip = false
-		return inMsg{err: status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", a.want, limit), n: a.want}, true, nil
-	}
-	if len(*a.buf) != a.want {
-		return inMsg{}, false, fmt.Errorf("stream %d: message of %d bytes ended after %d", h.Stream, a.want, len(*a.buf))
-	}
-	b := a.buf
-	a.buf = nil
-	return inMsg{buf: mem.NewBuffer(b, mem.DefaultBufferPool())}, true, nil
-}
-
-// ref takes a whole message that arrived as a MESSAGE_REF frame, viewed by
-// buf, which it frees unless it returns it.
-func (a *assembler) ref(h frame.Header, buf mem.Buffer, limit int) (inMsg, bool, error) {
-	if a.buf != nil || a.skip {
-		buf.Free()
-		return inMsg{}, false, fmt.Errorf("stream %d: MESSAGE_REF in the middle of a fragmented message", h.Stream)
-	}
-	if n := buf.Len(); int(h.Aux) != n {
-		buf.Free()
-		return inMsg{}, false, fmt.Errorf("stream %d: MESSAGE_REF of %d bytes says the message has %d", h.Stream, n, h.Aux)
-	}
-	if n := buf.Len(); n > limit {
-		buf.Free()
-		return inMsg{err: status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", n, limit), n: n}, true, nil
-	}
-	return inMsg{buf: buf}, true, nil
-}
-
-// reset drops a partly assembled message.
-func (a *assembler) reset() {
-	if a.buf != nil {
-		mem.DefaultBufferPool().Put(a.buf)
-		a.buf = nil
-	}
-	a.skip = false
-}
-
 // dropQueued frees the messages nobody will read, and those still to
 // come: the stream has ended on this side.
-func (s *streamBase) dropQueued() {
+func (s *Stream) dropQueued() {
 	s.mu.Lock()
 	s.discard = true
 	s.freeAll()
@@ -313,9 +239,9 @@ func (s *streamBase) dropQueued() {
 }
 
 // freeAll releases every queued message; the caller holds s.mu.
-func (s *streamBase) freeAll() {
+func (s *Stream) freeAll() {
 	for _, m := range s.msgs {
-		m.free()
+		m.Free()
 	}
 	s.msgs = nil
 }

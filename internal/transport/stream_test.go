@@ -1,4 +1,4 @@
-package notnets
+package transport
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 // returned (seen as a stalled bidi stream of 1 MiB messages).
 func TestSignalWakesEveryWaiter(t *testing.T) {
 	for round := 0; round < 100; round++ {
-		var s streamBase
+		var s Stream
 		s.init(1, nil, 0, 1<<20)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var looks [2]int // under s.mu

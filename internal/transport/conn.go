@@ -1,4 +1,4 @@
-package notnets
+package transport
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
+	"github.com/notnets/notnets/internal/doorbell"
 	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
@@ -19,17 +20,25 @@ import (
 
 // conn is one side of a connection segment: the ring it produces, the ring
 // it consumes, and the reader goroutine that polls the latter. The client
-// and the server wrap it with their own stream handling.
+// and the server transports wrap it with their own stream handling.
 //
 // Memory safety: the segment is unmapped only after the reader has exited
 // and the closer holds the write lock for good, so any goroutine that holds
 // the write lock, or is the reader, may touch the segment.
+//
+// Locks, in the order they are taken (docs/ARCHITECTURE.md): pollMu (the
+// reading role), then wlock (the write lock, a channel so that waiting can
+// select), then a stream's locks, then heapMu or viewMu (heap.go), then
+// mapMu. The liveness registry's lock is taken before mapMu and never with
+// the others.
 type conn struct {
 	seg        *pool.Segment
 	self, peer pool.Control
 	out        *ring.Producer
 	in         *ring.Consumer
-	wait       waitConfig
+	wait       Wait
+	bell       *doorbell.Bell
+	window     int // each stream's receive window
 
 	// onFrame handles one frame on the reader goroutine; it must copy what
 	// it keeps of the payload. An error closes the connection with Internal.
@@ -38,7 +47,6 @@ type conn struct {
 	onClose func(err error)
 
 	wlock      chan struct{} // the write lock, as a channel so waiting can select
-	sleeping   atomic.Bool   // the reader is (about to be) blocked in futex
 	done       chan struct{} // closed when the connection starts closing
 	readerDone chan struct{} // closed when no goroutine will read the ring again
 	readerOnce sync.Once
@@ -68,8 +76,9 @@ type conn struct {
 	heaps
 }
 
-func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait waitConfig) *conn {
+func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait Wait) *conn {
 	return &conn{
+		bell: doorbell.New(ring.TailWord(self.Tail), self.Sleeping, ring.TailWord(peer.Tail), peer.Sleeping, wait.PollOnly),
 		seg:  seg,
 		self: self,
 		peer: peer,
@@ -127,16 +136,8 @@ func (c *conn) publish() {
 		return
 	}
 	c.out.Publish()
-	if c.peer.Sleeping.Load() != 0 {
-		pool.FutexWake(ring.TailWord(c.self.Tail), 1)
-	}
+	c.bell.Ring()
 }
-
-// fullRingSpin is how long a writer facing a full ring polls (pacing itself
-// as every poller does) before it sleeps between polls: while the peer is
-// active, space comes back within microseconds, and a sleep costs about a
-// millisecond.
-const fullRingSpin = 50 * time.Millisecond
 
 // reserve returns space for a frame with an n-byte payload, waiting while
 // the ring is full. The caller holds the write lock.
@@ -159,8 +160,8 @@ func (c *conn) reserve(ctx context.Context, n int, t frame.Type) ([]byte, error)
 		if c.peer.State.Load() == pool.StateClosed {
 			return nil, status.Error(codes.Unavailable, "notnets: peer closed the connection")
 		}
-		if idle.Spent(fullRingSpin) {
-			time.Sleep(time.Millisecond)
+		if idle.Spent(doorbell.FullRingSpin) {
+			time.Sleep(doorbell.PollSleep)
 		}
 	}
 }
@@ -316,7 +317,7 @@ func (c *conn) endReader() { c.readerOnce.Do(func() { close(c.readerDone) }) }
 // park waits while goroutines poll the ring for their own calls, until one
 // of them resumes the background reader, or a while has passed.
 func (c *conn) park() {
-	c.parkTimer.Reset(maxBlock)
+	c.parkTimer.Reset(doorbell.MaxBlock)
 	select {
 	case <-c.resume:
 	case <-c.done:
@@ -334,36 +335,20 @@ func (c *conn) resumeReader() {
 	c.kick()
 }
 
-// maxBlock bounds one futex wait, so that a closed peer that could not ring
-// the doorbell is still noticed.
-const maxBlock = 500 * time.Millisecond
-
+// block waits on the doorbell until the peer publishes or a while passes
+// (doorbell.Bell.Wait).
 func (c *conn) block() {
-	if c.wait.pollOnly {
-		time.Sleep(time.Millisecond)
-		return
-	}
-	c.sleeping.Store(true)
-	c.self.Sleeping.Store(1)
-	c.pollMu.Lock()
-	seen, published := uint32(c.in.Position()), c.in.Published()
-	c.pollMu.Unlock()
-	// If a caller drains the ring after this, seen is stale and the wait
-	// returns at once: a spurious wake-up, never a missed one.
-	if !published && c.closeErr() == nil && c.peer.State.Load() != pool.StateClosed {
-		pool.FutexWait(ring.TailWord(c.peer.Tail), seen, maxBlock)
-	}
-	c.self.Sleeping.Store(0)
-	c.sleeping.Store(false)
+	c.bell.Wait(func() (uint32, bool) {
+		c.pollMu.Lock()
+		seen, published := uint32(c.in.Position()), c.in.Published()
+		c.pollMu.Unlock()
+		return seen, published || c.closeErr() != nil || c.peer.State.Load() == pool.StateClosed
+	})
 }
 
 // kick wakes the reader if it is blocked, so that it polls while a call
 // that just started waits for its answer.
-func (c *conn) kick() {
-	if c.sleeping.Load() {
-		pool.FutexWake(ring.TailWord(c.peer.Tail), 1)
-	}
-}
+func (c *conn) kick() { c.bell.Kick() }
 
 // fail closes the connection with err: every stream fails with it, the
 // peer is told through the control block, and the segment is unmapped once
@@ -375,7 +360,7 @@ func (c *conn) fail(err error) {
 		c.closed.Store(true) // after err: a load that sees true sees err
 		close(c.done)
 		c.self.State.Store(pool.StateClosed)
-		pool.FutexWake(ring.TailWord(c.self.Tail), 1) // the peer may sleep on our tail
+		c.bell.RingAlways() // the peer may sleep on our tail
 		c.onClose(err)
 		c.kick()
 		go c.release()

@@ -1,4 +1,4 @@
-package notnets
+package transport
 
 import (
 	"context"
@@ -20,6 +20,44 @@ import (
 // ArenaThreshold is the size from which a message travels through the
 // connection's heap as a reference rather than through the ring.
 const ArenaThreshold = 16 << 10
+
+// Block is a block of a connection's own heap allocated for the user to
+// fill and send (notnets.Bytes from Alloc). The zero Block is none.
+type Block struct {
+	c   *conn
+	off int
+}
+
+// IsZero reports whether b is no block.
+func (b Block) IsZero() bool { return b.c == nil }
+
+// Free gives back a block that was never sent.
+func (b Block) Free() {
+	if b.c != nil {
+		b.c.freeBlock(b.off)
+		b.c.unpin()
+	}
+}
+
+// sent records that the block now belongs to the peer.
+func (b Block) sent() { b.c.unpin() }
+
+// allocUserBlock returns n bytes of a new block of the own heap, pinned
+// until it is sent or freed, or false when n is below ArenaThreshold, the
+// connection has no heap or no room, or it is closed.
+func (c *conn) allocUserBlock(n int) (Block, []byte, bool) {
+	// Pinned first: allocBlock reads the segment (the return queue), which
+	// a connection closing meanwhile would otherwise unmap.
+	if n < ArenaThreshold || !c.tryPin() {
+		return Block{}, nil, false
+	}
+	off, b, ok := c.allocBlock(n)
+	if !ok {
+		c.unpin()
+		return Block{}, nil, false
+	}
+	return Block{c: c, off: off}, b[:n:n], true
+}
 
 // heaps is a connection's share of the arena: the heap it sends from, and
 // the peer's heap it receives from. See package arena for the protocol.

@@ -1,4 +1,4 @@
-package notnets
+package transport
 
 import (
 	"fmt"
@@ -20,10 +20,6 @@ import (
 // idle process wakes beatInterval times a second whatever its number of
 // connections.
 
-// DefaultLivenessTimeout is how long a peer's heartbeat may stand still
-// before its connection fails.
-const DefaultLivenessTimeout = 2 * time.Second
-
 // beatInterval is how often heartbeats are incremented and checked.
 const beatInterval = 100 * time.Millisecond
 
@@ -37,6 +33,8 @@ type watched struct {
 	lastSeen time.Time // when it was last seen to move
 }
 
+// liveness is the process's registry of watched connections. Its lock is
+// taken before a connection's mapMu, never with any other lock.
 var liveness struct {
 	sync.Mutex
 	conns   map[*conn]*watched
@@ -56,8 +54,8 @@ func (w *watched) peerAlive() bool {
 // localPID returns pid if peers share this host (they do unless the side
 // polls only, as for a pool shared across hosts), else 0: a pid from
 // another host names nothing here.
-func localPID(w waitConfig, pid int) int {
-	if w.pollOnly {
+func localPID(w Wait, pid int) int {
+	if w.PollOnly {
 		return 0
 	}
 	return pid

@@ -1,17 +1,16 @@
-package notnets
+package transport
 
 import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
-	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
 	"github.com/notnets/notnets/internal/arena"
 	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/pool"
@@ -100,12 +99,9 @@ func FuzzServerReadsSegment(f *testing.F) {
 	broken = seedCall()
 	broken[256+4] = 99 // unknown frame type
 	f.Add(broken)
-	srv := NewServer()
-	pb.RegisterGreeterServer(srv, echoGreeter{})
-	lis := &Listener{dir: "fuzz", name: "fuzz"}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		seg, lay := fuzzSegment(data)
-		sc := newServerConn(srv, lis, &accepted{seg: seg, lay: lay})
+		sc := NewServer(&Accepted{seg: seg, lay: lay}, ServerConfig{Window: 1 << 20, MaxRecv: 4 << 20}, NewWorkers(), echoHandler{})
 		for i := 0; i < 3; i++ {
 			if n, ok := sc.c.drainOrCheck(); !ok || n == 0 {
 				break
@@ -122,6 +118,42 @@ func FuzzServerReadsSegment(f *testing.F) {
 		sc.c.endReader()
 		sc.c.waitReleased()
 	})
+}
+
+// echoHandler serves every stream of a fuzzed server with a call that
+// echoes the request's messages and ends with OK, as a unary call when
+// the method says so.
+type echoHandler struct{}
+
+func (echoHandler) NewCall(st *ServerStream, rh *frame.RequestHeaders, _ int) ServerCall {
+	return &echoCall{st: st, unary: strings.HasSuffix(rh.Method, "/SayHello")}
+}
+func (echoHandler) Closed(*Server, error)     {}
+func (echoHandler) StreamEnded(*Server, bool) {}
+
+type echoCall struct {
+	st    *ServerStream
+	unary bool
+}
+
+func (c *echoCall) Unary() bool    { return c.unary }
+func (c *echoCall) Cancel(error)   {}
+func (c *echoCall) NeverRan(error) {}
+func (c *echoCall) Run() {
+	ctx := context.Background()
+	for {
+		m, ok := c.st.NextMsg()
+		if !ok {
+			break
+		}
+		if m.Buf != nil {
+			out := OutMsg{raw: true, rawData: m.Buf.ReadOnlyData(), size: m.Buf.Len()}
+			var sent Sent
+			c.st.Send(ctx, &out, &sent)
+		}
+		m.Free()
+	}
+	c.st.Finish(ctx, okStatus, nil, &Sent{})
 }
 
 // seedReply is a well-formed answer to stream 1, as the server would write
@@ -147,11 +179,6 @@ func FuzzClientReadsSegment(f *testing.F) {
 	broken := seedReply()
 	broken[256+16+4] = 42 // unknown frame type in the second record
 	f.Add(broken)
-	cc := &ClientConn{opts: dialOptions{maxRecvSize: DefaultMaxRecvMsgSize, window: defaultWindow}}
-	ci, err := newCallInfo(&cc.opts, []grpc.CallOption{grpc.CallContentSubtype(BytesCodecName)})
-	if err != nil {
-		f.Fatal(err)
-	}
 	seed := seedReply()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		isSeed := bytes.Equal(data, seed)
@@ -161,12 +188,12 @@ func FuzzClientReadsSegment(f *testing.F) {
 			data = data[:256]
 		}
 		copy(seg.Mem[2*pool.PageSize:], data)
-		tr := &transport{cc: cc, streams: make(map[uint32]*clientStream)}
-		tr.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, defaultWait())
+		tr := &Client{streams: make(map[uint32]*ClientStream), goingAway: make(chan struct{}), events: ClientEvents{Lost: func(error) {}, Closed: func() {}}}
+		tr.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, Wait{})
 		tr.c.initHeaps(lay.C2SHeap, lay.C2SReturns, lay.S2CHeap, lay.S2CReturns, false)
 		tr.c.onFrame, tr.c.onClose = tr.onFrame, tr.onClose
-		s := &clientStream{cc: cc, t: tr, ctx: context.Background(), desc: &grpc.StreamDesc{ServerStreams: true}, ci: ci}
-		s.init(1, tr.c, cc.opts.maxRecvSize, cc.opts.window)
+		s := &ClientStream{t: tr, ctx: context.Background(), maxRecv: 4 << 20}
+		s.init(1, tr.c, s.maxRecv, 1<<20)
 		tr.streams[1], tr.lastID = s, 1
 		for i := 0; i < 3; i++ {
 			if n, ok := tr.c.drainOrCheck(); !ok || n == 0 {
@@ -175,19 +202,14 @@ func FuzzClientReadsSegment(f *testing.F) {
 		}
 		var lens []int
 		for {
-			s.mu.Lock()
-			if len(s.msgs) == 0 {
-				s.mu.Unlock()
+			m, ok, _ := s.NextMsg()
+			if !ok {
 				break
 			}
-			m := s.takeMsg()
-			s.mu.Unlock()
-			if m.err == nil {
-				var b Bytes
-				s.decode(ci.codec, m.buf, &b)
-				lens = append(lens, b.Len())
-				b.Free()
+			if m.Err == nil {
+				lens = append(lens, len(m.Buf.ReadOnlyData()))
 			}
+			m.Free()
 		}
 		if isSeed && (len(lens) != 2 || lens[0] != 3 || lens[1] != 100 || s.st.Code() != codes.OK || tr.c.closeErr() != nil) {
 			t.Fatalf("the well-formed reply was read as %v, status %v, closed %v", lens, s.st, tr.c.closeErr())

@@ -1,0 +1,40 @@
+package transport
+
+import (
+	"time"
+
+	"github.com/notnets/notnets/internal/pool"
+)
+
+// Wait says how a side waits for its peer once it has polled for Spin
+// without seeing anything.
+type Wait struct {
+	Spin time.Duration
+	// PollOnly: never block in a futex; sleep instead (pools shared across
+	// hosts, where a futex cannot reach the peer).
+	PollOnly bool
+	// CheckViews protects each received heap block while nobody holds it
+	// (WithViewChecks).
+	CheckViews bool
+}
+
+// DialConfig is what a client needs to make a connection.
+type DialConfig struct {
+	Pool      string      // the pool directory, cleaned
+	Access    pool.Access // the pool's access rules
+	Name      string      // the listener name
+	RingSize  int         // each ring's capacity
+	ArenaSize int         // each heap's size, 0 for none
+	Wait      Wait
+	Window    int           // each stream's receive window
+	Liveness  time.Duration // how long the peer's heartbeat may stand still
+}
+
+// ServerConfig is what a server transport needs.
+type ServerConfig struct {
+	Wait       Wait
+	Window     int // each stream's receive window
+	MaxRecv    int // the largest request message accepted
+	Liveness   time.Duration
+	MaxStreams uint32 // open streams a client may have; 0 for no limit
+}

@@ -1,0 +1,142 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/notnets/notnets/internal/doorbell"
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/ring"
+)
+
+// connect creates a connection segment, announces it through the listener
+// name, and waits until the server has mapped it. The segment's file is
+// removed from the pool as soon as both sides have it mapped.
+// It also returns what it knows of the server, from its listener.
+func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayout, Identity, error) {
+	name := o.Name
+	lseg, err := pool.OpenIn(o.Pool, pool.ListenerFile(name), pool.ListenerSize, pool.ListenerSize, o.Access)
+	if errors.Is(err, pool.ErrAccess) {
+		return nil, nil, Identity{}, status.Error(codes.PermissionDenied, err.Error())
+	}
+	if err != nil {
+		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: no listener %q in pool %s: %v", name, o.Pool, err)
+	}
+	defer lseg.Close()
+	lis, err := pool.MapListener(lseg.Mem)
+	if err != nil {
+		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
+	}
+	server := identityOf(lseg, lis.PID) // while the server has its listener mapped
+	if server.Mismatch {
+		return nil, nil, Identity{}, status.Errorf(codes.PermissionDenied, "notnets: listener %q belongs to uid %d but process %d, which maps it, runs as another user", name, server.UID, server.PID)
+	}
+	if seg, lay, cred, tried, err := dialCreds(ctx, o, name, lis, lseg.Owner.UID); tried {
+		return seg, lay, cred, err
+	}
+	if lis.Flags&pool.ListenerSocketOnly != 0 {
+		// Its slots are not read: someone removed the socket, or this
+		// client is poll-only and cannot use it.
+		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: listener %q takes connections only through its socket %s, which this client cannot use (removed, or WithPollOnly)", name, sockName(name))
+	}
+	if lis.Server.State.Load() != pool.StateOpen {
+		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
+	}
+	segName, err := pool.NewConnName()
+	if err != nil {
+		return nil, nil, Identity{}, err
+	}
+	spec := pool.ConnSpec{C2S: o.RingSize, S2C: o.RingSize, C2SHeap: o.ArenaSize, S2CHeap: o.ArenaSize}
+	seg, err := pool.CreateIn(o.Pool, segName, spec.Size(), o.Access)
+	if err != nil {
+		return nil, nil, Identity{}, status.Error(codes.Unavailable, err.Error())
+	}
+	pool.InitConnSpec(seg.Mem, spec, os.Getpid())
+	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
+	if err == nil {
+		err = protectPeer(seg, lay, true)
+	}
+	if err != nil {
+		seg.Unlink()
+		seg.Close()
+		return nil, nil, Identity{}, err
+	}
+	lay.Client.State.Store(pool.StateOpen)
+	if err := announce(ctx, o, lis, segName, lay); err != nil {
+		lay.Client.State.Store(pool.StateClosed)
+		seg.Unlink()
+		seg.Close()
+		return nil, nil, Identity{}, err
+	}
+	seg.Unlink()
+	return seg, lay, server, nil
+}
+
+// announce puts segName in a free slot of the listener and waits for the
+// server to open the connection.
+func announce(ctx context.Context, o *DialConfig, lis *pool.ListenerLayout, segName string, lay *pool.ConnLayout) error {
+	var slot pool.Slot
+	var word uint32
+	err := setupPoll(ctx, o.Wait.Spin, func() (bool, error) {
+		if lis.Server.State.Load() != pool.StateOpen {
+			return false, status.Error(codes.Unavailable, "notnets: listener closed")
+		}
+		for _, s := range lis.Slots {
+			w, ok := s.Claim()
+			if !ok {
+				continue
+			}
+			s.PID.Store(uint32(os.Getpid()))
+			s.SetName(segName)
+			// Fails if the server reclaimed the slot meanwhile; then try again.
+			if word, ok = s.Advance(w, pool.SlotReady); ok {
+				slot = s
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return err
+	}
+	doorbell.Knock(lis.Knock, 1)
+	err = waitAccepted(ctx, o, lay, func() error {
+		if lis.Server.State.Load() != pool.StateOpen {
+			return status.Error(codes.Unavailable, "notnets: listener closed before accepting")
+		}
+		return nil
+	})
+	if err != nil {
+		slot.Free(word) // withdraw, unless the server has taken it
+	}
+	return err
+}
+
+// waitAccepted waits until the server opens the connection of lay, or
+// refuses it, or gone reports that the server has gone.
+func waitAccepted(ctx context.Context, o *DialConfig, lay *pool.ConnLayout, gone func() error) error {
+	return setupPoll(ctx, o.Wait.Spin, func() (bool, error) {
+		switch lay.Server.State.Load() {
+		case pool.StateOpen:
+			return true, nil
+		case pool.StateClosed:
+			return false, status.Error(codes.Unavailable, "notnets: server refused the connection")
+		}
+		return false, gone()
+	})
+}
+
+// setupPoll is doorbell.Poll for a connection being set up, with ctx's end
+// as a status error.
+func setupPoll(ctx context.Context, spin time.Duration, try func() (bool, error)) error {
+	err := doorbell.Poll(ctx, spin, try)
+	if err != nil && ctx.Err() != nil && err == ctx.Err() {
+		return status.Errorf(status.FromContextError(err).Code(), "notnets: connect: %v", err)
+	}
+	return err
+}

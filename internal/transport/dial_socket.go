@@ -1,0 +1,116 @@
+package transport
+
+import (
+	"context"
+	"net"
+	"os"
+
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/ring"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// dialCreds connects through the listener's socket if there is one. It
+// reports tried false when there is none (or the pool is shared across
+// hosts, or this process cannot make a memfd), for the caller to use the
+// slots if the listener allows. The process holding the socket must be
+// the one that published the listener lis, whose file belongs to owner.
+func dialCreds(ctx context.Context, o *DialConfig, name string, lis *pool.ListenerLayout, owner uint32) (seg *pool.Segment, lay *pool.ConnLayout, server Identity, tried bool, err error) {
+	if o.Wait.PollOnly {
+		return nil, nil, Identity{}, false, nil
+	}
+	dfd, err := pool.OpenDir(o.Pool, o.Access)
+	if err != nil {
+		return nil, nil, Identity{}, false, nil // the slots' path says why
+	}
+	defer unix.Close(dfd)
+	path := sockPath(o.Pool, dfd, name)
+	if path == "" {
+		return nil, nil, Identity{}, false, nil
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, Identity{}, true, status.Errorf(status.FromContextError(ctx.Err()).Code(), "notnets: connect: %v", ctx.Err())
+		}
+		return nil, nil, Identity{}, false, nil
+	}
+	conn := nc.(*net.UnixConn)
+	defer conn.Close()
+	cred, err := peerCred(conn)
+	if err != nil {
+		return nil, nil, Identity{}, true, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
+	}
+	if int(cred.Pid) != lis.PID || cred.Uid != owner {
+		return nil, nil, Identity{}, true, status.Errorf(codes.PermissionDenied, "notnets: the socket of listener %q is held by pid %d (uid %d), not by the listener's pid %d (uid %d)", name, cred.Pid, cred.Uid, lis.PID, owner)
+	}
+	server = credIdentity(cred)
+	seg, lay, fd, err := newSealedSegment(o)
+	if err != nil {
+		// No memfd here (a sandbox, say): the slots, where the listener
+		// offers them.
+		return nil, nil, Identity{}, lis.Flags&pool.ListenerSocketOnly != 0, err
+	}
+	fail := func(err error) (*pool.Segment, *pool.ConnLayout, Identity, bool, error) {
+		lay.Client.State.Store(pool.StateClosed)
+		seg.Close()
+		return nil, nil, Identity{}, true, err
+	}
+	lay.Client.State.Store(pool.StateOpen)
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetWriteDeadline(dl)
+	}
+	_, _, err = conn.WriteMsgUnix([]byte{1}, unix.UnixRights(fd), nil)
+	unix.Close(fd) // the mapping stays; the server gets its own descriptor
+	if err != nil {
+		return fail(status.Errorf(codes.Unavailable, "notnets: hand the segment to listener %q: %v", name, err))
+	}
+	err = waitAccepted(ctx, o, lay, func() error {
+		if !pool.ProcessAlive(int(cred.Pid)) {
+			return status.Errorf(codes.Unavailable, "notnets: server process %d exited before accepting", cred.Pid)
+		}
+		return nil
+	})
+	if err != nil {
+		return fail(err)
+	}
+	return seg, lay, server, true, nil
+}
+
+// newSealedSegment creates a connection segment as an anonymous memfd
+// sealed against resizing, maps it, and returns it with its descriptor.
+func newSealedSegment(o *DialConfig) (*pool.Segment, *pool.ConnLayout, int, error) {
+	spec := pool.ConnSpec{C2S: o.RingSize, S2C: o.RingSize, C2SHeap: o.ArenaSize, S2CHeap: o.ArenaSize}
+	fd, err := unix.MemfdCreate("notnets-conn", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, nil, -1, status.Errorf(codes.Unavailable, "notnets: create segment: %v", err)
+	}
+	fail := func(what string, err error) (*pool.Segment, *pool.ConnLayout, int, error) {
+		unix.Close(fd)
+		return nil, nil, -1, status.Errorf(codes.Unavailable, "notnets: %s segment: %v", what, err)
+	}
+	if err := unix.Ftruncate(fd, int64(spec.Size())); err != nil {
+		return fail("size", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, requiredSeals); err != nil {
+		return fail("seal", err)
+	}
+	mem, err := unix.Mmap(fd, 0, spec.Size(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fail("map", err)
+	}
+	pool.InitConnSpec(mem, spec, os.Getpid())
+	seg := &pool.Segment{Mem: mem}
+	lay, err := pool.MapConn(mem, ring.CheckCap)
+	if err == nil {
+		err = protectPeer(seg, lay, true)
+	}
+	if err != nil {
+		seg.Close()
+		return fail("check", err)
+	}
+	return seg, lay, fd, nil
+}

@@ -1,0 +1,295 @@
+package transport
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/notnets/notnets/internal/doorbell"
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/ring"
+)
+
+// ErrListenerClosed is returned by Accept after Close.
+var ErrListenerClosed = errors.New("notnets: listener closed")
+
+// Listener is a name published in a pool, through which clients hand
+// over new connections: on one host through its socket (accept_socket.go),
+// across hosts through the slots of its segment.
+//
+// Locks: mu is held by Accept while it touches the segment (Close takes it
+// to wait for Accept to leave); hsMu guards the handshakes in progress.
+// Neither is held while the other is taken.
+type Listener struct {
+	dir, name string
+	access    pool.Access
+	seg       *pool.Segment
+	lay       *pool.ListenerLayout
+	wait      Wait
+
+	// creds is the socket of the credentialed handshake (handshake.go), or
+	// nil; incoming carries what it receives to accept.
+	creds      *net.UnixListener
+	credsDir   int // descriptor of the pool directory the socket is named in
+	incoming   chan *Accepted
+	handshakes sync.WaitGroup // acceptCreds and the handshakes in progress
+	hsMu       sync.Mutex
+	hsConns    map[*net.UnixConn]bool // handshakes in progress, to end at Close
+	hsClosed   bool
+
+	closeOnce sync.Once
+	done      chan struct{}
+	mu        sync.Mutex // held by Accept while it touches the segment
+	claimed   [pool.Slots]claimSeen
+}
+
+// Listen publishes a listener under name in the pool dir, which it
+// prepares with access. It fails if a live listener already has the name;
+// a file left by a dead process is replaced.
+func Listen(dir, name string, access pool.Access, wait Wait) (*Listener, error) {
+	if err := pool.ValidName(name); err != nil {
+		return nil, err
+	}
+	if err := pool.Prepare(dir, access); err != nil {
+		return nil, err
+	}
+	pool.Clean(dir) // best effort: files of processes that died
+
+	file := pool.ListenerFile(name)
+	seg, err := pool.CreateIn(dir, file, pool.ListenerSize, access)
+	if errors.Is(err, syscall.EEXIST) {
+		if err := removeStaleListener(dir, file, access); err != nil {
+			return nil, err
+		}
+		seg, err = pool.CreateIn(dir, file, pool.ListenerSize, access)
+	}
+	if err != nil {
+		return nil, err
+	}
+	l := &Listener{dir: dir, name: name, access: access, seg: seg, wait: wait, done: make(chan struct{})}
+	if err := l.listenCreds(); err != nil {
+		seg.Unlink()
+		seg.Close()
+		return nil, err
+	}
+	var flags uint32
+	if l.creds != nil {
+		flags = pool.ListenerSocketOnly // clients must not be talked down to the slots
+	}
+	pool.InitListener(seg.Mem, os.Getpid(), flags)
+	if l.lay, err = pool.MapListener(seg.Mem); err != nil {
+		l.stopCreds()
+		seg.Unlink()
+		seg.Close()
+		return nil, err
+	}
+	l.startCreds()
+	l.lay.Server.State.Store(pool.StateOpen)
+	return l, nil
+}
+
+// removeStaleListener removes the listener file if its process is gone or
+// it is closed or unreadable, and fails if a live listener holds it.
+func removeStaleListener(dir, file string, access pool.Access) error {
+	seg, err := pool.OpenIn(dir, file, 0, 1<<20, access)
+	if err != nil {
+		return err
+	}
+	defer seg.Close()
+	lay, err := pool.MapListener(seg.Mem)
+	if err == nil && lay.Server.State.Load() == pool.StateOpen && pool.ProcessAlive(lay.PID) {
+		return fmt.Errorf("notnets: listen %s/%s: address in use by process %d", dir, file, lay.PID)
+	}
+	return seg.Unlink()
+}
+
+// Dir returns the pool directory the listener is published in.
+func (l *Listener) Dir() string { return l.dir }
+
+// Name returns the listener's name.
+func (l *Listener) Name() string { return l.name }
+
+// Close removes the listener from the pool. Accepted connections stay open.
+func (l *Listener) Close() error {
+	l.closeOnce.Do(func() {
+		close(l.done)
+		l.stopCreds()
+		l.lay.Server.State.Store(pool.StateClosed)
+		// A new knock value, so that an accept about to wait on the old
+		// one returns at once instead of after doorbell.MaxBlock.
+		doorbell.Knock(l.lay.Knock, 1<<30)
+		l.mu.Lock() // wait for Accept to leave the segment
+		defer l.mu.Unlock()
+		for len(l.incoming) > 0 { // received, never accepted
+			a := <-l.incoming
+			a.Refuse()
+		}
+		l.seg.Unlink()
+		l.seg.Close()
+	})
+	return nil
+}
+
+// checkFresh checks that a connection segment is as a client leaves it
+// before announcing it: client open, server control block and both rings'
+// counters and both return queues' counters zero. The counters are trusted from here on only because they
+// start at zero.
+func checkFresh(lay *pool.ConnLayout) error {
+	if lay.Client.State.Load() != pool.StateOpen {
+		return errors.New("notnets: client gave up on the connection")
+	}
+	if lay.Server.State.Load() != pool.StateNew || lay.Server.Sleeping.Load() != 0 ||
+		lay.Client.Tail.Load() != 0 || lay.Client.Head.Load() != 0 ||
+		lay.Server.Tail.Load() != 0 || lay.Server.Head.Load() != 0 ||
+		lay.Client.ReturnTail.Load() != 0 || lay.Client.ReturnHead.Load() != 0 ||
+		lay.Server.ReturnTail.Load() != 0 || lay.Server.ReturnHead.Load() != 0 {
+		return errors.New("notnets: connection segment announced with used control blocks")
+	}
+	return nil
+}
+
+// Accepted is a connection segment a client handed over, mapped and
+// checked; NewServer serves it.
+type Accepted struct {
+	seg  *pool.Segment
+	lay  *pool.ConnLayout
+	auth *Identity // the peer as the kernel reported it, when it came through the socket
+}
+
+// Peer returns the client's identity: the kernel's, when the segment came
+// through the socket, else what the segment file and the client's header
+// say (identityOf).
+func (a *Accepted) Peer() Identity {
+	if a.auth != nil {
+		return *a.auth
+	}
+	return identityOf(a.seg, a.lay.PeerPID)
+}
+
+// peerPID is the client's pid: the kernel's, when the segment came through
+// the socket, else the one the client wrote into its header.
+func (a *Accepted) peerPID() int {
+	if a.auth != nil {
+		return a.auth.PID
+	}
+	return a.lay.PeerPID
+}
+
+// Refuse tells the client its connection is refused (the server is
+// stopping) and unmaps the segment.
+func (a *Accepted) Refuse() {
+	a.lay.Server.State.Store(pool.StateClosed)
+	a.seg.Close()
+}
+
+// Accept waits for a client to hand over a connection and maps its
+// segment. Announcements that fail the checks are dropped, and the slot
+// freed.
+func (l *Listener) Accept() (*Accepted, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	idleSince := time.Now()
+	for {
+		select {
+		case <-l.done:
+			return nil, ErrListenerClosed
+		default:
+		}
+		knock := l.lay.Knock.Load()
+		select {
+		case a := <-l.incoming: // nil channel without a socket: never ready
+			return a, nil
+		default:
+		}
+		for i, s := range l.lay.Slots {
+			if l.creds != nil {
+				break // socket only: slots are not read, so nobody can use them
+			}
+			w := s.State.Load()
+			switch pool.SlotState(w) {
+			case pool.SlotReady:
+				a, err := l.take(s)
+				// If the client withdrew meanwhile, it also marked its side
+				// closed, and the connection ends as soon as it is served.
+				s.Free(w)
+				if err == nil {
+					return a, nil
+				}
+				idleSince = time.Now()
+			case pool.SlotClaimed:
+				l.reclaim(i, s, w)
+			}
+		}
+		if time.Since(idleSince) < l.wait.Spin {
+			runtime.Gosched()
+		} else {
+			doorbell.WaitKnock(l.lay.Knock, knock, l.wait.PollOnly)
+		}
+	}
+}
+
+// claimLimit is how long a slot may stay claimed but not ready before the
+// server frees it: a client fills a slot in microseconds.
+const claimLimit = 10 * time.Second
+
+// reclaim frees a slot whose client died between claiming and filling it,
+// or has held it claimed for claimLimit.
+func (l *Listener) reclaim(i int, s pool.Slot, w uint32) {
+	if l.claimed[i].word != w {
+		l.claimed[i] = claimSeen{word: w, since: time.Now()}
+	}
+	// The pid may still be the slot's previous user's for a moment after a
+	// claim, so a dead pid counts only once the claim is a second old.
+	age := time.Since(l.claimed[i].since)
+	pid := int(s.PID.Load())
+	if (age > time.Second && pid != 0 && !pool.ProcessAlive(pid)) || age > claimLimit {
+		s.Free(w)
+	}
+}
+
+type claimSeen struct {
+	word  uint32
+	since time.Time
+}
+
+func (l *Listener) take(s pool.Slot) (*Accepted, error) {
+	name, err := s.Name()
+	if err != nil {
+		return nil, err
+	}
+	if !pool.ValidConnName(name) {
+		return nil, fmt.Errorf("notnets: slot names %q, not a connection segment", name)
+	}
+	seg, err := pool.OpenIn(l.dir, name, pool.ConnSize(ring.MinCap, ring.MinCap), maxConnSize, l.access)
+	if err != nil {
+		return nil, err
+	}
+	return acceptSegment(seg, nil)
+}
+
+// acceptSegment checks the mapped connection segment seg as a client
+// leaves it and protects the client's regions; on a refusal it tells the
+// client (if the header was valid) and unmaps the segment. auth is the
+// client's identity when the kernel reported it.
+func acceptSegment(seg *pool.Segment, auth *Identity) (*Accepted, error) {
+	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
+	if err == nil {
+		err = checkFresh(lay)
+	}
+	if err == nil {
+		err = protectPeer(seg, lay, false)
+	}
+	if err != nil {
+		if lay != nil {
+			lay.Server.State.Store(pool.StateClosed) // tell the client at once
+		}
+		seg.Close()
+		return nil, err
+	}
+	return &Accepted{seg: seg, lay: lay, auth: auth}, nil
+}
