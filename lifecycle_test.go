@@ -1,7 +1,7 @@
 package notnets
 
-// Lifecycle tests: waits that could block forever, found by a review for
-// lost wake-ups (each failed before its fix). None uses a sleep to order
+// Lifecycle tests: connections and calls that must end, never wait
+// forever, when servers stop, clients close or connections fail. None uses a sleep to order
 // events: they wait for conditions (with a deadline that only decides
 // failure), or order events by holding a lock of the library.
 

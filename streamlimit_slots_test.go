@@ -26,15 +26,15 @@ import (
 	"github.com/notnets/notnets/internal/transport"
 )
 
-// rv3Service answers as the "rv3-mode" metadata says: "err" fails,
+// modeService answers as the "test-mode" metadata says: "err" fails,
 // "block" waits for the call's context; otherwise it answers at once.
-type rv3Service struct {
+type modeService struct {
 	testgrpc.UnimplementedTestServiceServer
 }
 
-type rv3Greeter struct{ pb.UnimplementedGreeterServer }
+type modeGreeter struct{ pb.UnimplementedGreeterServer }
 
-func (rv3Greeter) SayHello(ctx context.Context, in *pb.HelloRequest) (*pb.HelloReply, error) {
+func (modeGreeter) SayHello(ctx context.Context, in *pb.HelloRequest) (*pb.HelloReply, error) {
 	if in.GetName() == "deadline" { // the time the handler has left
 		dl, _ := ctx.Deadline()
 		return &pb.HelloReply{Message: time.Until(dl).String()}, nil
@@ -42,20 +42,20 @@ func (rv3Greeter) SayHello(ctx context.Context, in *pb.HelloRequest) (*pb.HelloR
 	return &pb.HelloReply{Message: in.GetName()}, nil
 }
 
-func rv3Mode(ctx context.Context) string {
+func callMode(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get("rv3-mode"); len(v) > 0 {
+	if v := md.Get("test-mode"); len(v) > 0 {
 		return v[0]
 	}
 	return ""
 }
 
-func rv3With(ctx context.Context, mode string) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, "rv3-mode", mode)
+func modeWith(ctx context.Context, mode string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "test-mode", mode)
 }
 
-func (rv3Service) UnaryCall(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
-	switch rv3Mode(ctx) {
+func (modeService) UnaryCall(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	switch callMode(ctx) {
 	case "err":
 		return nil, status.Error(codes.FailedPrecondition, "refused")
 	case "block":
@@ -65,21 +65,21 @@ func (rv3Service) UnaryCall(ctx context.Context, _ *testpb.SimpleRequest) (*test
 	return &testpb.SimpleResponse{}, nil
 }
 
-func (rv3Service) StreamingOutputCall(in *testpb.StreamingOutputCallRequest, stream testgrpc.TestService_StreamingOutputCallServer) error {
+func (modeService) StreamingOutputCall(in *testpb.StreamingOutputCallRequest, stream testgrpc.TestService_StreamingOutputCallServer) error {
 	for range in.GetResponseParameters() {
 		if err := stream.Send(&testpb.StreamingOutputCallResponse{}); err != nil {
 			return err
 		}
 	}
-	if rv3Mode(stream.Context()) == "block" {
+	if callMode(stream.Context()) == "block" {
 		<-stream.Context().Done()
 		return stream.Context().Err()
 	}
 	return nil
 }
 
-func (rv3Service) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallServer) error {
-	if rv3Mode(stream.Context()) == "err" {
+func (modeService) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallServer) error {
+	if callMode(stream.Context()) == "err" {
 		return status.Error(codes.Aborted, "no")
 	}
 	for {
@@ -96,7 +96,7 @@ func (rv3Service) FullDuplexCall(stream testgrpc.TestService_FullDuplexCallServe
 	}
 }
 
-func (rv3Service) StreamingInputCall(stream testgrpc.TestService_StreamingInputCallServer) error {
+func (modeService) StreamingInputCall(stream testgrpc.TestService_StreamingInputCallServer) error {
 	for {
 		_, err := stream.Recv()
 		if err == io.EOF {
@@ -108,9 +108,9 @@ func (rv3Service) StreamingInputCall(stream testgrpc.TestService_StreamingInputC
 	}
 }
 
-// rv3Serve serves rv3Service and a greeter under name in dir (a new pool
+// modeServe serves modeService and a greeter under name in dir (a new pool
 // if dir is "") until the test ends.
-func rv3Serve(t *testing.T, name, dir string, sopts ...ServerOption) (*Server, string) {
+func modeServe(t *testing.T, name, dir string, sopts ...ServerOption) (*Server, string) {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -120,8 +120,8 @@ func rv3Serve(t *testing.T, name, dir string, sopts ...ServerOption) (*Server, s
 		t.Fatal(err)
 	}
 	srv := NewServer(sopts...)
-	testgrpc.RegisterTestServiceServer(srv, rv3Service{})
-	pb.RegisterGreeterServer(srv, rv3Greeter{})
+	testgrpc.RegisterTestServiceServer(srv, modeService{})
+	pb.RegisterGreeterServer(srv, modeGreeter{})
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	return srv, dir
@@ -133,13 +133,13 @@ func rv3Serve(t *testing.T, name, dir string, sopts ...ServerOption) (*Server, s
 // its pattern should), and afterwards neither side counts a stream.
 func TestStreamLimitStress(t *testing.T) {
 	for _, limit := range []uint32{1, 2} {
-		t.Run(fmt.Sprint("limit", limit), func(t *testing.T) { rv3Stress(t, limit) })
+		t.Run(fmt.Sprint("limit", limit), func(t *testing.T) { modeStress(t, limit) })
 	}
 }
 
-func rv3Stress(t *testing.T, limit uint32) {
-	srv, dir := rv3Serve(t, "rv3limit", "", MaxConcurrentStreams(limit))
-	cc := dialInProcess(t, "rv3limit", dir)
+func modeStress(t *testing.T, limit uint32) {
+	srv, dir := modeServe(t, "limit", "", MaxConcurrentStreams(limit))
+	cc := dialInProcess(t, "limit", dir)
 	cn := cc.conn()
 	c := testgrpc.NewTestServiceClient(cc)
 	bg := context.Background()
@@ -153,14 +153,14 @@ func rv3Stress(t *testing.T, limit uint32) {
 			return err
 		}},
 		{"unary error", func(ctx context.Context) error {
-			_, err := c.UnaryCall(rv3With(ctx, "err"), &testpb.SimpleRequest{})
+			_, err := c.UnaryCall(modeWith(ctx, "err"), &testpb.SimpleRequest{})
 			if status.Code(err) != codes.FailedPrecondition {
 				return fmt.Errorf("got %v", err)
 			}
 			return nil
 		}},
 		{"unary deadline", func(ctx context.Context) error {
-			dctx, cancel := context.WithTimeout(rv3With(ctx, "block"), time.Millisecond)
+			dctx, cancel := context.WithTimeout(modeWith(ctx, "block"), time.Millisecond)
 			defer cancel()
 			_, err := c.UnaryCall(dctx, &testpb.SimpleRequest{})
 			if status.Code(err) != codes.DeadlineExceeded {
@@ -196,7 +196,7 @@ func rv3Stress(t *testing.T, limit uint32) {
 			}
 		}},
 		{"server stream cancel after one", func(ctx context.Context) error {
-			cctx, cancel := context.WithCancel(rv3With(ctx, "block"))
+			cctx, cancel := context.WithCancel(modeWith(ctx, "block"))
 			s, err := c.StreamingOutputCall(cctx, &testpb.StreamingOutputCallRequest{ResponseParameters: make([]*testpb.ResponseParameters, 3)})
 			if err != nil {
 				cancel()
@@ -244,7 +244,7 @@ func rv3Stress(t *testing.T, limit uint32) {
 			return nil
 		}},
 		{"bidi server error", func(ctx context.Context) error {
-			s, err := c.FullDuplexCall(rv3With(ctx, "err"))
+			s, err := c.FullDuplexCall(modeWith(ctx, "err"))
 			if err != nil {
 				return err
 			}
@@ -326,62 +326,16 @@ func rv3Stress(t *testing.T, limit uint32) {
 	})
 }
 
-// rv3StateProbe reports every call of Done: in WaitForStateChange, once
+// modeStateProbe reports every call of Done: in WaitForStateChange, once
 // per wait, after the state's channel was taken.
-type rv3StateProbe struct {
+type modeStateProbe struct {
 	context.Context
 	waits chan struct{}
 }
 
-func (p *rv3StateProbe) Done() <-chan struct{} {
+func (p *modeStateProbe) Done() <-chan struct{} {
 	p.waits <- struct{}{}
 	return p.Context.Done()
-}
-
-// TestWaitForStateChangeSeesAFlip: WaitForStateChange
-// (client.go) wakes on the state channel but then compares the state
-// again; if the state went away from source and came back before the
-// waiter ran (READY -> TRANSIENT_FAILURE -> CONNECTING -> READY: a lost
-// connection replaced at once, the first retry has no backoff), it waits
-// on, and the change is never reported. grpc-go returns true once the
-// channel is closed.
-func TestWaitForStateChangeSeesAFlip(t *testing.T) {
-	_, dir := rv3Serve(t, "rv3state", "")
-	cc := dialInProcess(t, "rv3state", dir)
-	base, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	p := &rv3StateProbe{Context: base, waits: make(chan struct{}, 8)}
-	res := make(chan bool, 1)
-	go func() { res <- cc.WaitForStateChange(p, connectivity.Ready) }()
-	<-p.waits // the waiter holds READY's channel
-	cc.mu.Lock()
-	cc.setState(connectivity.TransientFailure)
-	cc.setState(connectivity.Connecting)
-	cc.setState(connectivity.Ready)
-	cc.mu.Unlock()
-	select {
-	case ok := <-res:
-		if !ok {
-			t.Error("WaitForStateChange reported no change")
-		}
-	case <-p.waits:
-		cancel()
-		<-res
-		t.Error("READY -> TRANSIENT_FAILURE -> CONNECTING -> READY: WaitForStateChange(READY) waits on and misses the change")
-	}
-}
-
-// TestResetBackoffWhileReadyLeavesNoToken: ResetConnectBackoff on a READY
-// ClientConn leaves a token in retryNow; the next time the connection is
-// lost and the first retry fails, reconnectLoop skips its backoff wait.
-// grpc-go's reset affects only a wait in progress (and the backoff index).
-func TestResetBackoffWhileReadyLeavesNoToken(t *testing.T) {
-	_, dir := rv3Serve(t, "rv3reset", "")
-	cc := dialInProcess(t, "rv3reset", dir)
-	cc.ResetConnectBackoff()
-	if n := len(cc.retryNow); n != 0 {
-		t.Errorf("ResetConnectBackoff while READY left %d pending retry token(s) for a later reconnectLoop", n)
-	}
 }
 
 // TestSlotWaiterMovesOnAfterGoAway: a call waiting for a place
@@ -393,11 +347,11 @@ func TestResetBackoffWhileReadyLeavesNoToken(t *testing.T) {
 // asked to wait for ready. grpc-go fails such waiters at GOAWAY
 // (errStreamDrain) and retries them transparently on the new transport.
 func TestSlotWaiterMovesOnAfterGoAway(t *testing.T) {
-	srv1, dir := rv3Serve(t, "rv3goaway", "", MaxConcurrentStreams(1))
-	cc := dialInProcess(t, "rv3goaway", dir, WithBackoff(backoff.Config{BaseDelay: time.Millisecond, Multiplier: 1, MaxDelay: time.Millisecond}))
+	srv1, dir := modeServe(t, "goaway", "", MaxConcurrentStreams(1))
+	cc := dialInProcess(t, "goaway", dir, WithBackoff(backoff.Config{BaseDelay: time.Millisecond, Multiplier: 1, MaxDelay: time.Millisecond}))
 
 	// A holds the only place.
-	actx, acancel := context.WithCancel(rv3With(context.Background(), "block"))
+	actx, acancel := context.WithCancel(modeWith(context.Background(), "block"))
 	defer acancel()
 	if _, err := testgrpc.NewTestServiceClient(cc).FullDuplexCall(actx); err != nil {
 		t.Fatal(err)
@@ -415,7 +369,7 @@ func TestSlotWaiterMovesOnAfterGoAway(t *testing.T) {
 	stopped := make(chan struct{})
 	go func() { srv1.GracefulStop(); close(stopped) }() // GOAWAY; waits for A
 	waitUntil(t, 10*time.Second, "the client takes the GOAWAY", func() bool { return cc.GetState() != connectivity.Ready })
-	rv3Serve(t, "rv3goaway", dir) // a new server under the same name
+	modeServe(t, "goaway", dir) // a new server under the same name
 	waitUntil(t, 10*time.Second, "the client is READY on the new server", func() bool { return cc.GetState() == connectivity.Ready })
 
 	select {
@@ -441,8 +395,8 @@ func TestSlotWaiterMovesOnAfterGoAway(t *testing.T) {
 // (onClose finished the stream). grpc-go's watcher calls cs.finish at
 // ctx.Done in both cases.
 func TestEndWhenCancelledAfterTrailers(t *testing.T) {
-	_, dir := rv3Serve(t, "rv3end", "")
-	cc := dialInProcess(t, "rv3end", dir)
+	_, dir := modeServe(t, "end", "")
+	cc := dialInProcess(t, "end", dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	finished := make(chan error, 1)
@@ -466,15 +420,15 @@ func TestEndWhenCancelledAfterTrailers(t *testing.T) {
 	}
 }
 
-// rv3NopStats is a stats handler that does nothing.
-type rv3NopStats struct{}
+// modeNopStats is a stats handler that does nothing.
+type modeNopStats struct{}
 
-func (rv3NopStats) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
-	return context.WithValue(ctx, rv3NopStats{}, 1)
+func (modeNopStats) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
+	return context.WithValue(ctx, modeNopStats{}, 1)
 }
-func (rv3NopStats) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
-func (rv3NopStats) HandleConn(context.Context, stats.ConnStats)                       {}
-func (rv3NopStats) HandleRPC(context.Context, stats.RPCStats)                         {}
+func (modeNopStats) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (modeNopStats) HandleConn(context.Context, stats.ConnStats)                       {}
+func (modeNopStats) HandleRPC(context.Context, stats.RPCStats)                         {}
 
 // TestServerStatsCloseRace (fails only under -race) opens
 // streaming calls and closes their connection at once: the server's
@@ -483,9 +437,9 @@ func (rv3NopStats) HandleRPC(context.Context, stats.RPCStats)                   
 // the CAS and serves the handler, which reads st.ctx (Context) with no
 // happens-before between them.
 func TestServerStatsCloseRace(t *testing.T) {
-	_, dir := rv3Serve(t, "rv3ctxrace", "", StatsHandler(rv3NopStats{}))
+	_, dir := modeServe(t, "ctxrace", "", StatsHandler(modeNopStats{}))
 	for range 200 {
-		cc := dialInProcess(t, "rv3ctxrace", dir)
+		cc := dialInProcess(t, "ctxrace", dir)
 		for range 4 {
 			testgrpc.NewTestServiceClient(cc).FullDuplexCall(context.Background())
 		}
@@ -501,8 +455,8 @@ func TestServerStatsCloseRace(t *testing.T) {
 // on the handler's own deadline ending it "at the same moment"): the
 // handler runs on after the client gave up.
 func TestTimeoutMeasuredAfterSlotWait(t *testing.T) {
-	_, dir := rv3Serve(t, "rv3timeout", "", MaxConcurrentStreams(1))
-	cc := dialInProcess(t, "rv3timeout", dir)
+	_, dir := modeServe(t, "timeout", "", MaxConcurrentStreams(1))
+	cc := dialInProcess(t, "timeout", dir)
 	actx, acancel := context.WithCancel(context.Background())
 	defer acancel()
 	if _, err := testgrpc.NewTestServiceClient(cc).FullDuplexCall(actx); err != nil {

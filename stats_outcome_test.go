@@ -1,8 +1,9 @@
 package notnets
 
-// Stats handler and per-RPC credential behaviour that must match grpc-go
-// v1.85 (each case was checked against grpc-go over TCP by the review
-// that wrote these tests, and failed on notnets before its fix).
+// The outcomes stats handlers, OnFinish and per-RPC credentials see, which
+// must match grpc-go v1.85's (each case was checked against grpc-go over
+// TCP). These tests reach inside the package; stats_test.go has the event
+// sequences seen from outside.
 
 import (
 	"context"
