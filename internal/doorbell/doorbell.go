@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package doorbell is the one place that decides how a notnets side waits
 // for its peer and how the peer wakes it: connection readers, writers
 // facing a full ring, the listener waiting for clients, the dial waiting

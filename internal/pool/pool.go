@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package pool manages a notnets memory pool: a directory of segment files
 // that processes map with mmap(2) and share.
 //

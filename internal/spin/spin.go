@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package spin paces goroutines that poll shared memory.
 //
 // A poller spins on shared memory without yielding, and calls

@@ -70,9 +70,9 @@ type ClientEvents struct {
 
 // Client is the client's side of one connection and the streams on it.
 //
-// Locks: mu guards the fields below it; it is taken after the connection's
-// write lock (register runs under it) and before a stream's mu is never
-// held with it.
+// Locks: mu guards the fields below it. It is taken after the
+// connection's write lock (register runs under it) and before a stream's
+// mu; it is released before the ClientEvents hooks run.
 type Client struct {
 	c      *conn
 	events ClientEvents
