@@ -211,13 +211,9 @@ func (cc *ClientConn) connect(ctx context.Context) (transport.ClientTransport, e
 		ctx, cancel = context.WithTimeout(ctx, cc.opts.connectLimit)
 		defer cancel()
 	}
-	var t *transport.Client
 	var statsCtx context.Context
 	events := transport.ClientEvents{
-		// The reader starts before Dial returns t: these run only after
-		// the first frame or a failure, which t's assignment precedes
-		// through the channel and lock operations on the way.
-		Lost: func(why error) { cc.lost(t, why) },
+		Lost: cc.lost,
 		Closed: func() {
 			if sh := cc.opts.stats; sh != nil {
 				sh.connEnd(statsCtx, true)
@@ -247,10 +243,10 @@ func (cc *ClientConn) connect(ctx context.Context) (transport.ClientTransport, e
 // lost is called when t can take no new calls (it failed, or the server
 // said it is going away): calls now fail fast, or wait for ready, while a
 // goroutine connects again with backoff.
-func (cc *ClientConn) lost(t *transport.Client, why error) {
+func (cc *ClientConn) lost(t transport.ClientTransport, why error) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	if t == nil || cc.cur != transport.ClientTransport(t) || cc.closed {
+	if cc.cur != t || cc.closed {
 		return
 	}
 	cc.cur, cc.lastErr = nil, why

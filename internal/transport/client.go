@@ -57,8 +57,9 @@ var ErrTryAnother = errors.New("notnets: try another connection")
 // Closed are required; the stats hooks are nil without stats handlers and
 // run on the reader goroutine.
 type ClientEvents struct {
-	// Lost: the connection takes no new calls (it closed, or GOAWAY).
-	Lost func(why error)
+	// Lost: the connection t takes no new calls (it closed, or GOAWAY).
+	// It may run before Dial has returned t.
+	Lost func(t ClientTransport, why error)
 	// Closed: the connection has closed and its streams have failed.
 	Closed func()
 	// InHeader and InTrailer report the server's headers (wireLen -1 for
@@ -237,7 +238,7 @@ func (t *Client) onClose(err error) {
 	for _, s := range streams {
 		s.finish(st, nil)
 	}
-	t.events.Lost(err)
+	t.events.Lost(t, err)
 	t.events.Closed()
 }
 
@@ -253,7 +254,7 @@ func (t *Client) onGoAway(reason string) {
 	}
 	t.mu.Unlock()
 	if first {
-		t.events.Lost(why)
+		t.events.Lost(t, why)
 	}
 }
 

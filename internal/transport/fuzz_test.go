@@ -188,7 +188,7 @@ func FuzzClientReadsSegment(f *testing.F) {
 			data = data[:256]
 		}
 		copy(seg.Mem[2*pool.PageSize:], data)
-		tr := &Client{streams: make(map[uint32]*ClientStream), goingAway: make(chan struct{}), events: ClientEvents{Lost: func(error) {}, Closed: func() {}}}
+		tr := &Client{streams: make(map[uint32]*ClientStream), goingAway: make(chan struct{}), events: ClientEvents{Lost: func(ClientTransport, error) {}, Closed: func() {}}}
 		tr.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, Wait{})
 		tr.c.initHeaps(lay.C2SHeap, lay.C2SReturns, lay.S2CHeap, lay.S2CReturns, false)
 		tr.c.onFrame, tr.c.onClose = tr.onFrame, tr.onClose
