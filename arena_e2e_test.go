@@ -86,7 +86,7 @@ func TestArenaBytesEcho(t *testing.T) {
 // the heap, in unary calls and both directions of a bidi stream.
 func TestArenaProtobuf(t *testing.T) {
 	srv := startServer(t, "NOTNETS_TEST_BIG=1")
-	cc := srv.dial(t, notnets.WithMaxRecvMsgSize(bigLimit), notnets.WithMaxSendMsgSize(bigLimit))
+	cc := srv.dial(t, notnets.WithMaxRecvMsgSize(bigLimit), notnets.WithMaxSendMsgSize(bigLimit), bigLiveness)
 	c := semanticsClient(cc)
 	for _, n := range arenaSizes {
 		payload := make([]byte, n)

@@ -300,7 +300,7 @@ func runServer() {
 		opts = append(opts, notnets.WithPollOnly())
 	}
 	if os.Getenv("NOTNETS_TEST_BIG") != "" {
-		opts = append(opts, notnets.MaxRecvMsgSize(bigLimit), notnets.MaxSendMsgSize(bigLimit))
+		opts = append(opts, notnets.MaxRecvMsgSize(bigLimit), notnets.MaxSendMsgSize(bigLimit), bigLiveness)
 	}
 	if n, err := strconv.Atoi(os.Getenv("NOTNETS_TEST_MAXSTREAMS")); err == nil {
 		opts = append(opts, notnets.MaxConcurrentStreams(uint32(n)))
@@ -609,3 +609,11 @@ func (taggedCodec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 func init() { encoding.RegisterCodecV2(taggedCodec{}) }
+
+// bigLiveness is the liveness timeout of tests that move 64 MiB messages.
+// Under the race detector a 64 MiB copy is checked in one runtime call
+// that the Go scheduler cannot preempt, so a process's heartbeat can stand
+// still for seconds (TestArenaProtobuf failed with "no heartbeat for 2s"
+// under -race on the 2-core development machine, before and after the
+// transport moved).
+var bigLiveness = notnets.WithLivenessTimeout(map[bool]time.Duration{true: 60 * time.Second, false: notnets.DefaultLivenessTimeout}[raceEnabled])
