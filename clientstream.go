@@ -100,9 +100,7 @@ func (s *clientStream) recvUnary(reply any) (err error) {
 		s.cancel(err)
 	}
 	defer func() { s.doneWith(err) }()
-	n := s.ts.Queued()
-	m, _, _ := s.ts.NextMsg()
-	_, _, st := s.ts.Result()
+	m, n, st := s.ts.TakeReply()
 	if st.Code() != codes.OK || n != 1 {
 		m.Free() // a reply in shared memory goes back to the server
 		if st.Code() != codes.OK {

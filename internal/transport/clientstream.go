@@ -182,6 +182,19 @@ func (s *ClientStream) NextMsg() (InMsg, bool, *status.Status) {
 	return s.takeMsg(), true, nil
 }
 
+// TakeReply takes the one reply of a unary call that has ended: the first
+// queued message (if any), how many were queued, and the status, under one
+// lock.
+func (s *ClientStream) TakeReply() (InMsg, int, *status.Status) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.msgs)
+	if n == 0 {
+		return InMsg{}, 0, s.st
+	}
+	return s.takeMsg(), n, s.st
+}
+
 // Queued returns how many messages are queued.
 func (s *ClientStream) Queued() int {
 	s.mu.Lock()
