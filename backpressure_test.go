@@ -79,13 +79,19 @@ func TestBlockedWriterHonoursItsContext(t *testing.T) {
 			msg := &testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: make([]byte, 256<<10)}}
 			start := time.Now()
 			sent := 0
+			var sendErr error
 			for ; sent < 100; sent++ { // 25 MiB: far beyond the 1 MiB window
-				if err := stream.Send(msg); err != nil {
+				if sendErr = stream.Send(msg); sendErr != nil {
 					break
 				}
 			}
 			if sent == 100 {
 				t.Fatal("100 sends of 256 KiB went through to a handler that reads nothing")
+			}
+			// As in grpc-go: the blocked Send returns io.EOF, the status
+			// comes from the receive.
+			if sendErr != io.EOF {
+				t.Errorf("blocked Send ended with %v, want io.EOF", sendErr)
 			}
 			if _, err := stream.CloseAndRecv(); status.Code(err) != tc.code {
 				t.Errorf("CloseAndRecv after the blocked send = %v, want %v", err, tc.code)

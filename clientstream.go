@@ -188,14 +188,15 @@ func (s *clientStream) sendResult(err error) error {
 }
 
 // sendFailed ends the stream after a failed send and says what SendMsg
-// returns: as in grpc-go, the call's own status when the call ended here
-// (its deadline, its cancellation, a local error), io.EOF when the server
-// or the connection ended it (RecvMsg then returns the status).
+// returns: as in grpc-go, a local error (the message could not be
+// encoded) as itself, and io.EOF when the call's deadline or cancellation,
+// the server or the connection ended it; RecvMsg then returns the status.
+// grpc-go's interop case timeout_on_sleeping_server relies on this.
 func (s *clientStream) sendFailed(err error) error {
 	if err != io.EOF && !s.ts.ConnClosed() {
 		s.cancel(err)
 	}
-	if s.ts.EndedHere() {
+	if s.ts.EndedHere() && s.ctx.Err() == nil {
 		_, _, st := s.ts.Result()
 		return st.Err()
 	}
