@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"path/filepath"
 	"slices"
 	"strconv"
 
@@ -198,6 +199,7 @@ func OpenDir(dir string, a Access) (int, error) { return openDir(dir, a) }
 // opened and created relative to the descriptor, in the very directory
 // that was checked, whatever happens to the path meanwhile.
 func openDir(dir string, a Access) (int, error) {
+	dir = filepath.Clean(dir) // "link/" would follow the link
 	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
@@ -223,6 +225,7 @@ func openDir(dir string, a Access) (int, error) {
 // a symbolic link) that only the pool's users can write, owned as Access
 // says. A client calls it before it names anything in the pool.
 func CheckDir(dir string, a Access) error {
+	dir = filepath.Clean(dir) // lstat("link/") follows the link
 	var st unix.Stat_t
 	if err := unix.Lstat(dir, &st); err != nil {
 		return fmt.Errorf("notnets: pool directory %s: %w", dir, err)

@@ -129,6 +129,8 @@ func controlAt(mem []byte, off int) Control {
 	}
 }
 
+// writeHeader writes the header page of mem, whose blocks the caller has
+// allocated (see reserve.go): a store into a hole of a full pool faults.
 func writeHeader(mem []byte, kind uint16, a, b uint32, pid int, extra ...uint32) {
 	binary.LittleEndian.PutUint32(mem[offMagic:], Magic)
 	binary.LittleEndian.PutUint16(mem[offVersion:], Version)
@@ -186,6 +188,8 @@ type ConnLayout struct {
 	C2SHeap, S2CHeap       []byte
 	C2SReturns, S2CReturns []byte
 	PeerPID                int // the client's pid, from the header
+	// Spec gives the sizes of the regions, from the header.
+	Spec ConnSpec
 }
 
 // ConnSpec gives the sizes of a connection segment's regions.
@@ -197,6 +201,27 @@ type ConnSpec struct {
 // Size returns the size of a connection segment with these regions.
 func (s ConnSpec) Size() int {
 	return 3*PageSize + s.C2S + s.S2C + s.C2SHeap + s.S2CHeap + ReturnsSize(s.C2SHeap) + ReturnsSize(s.S2CHeap)
+}
+
+// Fixed returns the ranges of a segment of this spec that are used as
+// soon as the connection opens, and whose blocks its creator allocates
+// before it maps the segment (CreateConn): the header and control pages
+// with both rings, and both return queues. Everything else is heap, and
+// stays a hole until its sender reserves a block of it.
+func (s ConnSpec) Fixed() []Range {
+	heaps := s.Heaps()
+	rs := []Range{{0, 3*PageSize + s.C2S + s.S2C}}
+	if q := ReturnsSize(s.C2SHeap) + ReturnsSize(s.S2CHeap); q > 0 {
+		rs = append(rs, Range{heaps[1].End(), q})
+	}
+	return rs
+}
+
+// Heaps returns the ranges of the client-to-server heap and of the
+// server-to-client heap (of length 0 when the segment has none).
+func (s ConnSpec) Heaps() [2]Range {
+	c2s := Range{3*PageSize + s.C2S + s.S2C, s.C2SHeap}
+	return [2]Range{c2s, {c2s.End(), s.S2CHeap}}
 }
 
 // ReturnsSize is the size of the return queue of a heap of heapSize bytes:
@@ -227,7 +252,9 @@ func ConnSize(c2s, s2c int) int { return ConnSpec{C2S: c2s, S2C: s2c}.Size() }
 // InitConn writes the header of a new connection segment without heaps.
 func InitConn(mem []byte, c2s, s2c, pid int) { InitConnSpec(mem, ConnSpec{C2S: c2s, S2C: s2c}, pid) }
 
-// InitConnSpec writes the header of a new connection segment.
+// InitConnSpec writes the header of a new connection segment. It writes
+// only the header page, which must be allocated (CreateConn allocates it;
+// for a memfd, Allocate or Segment.Reserve of spec.Fixed()).
 func InitConnSpec(mem []byte, s ConnSpec, pid int) {
 	writeHeader(mem, KindConn, uint32(s.C2S), uint32(s.S2C), pid, uint32(s.C2SHeap), uint32(s.S2CHeap))
 }
@@ -264,7 +291,7 @@ func MapConn(mem []byte, checkCap func(int) error) (*ConnLayout, error) {
 		off += n
 		return r
 	}
-	lay := &ConnLayout{Client: controlAt(mem, PageSize), Server: controlAt(mem, 2*PageSize), PeerPID: pid}
+	lay := &ConnLayout{Client: controlAt(mem, PageSize), Server: controlAt(mem, 2*PageSize), PeerPID: pid, Spec: spec}
 	lay.C2S, lay.S2C = next(spec.C2S), next(spec.S2C)
 	lay.C2SHeap, lay.S2CHeap = next(spec.C2SHeap), next(spec.S2CHeap)
 	lay.C2SReturns, lay.S2CReturns = next(ReturnsSize(spec.C2SHeap)), next(ReturnsSize(spec.S2CHeap))
@@ -355,7 +382,9 @@ type ListenerLayout struct {
 // ListenerSize is the size of a listener segment.
 const ListenerSize = 3 * PageSize
 
-// InitListener writes the header of a new listener segment.
+// InitListener writes the header of a new listener segment. mem must be
+// allocated (CreateIn allocates the whole file before mapping it), so
+// that these stores cannot fault on a full pool.
 func InitListener(mem []byte, pid int, flags uint32) {
 	writeHeader(mem, KindListener, Slots, flags, pid)
 }

@@ -6,6 +6,14 @@
 // A pool lives on tmpfs (/dev/shm) by default, or on a DAX or CXL file system
 // when hosts share memory. Everything that passes between two peers lives in a
 // segment of the pool; see docs/PROTOCOL.md for the byte layout of segments.
+//
+// No page of a segment is written before its file block is allocated
+// (fallocate), so that a full pool is an error wrapping ErrExhausted and
+// never a SIGBUS: CreateIn allocates a whole segment, CreateConn all of a
+// connection segment but its heaps, and Segment.Reserve a heap block
+// before its sender first writes it (reserve.go). Every removal of a file
+// checks the pool directory as Listen and Dial do and unlinks relative to
+// a descriptor of it (CleanIn, Segment.Unlink).
 package pool
 
 import (

@@ -44,6 +44,3 @@ func ProcessAlive(pid int) bool {
 	_, ok := ProcessStart(pid)
 	return ok
 }
-
-// syscallNoFollow makes opening a pool file refuse symbolic links.
-const syscallNoFollow = syscall.O_NOFOLLOW

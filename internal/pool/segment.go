@@ -5,7 +5,6 @@ package pool
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
@@ -13,12 +12,20 @@ import (
 
 // Segment is a file of the pool mapped into this process, shared and
 // writable. Its Mem must not be used after Close.
+//
+// A Segment made by CreateIn, CreateSparseIn, CreateConn, OpenIn or
+// NewSegmentFD keeps a descriptor of its file until Close, with which
+// Reserve allocates ranges of a sparse segment before they are written.
 type Segment struct {
 	Path string
 	Mem  []byte
 	// Owner is who created the file, as the kernel says (fstat at Open):
 	// its uid and gid, and the device and inode that identify it.
 	Owner FileOwner
+
+	dir, name string // where Unlink removes the file; empty for a memfd
+	access    Access // how the pool directory is checked before Unlink
+	res       *reserver
 }
 
 // FileOwner is the owner of a segment file and its identity.
@@ -35,8 +42,25 @@ func Create(dir, name string, size int) (*Segment, error) {
 
 // CreateIn makes a new segment file of size bytes at dir/name, mode 0600
 // (0660 in a shared pool), failing if the name exists (O_EXCL) or is a
-// symbolic link, and maps it.
+// symbolic link, allocates all its blocks (see Allocate) and maps it.
+// Every byte of it can then be written without a fault, whatever happens
+// to the pool's free space later. A pool without room for it is an error
+// wrapping ErrExhausted, and leaves no file behind.
+//
+// Use it for listener segments and other small segments; a connection
+// segment, whose heaps must stay sparse until used, is made by
+// CreateConn.
 func CreateIn(dir, name string, size int, a Access) (*Segment, error) {
+	return CreateSparseIn(dir, name, size, a, Range{0, size})
+}
+
+// CreateSparseIn makes a new segment file as CreateIn does, but allocates
+// only the ranges alloc (each widened to whole pages) before mapping it:
+// the rest of the file is a hole that costs nothing until it is
+// reserved. The creator writes its header only within alloc, and
+// whoever writes elsewhere must Reserve the range first (this Segment,
+// or the peer's own Segment of the same file).
+func CreateSparseIn(dir, name string, size int, a Access, alloc ...Range) (*Segment, error) {
 	path := filepath.Join(dir, name)
 	dfd, err := openDir(dir, a)
 	if err != nil {
@@ -47,9 +71,9 @@ func CreateIn(dir, name string, size int, a Access) (*Segment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("notnets: create segment %s: %w", path, err)
 	}
-	defer unix.Close(fd)
 	fail := func(what string, err error) (*Segment, error) {
 		unix.Unlinkat(dfd, name, 0)
+		unix.Close(fd)
 		return nil, fmt.Errorf("notnets: %s segment %s: %w", what, path, err)
 	}
 	if a.shared() {
@@ -69,11 +93,32 @@ func CreateIn(dir, name string, size int, a Access) (*Segment, error) {
 	if err := unix.Ftruncate(fd, int64(size)); err != nil {
 		return fail(fmt.Sprintf("size to %d bytes", size), err)
 	}
+	// Before mapping: nothing may touch a page whose block is not there.
+	if err := Allocate(fd, alloc...); err != nil {
+		return fail("allocate", err)
+	}
 	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return fail("map", err)
 	}
-	return &Segment{Path: path, Mem: mem, Owner: ownerOf(&st)}, nil
+	seg := &Segment{Path: path, Mem: mem, Owner: ownerOf(&st), dir: dir, name: name, access: a,
+		res: newReserver(fd, size, "segment "+path)}
+	for _, r := range alloc {
+		if r.Len > 0 {
+			start, n := pageRound(r.Off, r.Len, size)
+			seg.res.mark(start/PageSize, (start+n)/PageSize)
+		}
+	}
+	return seg, nil
+}
+
+// CreateConn makes a new connection segment file for spec at dir/name as
+// CreateSparseIn does, with the blocks of everything but the heaps
+// (spec.Fixed: the header and control pages, the rings and the return
+// queues) allocated; the heaps stay holes until their senders Reserve
+// the blocks they write. It does not write the header (InitConnSpec).
+func CreateConn(dir, name string, spec ConnSpec, a Access) (*Segment, error) {
+	return CreateSparseIn(dir, name, spec.Size(), a, spec.Fixed()...)
 }
 
 func ownerOf(st *unix.Stat_t) FileOwner {
@@ -100,41 +145,80 @@ func OpenIn(dir, name string, minSize, maxSize int, a Access) (*Segment, error) 
 	if err != nil {
 		return nil, fmt.Errorf("notnets: open segment %s: %w", path, err)
 	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, fmt.Errorf("notnets: stat segment %s: %w", path, err)
-	}
-	if err := a.checkFile(path, &st); err != nil {
+	fail := func(err error) (*Segment, error) {
+		unix.Close(fd)
 		return nil, err
 	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fail(fmt.Errorf("notnets: stat segment %s: %w", path, err))
+	}
+	if err := a.checkFile(path, &st); err != nil {
+		return fail(err)
+	}
 	if st.Size < int64(minSize) || st.Size > int64(maxSize) {
-		return nil, fmt.Errorf("notnets: segment %s has size %d, want %d to %d bytes", path, st.Size, minSize, maxSize)
+		return fail(fmt.Errorf("notnets: segment %s has size %d, want %d to %d bytes", path, st.Size, minSize, maxSize))
 	}
 	mem, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("notnets: map segment %s: %w", path, err)
+		return fail(fmt.Errorf("notnets: map segment %s: %w", path, err))
 	}
-	return &Segment{Path: path, Mem: mem, Owner: ownerOf(&st)}, nil
+	return &Segment{Path: path, Mem: mem, Owner: ownerOf(&st), dir: dir, name: name, access: a,
+		res: newReserver(fd, len(mem), "segment "+path)}, nil
 }
 
 // Unlink removes the segment's file from the pool. Mappings stay valid.
+//
+// It removes the file as the pool's other removals do (see CleanIn):
+// relative to a descriptor of the pool directory, opened without
+// following a symbolic link and checked as Listen and Dial check it
+// (with the Access the segment was created or opened with), and only if
+// the name still names this very file (device and inode): a file put in
+// its place since is left alone. A file already gone is not an error.
 func (s *Segment) Unlink() error {
 	if s.Path == "" {
 		return nil // a segment without a name (a memfd)
 	}
-	if err := os.Remove(s.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	dir, name, a := s.dir, s.name, s.access
+	if name == "" { // a struct literal with only a Path
+		dir, name, a = filepath.Dir(s.Path), filepath.Base(s.Path), OwnerOnly
+	}
+	dfd, err := openDir(dir, a)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("notnets: remove segment %s: %w", s.Path, err)
+	}
+	defer unix.Close(dfd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("notnets: remove segment %s: %w", s.Path, err)
+	}
+	if s.Owner.Ino != 0 && (st.Dev != s.Owner.Dev || st.Ino != s.Owner.Ino) {
+		return nil // not our file any more: ours is gone
+	}
+	if err := unix.Unlinkat(dfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("notnets: remove segment %s: %w", s.Path, err)
 	}
 	return nil
 }
 
-// Close unmaps the segment. It does not remove the file.
+// Close unmaps the segment and closes its descriptor. It does not remove
+// the file.
 func (s *Segment) Close() error {
-	if s.Mem == nil {
-		return nil
+	var err error
+	if s.Mem != nil {
+		err = unix.Munmap(s.Mem)
+		s.Mem = nil
 	}
-	err := unix.Munmap(s.Mem)
-	s.Mem = nil
+	if s.res != nil {
+		if cerr := s.res.close(); err == nil {
+			err = cerr
+		}
+	}
 	return err
 }
