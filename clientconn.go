@@ -205,7 +205,7 @@ func (cc *ClientConn) ResetConnectBackoff() {
 
 // connect makes a new connection, bounded by ctx and the connect timeout.
 func (cc *ClientConn) connect(ctx context.Context) (transport.ClientTransport, error) {
-	pool.Clean(cc.opts.pool) // best effort: files of processes that died
+	pool.CleanIn(cc.opts.pool, cc.opts.access) // best effort: files of processes that died
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cc.opts.connectLimit)

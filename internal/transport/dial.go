@@ -52,9 +52,9 @@ func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayou
 		return nil, nil, Identity{}, err
 	}
 	spec := pool.ConnSpec{C2S: o.RingSize, S2C: o.RingSize, C2SHeap: o.ArenaSize, S2CHeap: o.ArenaSize}
-	seg, err := pool.CreateIn(o.Pool, segName, spec.Size(), o.Access)
+	seg, err := pool.CreateConn(o.Pool, segName, spec, o.Access)
 	if err != nil {
-		return nil, nil, Identity{}, status.Error(codes.Unavailable, err.Error())
+		return nil, nil, Identity{}, createError(err)
 	}
 	pool.InitConnSpec(seg.Mem, spec, os.Getpid())
 	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
@@ -75,6 +75,15 @@ func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayou
 	}
 	seg.Unlink()
 	return seg, lay, server, nil
+}
+
+// createError is the status of a failure to create a connection segment:
+// ResourceExhausted when the pool has no room for it (PROTOCOL.md 3.4).
+func createError(err error) error {
+	if errors.Is(err, pool.ErrExhausted) {
+		return status.Error(codes.ResourceExhausted, err.Error())
+	}
+	return status.Error(codes.Unavailable, err.Error())
 }
 
 // announce puts segName in a free slot of the listener and waits for the

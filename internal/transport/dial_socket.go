@@ -95,6 +95,14 @@ func newSealedSegment(o *DialConfig) (*pool.Segment, *pool.ConnLayout, int, erro
 	if err := unix.Ftruncate(fd, int64(spec.Size())); err != nil {
 		return fail("size", err)
 	}
+	// Before mapping: every page this side writes at once is allocated
+	// (PROTOCOL.md 3.4), the heaps stay holes until reserved block by
+	// block. A memfd's pages are charged to the memory cgroup, where a
+	// store beyond the limit would fault instead of failing.
+	if err := pool.Allocate(fd, spec.Fixed()...); err != nil {
+		unix.Close(fd)
+		return nil, nil, -1, createError(err)
+	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, requiredSeals); err != nil {
 		return fail("seal", err)
 	}
@@ -102,8 +110,16 @@ func newSealedSegment(o *DialConfig) (*pool.Segment, *pool.ConnLayout, int, erro
 	if err != nil {
 		return fail("map", err)
 	}
+	seg, err := pool.NewSegmentFD(fd, mem, pool.FileOwner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())})
+	if err != nil {
+		unix.Munmap(mem)
+		return fail("keep", err)
+	}
+	if err := seg.ReserveRanges(spec.Fixed()...); err != nil { // recorded: no system call
+		seg.Close()
+		return fail("reserve", err)
+	}
 	pool.InitConnSpec(mem, spec, os.Getpid())
-	seg := &pool.Segment{Mem: mem}
 	lay, err := pool.MapConn(mem, ring.CheckCap)
 	if err == nil {
 		err = protectPeer(seg, lay, true)

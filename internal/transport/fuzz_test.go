@@ -33,10 +33,23 @@ func fuzzSegment(data []byte) (*pool.Segment, *pool.ConnLayout) {
 	return seg, lay
 }
 
-// anonSegment maps an anonymous shared segment (so that closing it, which
-// unmaps it, is right) with the given regions and a fresh header.
+// anonSegment maps a segment in an anonymous memfd (so that closing it,
+// which unmaps it, is right, and heap blocks can be reserved) with the
+// given regions and a fresh header.
 func anonSegment(spec pool.ConnSpec) (*pool.Segment, *pool.ConnLayout) {
-	mem, err := unix.Mmap(-1, 0, spec.Size(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	fd, err := unix.MemfdCreate("notnets-test", unix.MFD_CLOEXEC)
+	if err != nil {
+		panic(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, int64(spec.Size())); err != nil {
+		panic(err)
+	}
+	mem, err := unix.Mmap(fd, 0, spec.Size(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		panic(err)
+	}
+	seg, err := pool.NewSegmentFD(fd, mem, pool.FileOwner{})
 	if err != nil {
 		panic(err)
 	}
@@ -45,7 +58,7 @@ func anonSegment(spec pool.ConnSpec) (*pool.Segment, *pool.ConnLayout) {
 	if err != nil {
 		panic(err)
 	}
-	return &pool.Segment{Path: "/nonexistent/notnets-fuzz", Mem: mem}, lay
+	return seg, lay
 }
 
 // seedFrame is one record of a seed.

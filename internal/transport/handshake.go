@@ -64,7 +64,14 @@ func mapSealed(fd, min, max int) (*pool.Segment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("notnets: map the received segment: %w", err)
 	}
-	return &pool.Segment{Mem: mem, Owner: pool.FileOwner{Dev: st.Dev, Ino: st.Ino}}, nil
+	// Its own descriptor, to reserve the blocks of its heap before
+	// writing them (PROTOCOL.md 3.4).
+	seg, err := pool.NewSegmentFD(fd, mem, pool.FileOwner{Dev: st.Dev, Ino: st.Ino})
+	if err != nil {
+		unix.Munmap(mem)
+		return nil, err
+	}
+	return seg, nil
 }
 
 // peerCred returns the kernel's record of the process at the other end of

@@ -129,6 +129,15 @@ func (c *conn) allocBlock(n int) (int, []byte, bool) {
 		c.failSoon(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: peer returned a heap block: %v", err))
 		return 0, nil, false
 	}
+	if ok && c.seg.ReserveBytes(b) != nil {
+		// The heap is a hole until written (PROTOCOL.md 3.4): a block the
+		// pool has no room for would fault (SIGBUS) on the first store.
+		// The message goes through the ring instead; a block reserved
+		// once stays reserved, so this costs a system call only the
+		// first time a page is used.
+		c.freeBlock(off)
+		return 0, nil, false
+	}
 	return off, b, ok
 }
 

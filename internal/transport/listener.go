@@ -58,7 +58,7 @@ func Listen(dir, name string, access pool.Access, wait Wait) (*Listener, error) 
 	if err := pool.Prepare(dir, access); err != nil {
 		return nil, err
 	}
-	pool.Clean(dir) // best effort: files of processes that died
+	pool.CleanIn(dir, access) // best effort: files of processes that died
 
 	file := pool.ListenerFile(name)
 	seg, err := pool.CreateIn(dir, file, pool.ListenerSize, access)
@@ -278,16 +278,26 @@ func (l *Listener) take(s pool.Slot) (*Accepted, error) {
 // client's identity when the kernel reported it.
 func acceptSegment(seg *pool.Segment, auth *Identity) (*Accepted, error) {
 	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
-	if err == nil {
-		err = checkFresh(lay)
+	if err != nil {
+		seg.Close() // an invalid header: nothing written
+		return nil, err
 	}
+	// Before this side writes anything (even the state word): the client
+	// allocated these ranges, but a named file can have had holes punched
+	// since, and a store into a hole of a full pool faults (PROTOCOL.md
+	// 3.4). A pool without room drops the segment unwritten: the client
+	// sees it refused (10.4 server step 5) or waits for its deadline
+	// (slots).
+	if err := seg.ReserveRanges(lay.Spec.Fixed()...); err != nil {
+		seg.Close()
+		return nil, err
+	}
+	err = checkFresh(lay)
 	if err == nil {
 		err = protectPeer(seg, lay, false)
 	}
 	if err != nil {
-		if lay != nil {
-			lay.Server.State.Store(pool.StateClosed) // tell the client at once
-		}
+		lay.Server.State.Store(pool.StateClosed) // tell the client at once
 		seg.Close()
 		return nil, err
 	}
