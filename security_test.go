@@ -487,13 +487,15 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 		sendFD bool
 		as     *unix.Ucred // credentials the sender claims (root may)
 		accept bool
+		data   []byte // the handshake message; one byte unless set
 	}{
-		{"unsealed", 0, true, nil, false},
-		{"may shrink", unix.F_SEAL_GROW | unix.F_SEAL_SEAL, true, nil, false},
-		{"may grow", unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL, true, nil, false},
-		{"no descriptor", transport.RequiredSeals, false, nil, false},
-		{"sent as another process", transport.RequiredSeals, true, &unix.Ucred{Pid: 1, Uid: 0, Gid: 0}, false},
-		{"sealed", transport.RequiredSeals, true, nil, true},
+		{"unsealed", 0, true, nil, false, nil},
+		{"may shrink", unix.F_SEAL_GROW | unix.F_SEAL_SEAL, true, nil, false, nil},
+		{"may grow", unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL, true, nil, false, nil},
+		{"no descriptor", transport.RequiredSeals, false, nil, false, nil},
+		{"sent as another process", transport.RequiredSeals, true, &unix.Ucred{Pid: 1, Uid: 0, Gid: 0}, false, nil},
+		{"two bytes", transport.RequiredSeals, true, nil, false, []byte{1, 1}},
+		{"sealed", transport.RequiredSeals, true, nil, true, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.as != nil && os.Geteuid() != 0 {
@@ -531,7 +533,11 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 			if tc.as != nil {
 				oob = append(oob, unix.UnixCredentials(tc.as)...)
 			}
-			if _, _, err := conn.(*net.UnixConn).WriteMsgUnix([]byte{1}, oob, nil); err != nil {
+			data := []byte{1}
+			if tc.data != nil {
+				data = tc.data
+			}
+			if _, _, err := conn.(*net.UnixConn).WriteMsgUnix(data, oob, nil); err != nil {
 				t.Fatal(err)
 			}
 			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -543,10 +549,48 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 				lay.Client.State.Store(pool.StateClosed)
 				return
 			}
-			if got := srv.ConnCount(); got != before || lay.Server.State.Load() == pool.StateOpen {
-				t.Errorf("the server took the %s segment (connections %d -> %d)", tc.name, before, got)
+			if got := srv.ConnCount(); got != before || lay.Server.State.Load() != pool.StateNew {
+				t.Errorf("the server took or wrote the %s segment (connections %d -> %d, server state %d)", tc.name, before, got, lay.Server.State.Load())
 			}
 		})
+	}
+}
+
+// TestDialFailsWhenHandshakeCloses puts, in place of a listener's socket, a
+// socket of the same process that takes the client's segment and closes
+// the connection without answering: Dial fails at once with Unavailable
+// naming the reason, not at its deadline.
+func TestDialFailsWhenHandshakeCloses(t *testing.T) {
+	dir := t.TempDir()
+	lis, err := Listen("hangup", WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	sock := filepath.Join(dir, transport.SockName("hangup"))
+	if err := os.Remove(sock); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.AcceptUnix()
+			if err != nil {
+				return
+			}
+			c.Read(make([]byte, 1)) // the client's byte and segment, then nothing
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = Dial(ctx, "hangup", WithPool(dir))
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "closed the handshake") {
+		t.Fatalf("Dial through a socket that closes unanswered: %v, want Unavailable (closed the handshake)", err)
 	}
 }
 

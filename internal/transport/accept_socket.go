@@ -132,10 +132,13 @@ func (l *Listener) handshake(conn *net.UnixConn) {
 	l.hsMu.Lock()
 	delete(l.hsConns, conn)
 	l.hsMu.Unlock()
-	conn.Close()
 	if err != nil {
-		return // the client learns it from the server state, or its deadline
+		// Dropped without writing to the segment: the closed connection
+		// with server state 0 tells the client (PROTOCOL.md 10.4 step 5).
+		conn.Close()
+		return
 	}
+	a.hs = conn // closed once the server state is stored (a.settled)
 	select {
 	case l.incoming <- a:
 		doorbell.Knock(l.lay.Knock, 1) // wake Accept

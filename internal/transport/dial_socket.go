@@ -68,9 +68,20 @@ func dialCreds(ctx context.Context, o *DialConfig, name string, lis *pool.Listen
 	if err != nil {
 		return fail(status.Errorf(codes.Unavailable, "notnets: hand the segment to listener %q: %v", name, err))
 	}
+	hung := hangUp(conn)
 	err = waitAccepted(ctx, o, lay, func() error {
 		if !pool.ProcessAlive(int(cred.Pid)) {
 			return status.Errorf(codes.Unavailable, "notnets: server process %d exited before accepting", cred.Pid)
+		}
+		select {
+		case <-hung:
+			// The server stores its state before it closes the
+			// connection (PROTOCOL.md 10.4 server step 5): load it once
+			// more.
+			if lay.Server.State.Load() == pool.StateNew {
+				return status.Errorf(codes.Unavailable, "notnets: server refused the connection: listener %q closed the handshake without accepting the segment", name)
+			}
+		default:
 		}
 		return nil
 	})
@@ -78,6 +89,23 @@ func dialCreds(ctx context.Context, o *DialConfig, name string, lis *pool.Listen
 		return fail(err)
 	}
 	return seg, lay, server, true, nil
+}
+
+// hangUp returns a channel closed when the server closes the handshake
+// connection (or it fails); the server never writes on it. The reading
+// goroutine ends when the caller closes conn.
+func hangUp(conn *net.UnixConn) <-chan struct{} {
+	hung := make(chan struct{})
+	go func() {
+		var b [1]byte
+		for {
+			if _, err := conn.Read(b[:]); err != nil {
+				break // end-of-file, ECONNRESET, or our own Close
+			}
+		}
+		close(hung)
+	}()
+	return hung
 }
 
 // newSealedSegment creates a connection segment as an anonymous memfd

@@ -108,9 +108,12 @@ func setPassCred(ln *net.UnixListener) error {
 }
 
 // receiveFD reads a one-byte message carrying exactly one descriptor, and
-// the credentials the kernel attached to it.
+// the credentials the kernel attached to it (PROTOCOL.md 10.4 server step
+// 2). The buffer has room for two bytes so that a longer message is seen
+// and refused: a Unix stream socket returns the bytes of one sendmsg with
+// its descriptor together, and stops after them.
 func receiveFD(conn *net.UnixConn) (int, *unix.Ucred, error) {
-	buf := make([]byte, 1)
+	buf := make([]byte, 2)
 	oob := make([]byte, unix.CmsgSpace(4)+unix.CmsgSpace(unix.SizeofUcred))
 	n, oobn, flags, _, err := conn.ReadMsgUnix(buf, oob)
 	if err != nil {

@@ -159,6 +159,20 @@ type Accepted struct {
 	seg  *pool.Segment
 	lay  *pool.ConnLayout
 	auth *Identity // the peer as the kernel reported it, when it came through the socket
+	// hs is the handshake connection the segment came through, or nil. It
+	// stays open until the server state is stored: a client that sees it
+	// close with the state still 0 knows it was refused (PROTOCOL.md 10.4
+	// server step 5).
+	hs *net.UnixConn
+}
+
+// settled closes the handshake connection, once the server state has been
+// stored.
+func (a *Accepted) settled() {
+	if a.hs != nil {
+		a.hs.Close()
+		a.hs = nil
+	}
 }
 
 // Peer returns the client's identity: the kernel's, when the segment came
@@ -184,6 +198,7 @@ func (a *Accepted) peerPID() int {
 // stopping) and unmaps the segment.
 func (a *Accepted) Refuse() {
 	a.lay.Server.State.Store(pool.StateClosed)
+	a.settled()
 	a.seg.Close()
 }
 

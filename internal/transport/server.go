@@ -90,6 +90,7 @@ func NewServer(a *Accepted, cfg ServerConfig, workers *Workers, h ServerHandler)
 	t.c.window = cfg.Window
 	a.lay.Server.MaxStreams.Store(cfg.MaxStreams) // before the state: the client reads it after
 	a.lay.Server.State.Store(pool.StateOpen)      // the client may start calls
+	a.settled()
 	return t
 }
 
