@@ -55,6 +55,24 @@ func ServerState(s *Server) string {
 	return b.String()
 }
 
+// OpenStreams returns the streams open on all of s's connections.
+func OpenStreams(s *Server) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for sc := range s.conns {
+		n += sc.t.OpenStreams()
+	}
+	return n
+}
+
+// StreamLimit returns the stream limit the server told cc's connection.
+func StreamLimit(cc *ClientConn) uint32 { return cc.conn().PeerCtl().MaxStreams.Load() }
+
+// ConnOf returns cc's current connection, for tests that write frames a
+// well-behaved client would not.
+func ConnOf(cc *ClientConn) *conn { return cc.conn() }
+
 // allocBytes points m at n bytes of c's heap, or at ordinary memory, as
 // ClientConn.AllocInto does on the current connection.
 func allocBytes(c *conn, m *Bytes, n int) {

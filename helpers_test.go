@@ -305,6 +305,9 @@ func runServer() {
 	if n, err := strconv.Atoi(os.Getenv("NOTNETS_TEST_MAXSTREAMS")); err == nil {
 		opts = append(opts, notnets.MaxConcurrentStreams(uint32(n)))
 	}
+	if n, err := strconv.Atoi(os.Getenv("NOTNETS_TEST_MAXCONNS")); err == nil {
+		opts = append(opts, notnets.MaxConnections(n))
+	}
 	if os.Getenv("NOTNETS_TEST_STATS") != "" {
 		opts = append(opts, notnets.StatsHandler(serverStats))
 	}
@@ -349,6 +352,13 @@ func runServer() {
 		case "state":
 			// One line: the test reads answers a line at a time.
 			fmt.Println(notnets.ServerState(srv), "|", compactStacks())
+		case "heap":
+			// Bytes of live heap objects after a collection, and the
+			// streams open on every connection.
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			fmt.Println(ms.HeapAlloc, notnets.OpenStreams(srv))
 		case "services":
 			var names []string
 			for name := range srv.GetServiceInfo() {

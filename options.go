@@ -91,6 +91,7 @@ type serverOptions struct {
 	authz       authorizer
 	stats       statsHandlers // StatsHandler
 	maxStreams  uint32        // MaxConcurrentStreams; 0 for none
+	maxConns    int           // MaxConnections; 0 for none
 }
 
 type listenOptions struct {
@@ -278,10 +279,33 @@ func ChainStreamInterceptor(is ...grpc.StreamServerInterceptor) ServerOption {
 // one connection, as grpc.MaxConcurrentStreams does: the limit is told to
 // the client when it connects, and its further calls wait for one to end.
 // A client that opens more breaks the protocol and loses the connection.
-// 0, the default, is no limit.
+// The default is DefaultMaxConcurrentStreams; 0 is no limit.
 func MaxConcurrentStreams(n uint32) ServerOption {
 	return serverFunc(func(o *serverOptions) { o.maxStreams = n })
 }
+
+// DefaultMaxConcurrentStreams is the stream limit of a server without
+// MaxConcurrentStreams: the smallest limit HTTP/2 (RFC 9113, 6.5.2)
+// recommends that a server allow. grpc-go has no limit by default; a
+// limit bounds what one client can make the server hold (each open stream
+// may buffer up to its window plus a message being assembled).
+const DefaultMaxConcurrentStreams = 100
+
+// MaxConnections limits the connections a server keeps open through each
+// of its listeners. A client that connects beyond it has its connection
+// closed at once, with a GOAWAY saying why: its calls fail with
+// Unavailable, naming the limit, as a refused TCP connection does in
+// grpc-go. The default is
+// DefaultMaxConnections; 0 is no limit. A connection costs the server a
+// mapping, a reader and its streams' buffers; there is no HTTP/2
+// counterpart (a TCP server bounds its accept queue instead).
+func MaxConnections(n int) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.maxConns = n })
+}
+
+// DefaultMaxConnections is the connection limit per listener of a server
+// without MaxConnections.
+const DefaultMaxConnections = 1024
 
 // MaxRecvMsgSize sets the largest request message the server accepts
 // (default 4 MiB).

@@ -28,14 +28,15 @@ type Server struct {
 	unaryInt  grpc.UnaryServerInterceptor
 	streamInt grpc.StreamServerInterceptor
 
-	// mu guards services, lis, conns and stopped; cv waits on it. It is
-	// taken before any lock of a connection, and never held while one is
-	// closed.
+	// mu guards services, lis, conns, perLis and stopped; cv waits on it.
+	// It is taken before any lock of a connection, and never held while
+	// one is closed.
 	mu       sync.Mutex
 	cv       *sync.Cond // signalled when a connection goes idle or away
 	services map[string]*serviceInfo
 	lis      map[*Listener]bool
 	conns    map[*serverConn]bool
+	perLis   map[*Listener]int // open connections in conns, by listener (MaxConnections)
 	stopped  bool
 	draining atomic.Bool
 	serving  sync.WaitGroup
@@ -59,7 +60,8 @@ type serviceInfo struct {
 
 // NewServer returns a server with no services registered.
 func NewServer(opts ...ServerOption) *Server {
-	o := serverOptions{wait: defaultWait(), maxRecvSize: DefaultMaxRecvMsgSize, window: defaultWindow, liveness: DefaultLivenessTimeout}
+	o := serverOptions{wait: defaultWait(), maxRecvSize: DefaultMaxRecvMsgSize, window: defaultWindow, liveness: DefaultLivenessTimeout,
+		maxStreams: DefaultMaxConcurrentStreams, maxConns: DefaultMaxConnections}
 	for _, opt := range opts {
 		opt.applyServer(&o)
 	}
@@ -70,6 +72,7 @@ func NewServer(opts ...ServerOption) *Server {
 		services:  make(map[string]*serviceInfo),
 		lis:       make(map[*Listener]bool),
 		conns:     make(map[*serverConn]bool),
+		perLis:    make(map[*Listener]int),
 		workers:   transport.NewWorkers(),
 	}
 	s.cv = sync.NewCond(&s.mu)
@@ -164,7 +167,13 @@ func (s *Server) Serve(lis *Listener) error {
 			sc.t.Refuse(errServerStopping)
 			continue
 		}
+		if max := s.opts.maxConns; max > 0 && s.perLis[lis] >= max {
+			s.mu.Unlock()
+			sc.t.Refuse(status.Errorf(codes.Unavailable, "notnets: listener %q has %d connections open, its limit (MaxConnections)", lis.l.Name(), max))
+			continue
+		}
 		s.conns[sc] = true
+		s.perLis[lis]++
 		s.mu.Unlock()
 		sc.t.Serve()
 	}
@@ -178,6 +187,7 @@ func (s *Server) Stop() {
 	s.closeListeners()
 	conns := s.conns
 	s.conns = make(map[*serverConn]bool)
+	s.perLis = make(map[*Listener]int)
 	s.cv.Broadcast()
 	s.mu.Unlock()
 	for sc := range conns {

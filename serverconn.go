@@ -15,6 +15,7 @@ import (
 // new streams into calls (transport.ServerHandler).
 type serverConn struct {
 	srv    *Server
+	lis    *Listener
 	t      *transport.Server
 	peer   *peer.Peer
 	ctx    context.Context
@@ -26,6 +27,7 @@ func newServerConn(s *Server, lis *Listener, a *transport.Accepted) *serverConn 
 	id := a.Peer()
 	sc := &serverConn{
 		srv: s,
+		lis: lis,
 		peer: &peer.Peer{
 			Addr:      &Addr{Pool: lis.l.Dir(), Name: lis.l.Name(), PID: id.PID},
 			LocalAddr: lis.Addr(),
@@ -73,7 +75,12 @@ func (sc *serverConn) Closed(_ *transport.Server, _ error) {
 	}
 	s := sc.srv
 	s.mu.Lock()
-	delete(s.conns, sc)
+	if s.conns[sc] { // a refused connection was never counted
+		delete(s.conns, sc)
+		if s.perLis[sc.lis]--; s.perLis[sc.lis] == 0 {
+			delete(s.perLis, sc.lis)
+		}
+	}
 	s.cv.Broadcast()
 	s.mu.Unlock()
 }

@@ -35,14 +35,17 @@ func (a *assembler) add(h frame.Header, p []byte, limit int) (InMsg, bool, error
 			}
 			// Small messages too come from the pool, with room beyond
 			// grpc's pooling threshold, so that their buffers are pooled
-			// and receiving allocates nothing.
-			a.buf = mem.DefaultBufferPool().Get(max(a.want, minPooled))
+			// and receiving allocates nothing. The announced length is
+			// only a claim (PROTOCOL.md 16): a buffer starts at a few
+			// times the fragment and grows with the fragments received.
+			a.buf = mem.DefaultBufferPool().Get(a.capFor(0, len(p)))
 			*a.buf = append((*a.buf)[:0], p...)
 		}
 	} else if !a.skip {
 		if len(*a.buf)+len(p) > a.want {
 			return InMsg{}, false, fmt.Errorf("stream %d: fragments exceed the message length %d (T7)", h.Stream, a.want)
 		}
+		a.grow(len(p))
 		*a.buf = append(*a.buf, p...)
 	}
 	if more {
@@ -58,6 +61,31 @@ func (a *assembler) add(h frame.Header, p []byte, limit int) (InMsg, bool, error
 	b := a.buf
 	a.buf = nil
 	return InMsg{Buf: mem.NewBuffer(b, mem.DefaultBufferPool())}, true, nil
+}
+
+// growth is how much a reassembly buffer grows at a time: the memory a
+// peer can make a stream hold is at most growth times what it sent
+// (plus minPooled), and an honest message of n bytes in fragments of f
+// is copied log4(n/f) extra times.
+const growth = 4
+
+// capFor returns the capacity for a buffer holding have bytes that must
+// take n more: growth times that, at least minPooled, at most the message.
+func (a *assembler) capFor(have, n int) int {
+	return max(minPooled, min(a.want, growth*(have+n)))
+}
+
+// grow makes room for n more bytes in the buffer, moving it to a larger
+// pooled buffer when it is full.
+func (a *assembler) grow(n int) {
+	have := len(*a.buf)
+	if have+n <= cap(*a.buf) {
+		return
+	}
+	nb := mem.DefaultBufferPool().Get(a.capFor(have, n))
+	*nb = append((*nb)[:0], *a.buf...)
+	mem.DefaultBufferPool().Put(a.buf)
+	a.buf = nb
 }
 
 // ref takes a whole message that arrived as a MESSAGE_REF frame, viewed by

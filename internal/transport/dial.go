@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/doorbell"
+	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
 )
@@ -134,10 +136,36 @@ func waitAccepted(ctx context.Context, o *DialConfig, lay *pool.ConnLayout, gone
 		case pool.StateOpen:
 			return true, nil
 		case pool.StateClosed:
-			return false, status.Error(codes.Unavailable, "notnets: server refused the connection")
+			return false, status.Error(codes.Unavailable, "notnets: server refused the connection"+refusalReason(lay))
 		}
 		return false, gone()
 	})
+}
+
+// refusalReason returns ": " and the reason of a GOAWAY the server wrote
+// before closing a connection it refused (PROTOCOL.md 16), or "". The
+// record is checked as any other (14.3 to 14.5); nothing else is read, and
+// the reason is cut to a line's length.
+func refusalReason(lay *pool.ConnLayout) string {
+	in := ring.NewConsumerAt(lay.S2C, lay.Server.Tail, lay.Client.Head, 0)
+	rec, err := in.Next()
+	if err != nil || rec == nil {
+		return ""
+	}
+	h, p, err := frame.Parse(rec)
+	if err != nil || h.Type != frame.TypeGoAway {
+		return ""
+	}
+	var g frame.GoAway
+	if g.Decode(p) != nil || g.Reason == "" {
+		return ""
+	}
+	const maxReason = 200
+	r := strings.ToValidUTF8(g.Reason, "?")
+	if len(r) > maxReason {
+		r = r[:maxReason] + "..."
+	}
+	return ": " + strings.TrimPrefix(r, "notnets: ")
 }
 
 // setupPoll is doorbell.Poll for a connection being set up, with ctx's end
