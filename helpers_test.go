@@ -69,6 +69,9 @@ func TestMain(m *testing.M) {
 	case "sock-squatter":
 		runSockSquatter()
 		os.Exit(0)
+	case "filler":
+		runFiller()
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }

@@ -1,10 +1,14 @@
 package notnets
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/transport"
@@ -39,8 +43,28 @@ type Listener struct {
 	l *transport.Listener
 }
 
+// ErrPoolExhausted is wrapped by the error of Listen when the pool's file
+// system has no room for the listener (a full /dev/shm, a quota). Such an
+// error also carries the status ResourceExhausted (status.Code). Dial
+// reports the same condition as a ResourceExhausted status.
+var ErrPoolExhausted = pool.ErrExhausted
+
+// exhaustedError is a Listen error that wraps ErrPoolExhausted and has
+// the status ResourceExhausted.
+type exhaustedError struct{ err error }
+
+func (e exhaustedError) Error() string { return e.err.Error() }
+func (e exhaustedError) Unwrap() error { return e.err }
+
+// GRPCStatus returns the error as a ResourceExhausted status.
+func (e exhaustedError) GRPCStatus() *status.Status {
+	return status.New(codes.ResourceExhausted, e.err.Error())
+}
+
 // Listen publishes a listener under name in the pool. It fails if a live
 // listener already has the name; a file left by a dead process is replaced.
+// It fails with an error wrapping ErrPoolExhausted when the pool has no
+// room.
 func Listen(name string, opts ...ListenOption) (*Listener, error) {
 	o := listenOptions{wait: defaultWait()}
 	for _, opt := range opts {
@@ -55,6 +79,9 @@ func Listen(name string, opts ...ListenOption) (*Listener, error) {
 		return nil, err
 	}
 	l, err := transport.Listen(o.pool, name, access, o.wait)
+	if errors.Is(err, pool.ErrExhausted) {
+		return nil, exhaustedError{err}
+	}
 	if err != nil {
 		return nil, err
 	}
