@@ -362,6 +362,10 @@ func runServer() {
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
 			fmt.Println(ms.HeapAlloc, notnets.OpenStreams(srv))
+		case "threads":
+			// OS threads, goroutines and open connections.
+			threads, waits, hubs := procThreads()
+			fmt.Println(threads, waits, hubs, runtime.NumGoroutine(), srv.ConnCount())
 		case "services":
 			var names []string
 			for name := range srv.GetServiceInfo() {

@@ -83,7 +83,12 @@ type Bell struct {
 	peerTail *atomic.Uint32 // the low half of the peer's tail counter
 	sleeping *atomic.Uint32 // this side's sleeping word (shared)
 	local    atomic.Bool    // a goroutine of this process is ARMED or SLEEPING
+	kicked   atomic.Bool    // Kick came since the wait began (hub.go)
 	pollOnly bool
+	// timeouts counts the waits in a row that found nothing for a whole
+	// MaxBlock; from hubAfter on, the bell waits in a hub (hub.go). Only
+	// the one waiting goroutine touches it.
+	timeouts int
 
 	// Ringing side.
 	selfTail     *atomic.Uint32 // the low half of this side's tail counter
@@ -113,25 +118,53 @@ func (b *Bell) RingAlways() { futexWake(b.selfTail, 1) }
 // published, the connection closed), and unless there is, waits until the
 // peer rings, a kick, a change of the tail word, or MaxBlock. Callers look
 // again afterwards: wake-ups may be spurious.
+//
+// One goroutine at a time may wait on a bell. A bell whose last hubAfter
+// waits each found nothing for MaxBlock is idle, and waits in a hub, which
+// holds no thread for it (hub.go).
 func (b *Bell) Wait(look func() (seen uint32, pending bool)) {
 	if b.pollOnly {
 		time.Sleep(PollSleep)
 		return
 	}
+	b.kicked.Store(false)
 	b.local.Store(true)
 	b.sleeping.Store(1)
 	// If another goroutine drains the ring after look, seen is stale and
 	// the wait returns at once: a spurious wake-up, never a missed one.
 	if seen, pending := look(); !pending {
-		futexWait(b.peerTail, seen, MaxBlock)
+		b.wait(seen)
 	}
 	b.sleeping.Store(0)
 	b.local.Store(false)
 }
 
+// hubAfter is how many idle MaxBlock waits in a row send a bell to a hub.
+const hubAfter = 1
+
+// wait is SLEEPING: in a hub when the bell is idle, else on the futex.
+func (b *Bell) wait(seen uint32) {
+	if b.timeouts >= hubAfter {
+		if waited, changed := hubWait(b.peerTail, seen, &b.kicked); waited {
+			if changed || b.kicked.Load() {
+				b.timeouts = 0
+			}
+			return
+		}
+	}
+	start := time.Now()
+	futexWait(b.peerTail, seen, MaxBlock)
+	if time.Since(start) >= MaxBlock {
+		b.timeouts++
+	} else {
+		b.timeouts = 0
+	}
+}
+
 // Kick wakes this side's own waiter, if one is ARMED or SLEEPING.
 func (b *Bell) Kick() {
 	if b.local.Load() {
+		b.kicked.Store(true)
 		futexWake(b.peerTail, 1)
 	}
 }
