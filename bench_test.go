@@ -44,6 +44,29 @@ func benchSayHello(b *testing.B, c pb.GreeterClient) {
 	}
 }
 
+// BenchmarkUnaryHelloWorld16Callers measures Greeter calls from 16
+// goroutines sharing one connection, server in another process.
+func BenchmarkUnaryHelloWorld16Callers(b *testing.B) {
+	srv := startServer(b, "NOTNETS_TEST_CPUPROFILE="+os.Getenv("NOTNETS_BENCH_SERVER_CPUPROFILE"))
+	c := pb.NewGreeterClient(srv.dial(b))
+	ctx := context.Background()
+	if _, err := c.SayHello(ctx, &pb.HelloRequest{Name: "world"}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetParallelism(8) // 16 goroutines with GOMAXPROCS 2
+	b.ResetTimer()
+	b.RunParallel(func(pb_ *testing.PB) {
+		req := &pb.HelloRequest{Name: "world"}
+		for pb_.Next() {
+			if _, err := c.SayHello(ctx, req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
 // BenchmarkUnaryHelloWorldGRPCTCP is the same call over grpc-go on TCP
 // loopback, for the allocations and time per call side by side.
 func BenchmarkUnaryHelloWorldGRPCTCP(b *testing.B) {
