@@ -2,6 +2,7 @@ package notnets_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -112,23 +113,29 @@ func BenchmarkWakeAfterIdle(b *testing.B) {
 }
 
 // BenchmarkIdleCPU measures the CPU time both processes spend per second
-// while a connection is open and idle.
+// while 1 or 100 connections are open and idle.
 func BenchmarkIdleCPU(b *testing.B) {
-	srv := startServer(b)
-	c := pb.NewGreeterClient(srv.dial(b))
-	if _, err := c.SayHello(context.Background(), &pb.HelloRequest{}); err != nil {
-		b.Fatal(err)
+	for _, n := range []int{1, 100} {
+		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
+			srv := startServer(b)
+			for range n {
+				c := pb.NewGreeterClient(srv.dial(b, notnets.WithRingSize(64<<10)))
+				if _, err := c.SayHello(context.Background(), &pb.HelloRequest{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			time.Sleep(time.Second) // let the spin periods, the monitor and the direct futex waits run out
+			self0, child0 := cpuTime(b, os.Getpid()), cpuTime(b, srv.cmd.Process.Pid)
+			start := time.Now()
+			for b.Loop() {
+				time.Sleep(100 * time.Millisecond)
+			}
+			secs := time.Since(start).Seconds()
+			self1, child1 := cpuTime(b, os.Getpid()), cpuTime(b, srv.cmd.Process.Pid)
+			b.ReportMetric((self1-self0).Seconds()*1e3/secs, "client-cpu-ms/s")
+			b.ReportMetric((child1-child0).Seconds()*1e3/secs, "server-cpu-ms/s")
+		})
 	}
-	time.Sleep(200 * time.Millisecond) // let the spin periods and the monitor run out
-	self0, child0 := cpuTime(b, os.Getpid()), cpuTime(b, srv.cmd.Process.Pid)
-	start := time.Now()
-	for b.Loop() {
-		time.Sleep(100 * time.Millisecond)
-	}
-	secs := time.Since(start).Seconds()
-	self1, child1 := cpuTime(b, os.Getpid()), cpuTime(b, srv.cmd.Process.Pid)
-	b.ReportMetric((self1-self0).Seconds()*1e3/secs, "client-cpu-ms/s")
-	b.ReportMetric((child1-child0).Seconds()*1e3/secs, "server-cpu-ms/s")
 }
 
 // cpuTime sums the time the threads of process pid have run

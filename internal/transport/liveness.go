@@ -98,6 +98,18 @@ func beat() {
 func beatOnce(now time.Time) bool {
 	liveness.Lock()
 	var dead []*watched
+	// Whether each peer process checked in this beat is alive: many
+	// connections to one process cost one read of /proc.
+	checked := map[[2]uint64]bool{}
+	alive := func(w *watched) bool {
+		k := [2]uint64{uint64(w.pid), w.start}
+		a, ok := checked[k]
+		if !ok {
+			a = w.peerAlive()
+			checked[k] = a
+		}
+		return a
+	}
 	for c, w := range liveness.conns {
 		if c.closeErr() != nil {
 			delete(liveness.conns, c)
@@ -112,12 +124,16 @@ func beatOnce(now time.Time) bool {
 		b := c.peer.Heartbeat.Load()
 		c.mapMu.RUnlock()
 		if b != w.lastBeat {
+			// It beat since the last look: alive, and no need to read
+			// /proc (about 20 us a read; 100 idle connections read it
+			// 1,000 times a second when every beat did).
 			w.lastBeat, w.lastSeen = b, now
+			continue
 		}
 		if w.timeout <= 0 {
 			continue
 		}
-		if !w.peerAlive() || now.Sub(w.lastSeen) > w.timeout {
+		if !alive(w) || now.Sub(w.lastSeen) > w.timeout {
 			dead = append(dead, w)
 			delete(liveness.conns, c)
 		}
