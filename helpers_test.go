@@ -212,7 +212,11 @@ func (p *serverProc) dial(t testing.TB, opts ...notnets.DialOption) *notnets.Cli
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cc, err := notnets.Dial(ctx, listenName, append([]notnets.DialOption{notnets.WithPool(p.pool)}, opts...)...)
+	base := []notnets.DialOption{notnets.WithPool(p.pool)}
+	for _, o := range idleFromEnv() {
+		base = append(base, o)
+	}
+	cc, err := notnets.Dial(ctx, listenName, append(base, opts...)...)
 	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}
@@ -310,6 +314,9 @@ func runServer() {
 	}
 	if n, err := strconv.Atoi(os.Getenv("NOTNETS_TEST_MAXCONNS")); err == nil {
 		opts = append(opts, notnets.MaxConnections(n))
+	}
+	for _, o := range idleFromEnv() {
+		opts = append(opts, o)
 	}
 	if os.Getenv("NOTNETS_TEST_STATS") != "" {
 		opts = append(opts, notnets.StatsHandler(serverStats))

@@ -61,7 +61,11 @@ func runInteropCase(name string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cc, err := notnets.Dial(ctx, listenName)
+	var opts []notnets.DialOption
+	for _, o := range idleFromEnv() {
+		opts = append(opts, o)
+	}
+	cc, err := notnets.Dial(ctx, listenName, opts...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "dial:", err)
 		return 1

@@ -1,6 +1,7 @@
 package notnets
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/notnets/notnets/internal/pool"
@@ -160,10 +161,64 @@ func (w WaitOption) applyServer(o *serverOptions) { w.w(&o.wait) }
 func (w WaitOption) applyListen(o *listenOptions) { w.w(&o.wait) }
 
 // WithSpin sets how long an idle side keeps polling shared memory before it
-// blocks on the doorbell (or, with WithPollOnly, sleeps). Longer spins lower
-// latency after a pause and cost CPU while idle.
+// blocks on the doorbell (or, with WithPollOnly, sleeps): with
+// IdleAdaptive, the most it spins, and how long a caller polls for its
+// reply. Longer spins lower latency after a pause and cost CPU while idle.
+// The default is DefaultSpin.
 func WithSpin(d time.Duration) WaitOption {
 	return WaitOption{func(w *waitConfig) { w.Spin = max(d, 0) }}
+}
+
+// IdleStrategy chooses how a side waits for its peer when it has nothing
+// to read, in the manner of Aeron's idle strategies. docs/BENCHMARKS.md
+// has what each costs in latency and CPU, measured.
+type IdleStrategy int
+
+const (
+	// IdleAdaptive, the default, spins (yielding now and then) for a
+	// period learned from the recent gaps between messages: just past
+	// the usual gap when that is within the spin period (WithSpin), else
+	// a short 20 us for the rest of a burst; then it parks on the
+	// doorbell. A poller that finds it has lost its core to another
+	// thread (the machine has more runnable threads than cores) parks at
+	// once instead of spinning on.
+	IdleAdaptive IdleStrategy = iota
+	// IdleBusySpin never parks: the lowest latency at every rate, at the
+	// cost of a core per polling side for as long as a connection is
+	// open. For dedicated cores only.
+	IdleBusySpin
+	// IdleParkOnly parks at once: the least CPU, and a wake-up (about 10
+	// to 40 us on the development machine) for every message that finds
+	// its peer parked.
+	IdleParkOnly
+)
+
+// String returns the strategy's name: adaptive, busy-spin or park-only.
+func (s IdleStrategy) String() string {
+	switch s {
+	case IdleAdaptive:
+		return "adaptive"
+	case IdleBusySpin:
+		return "busy-spin"
+	case IdleParkOnly:
+		return "park-only"
+	}
+	return fmt.Sprintf("IdleStrategy(%d)", int(s))
+}
+
+// WithIdleStrategy sets how the side waits for its peer (IdleAdaptive by
+// default). Each side chooses its own: a client and a server may differ.
+func WithIdleStrategy(s IdleStrategy) WaitOption {
+	return WaitOption{func(w *waitConfig) {
+		switch s {
+		case IdleBusySpin:
+			w.Idle = transport.IdleBusySpin
+		case IdleParkOnly:
+			w.Idle = transport.IdleParkOnly
+		default:
+			w.Idle = transport.IdleAdaptive
+		}
+	}}
 }
 
 // WithPollOnly makes the side never use a futex doorbell: after spinning it

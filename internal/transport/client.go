@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
-	"github.com/notnets/notnets/internal/spin"
 )
 
 // ClientTransport is what the gRPC face needs of one client connection, in
@@ -170,7 +169,7 @@ func (t *Client) AllocBlock(n int) (Block, []byte, bool) { return t.c.allocUserB
 func (t *Client) readLoop() {
 	c := t.c
 	defer c.endReader()
-	var idle spin.Idler
+	idle := c.idler()
 	for {
 		if c.pollers.Load() > 0 {
 			c.park()
@@ -182,8 +181,8 @@ func (t *Client) readLoop() {
 			return
 		}
 		if n > 0 {
-			idle.Busy()
-		} else if idle.Spent(c.wait.Spin) {
+			c.busy(&idle)
+		} else if idle.Spent(c.readerSpin()) {
 			c.block()
 			idle.Reset()
 		}

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
-	"github.com/notnets/notnets/internal/spin"
 )
 
 // ClientStream is the transport's side of one call on a client
@@ -214,11 +213,15 @@ func (s *ClientStream) wait(ready func() bool) error {
 		return nil
 	}
 	c := s.c
+	spinFor := c.callerSpin()
+	if spinFor <= 0 {
+		return s.await(s.ctx, ready) // IdleParkOnly: the reader hands it over
+	}
 	c.pollers.Add(1)
 	done := false
-	var idle spin.Idler
+	idle := c.idler()
 	for polls := 1; c.poll(); polls++ {
-		if done = s.ready(ready); done || s.ctx.Err() != nil || idle.Spent(c.wait.Spin) {
+		if done = s.ready(ready); done || s.ctx.Err() != nil || idle.Spent(spinFor) {
 			break
 		}
 		if polls%crowdedYield == 0 && c.pollers.Load() > 1 {

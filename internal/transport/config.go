@@ -9,7 +9,11 @@ import (
 // Wait says how a side waits for its peer once it has polled for Spin
 // without seeing anything.
 type Wait struct {
+	// Spin is how long a side polls before it blocks: the most the
+	// adaptive strategy spins, and the caller's spin for its reply.
 	Spin time.Duration
+	// Idle chooses how a side waits (idle.go).
+	Idle IdleStrategy
 	// PollOnly: never block in a futex; sleep instead (pools shared across
 	// hosts, where a futex cannot reach the peer).
 	PollOnly bool

@@ -70,6 +70,8 @@ type conn struct {
 	// onFrame takes it with takeRef or it is freed.
 	pendingRef mem.Buffer
 
+	budget *spin.Budget // the reader's learned spin period (IdleAdaptive)
+
 	mapMu    sync.RWMutex // held for reading by the liveness watch while it touches the segment
 	unmapped bool
 
@@ -91,6 +93,7 @@ func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait Wa
 		readerDone: make(chan struct{}),
 		resume:     make(chan struct{}, 1),
 		parkTimer:  time.NewTimer(time.Hour),
+		budget:     spin.NewBudget(wait.Spin),
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 
 	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/pool"
-	"github.com/notnets/notnets/internal/spin"
 )
 
 // ServerHandler is the gRPC face of a server connection: it turns new
@@ -165,7 +164,7 @@ func (t *Server) onClose(err error) {
 // cancellations on the connection are still read.
 func (t *Server) readRole() {
 	c := t.c
-	var idle spin.Idler
+	idle := c.idler()
 	for {
 		n, ok := c.drainOrCheck()
 		if !ok {
@@ -173,13 +172,13 @@ func (t *Server) readRole() {
 			return
 		}
 		if n == 0 {
-			if idle.Spent(c.wait.Spin) {
+			if idle.Spent(c.readerSpin()) {
 				c.block()
 				idle.Reset()
 			}
 			continue
 		}
-		idle.Busy()
+		c.busy(&idle)
 		if k := len(t.ready); k > 0 {
 			last := t.ready[k-1]
 			for _, st := range t.ready[:k-1] {
