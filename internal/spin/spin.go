@@ -47,7 +47,7 @@ type Idler struct {
 	gap     time.Time // start of the current idle gap, kept across Reset
 	last    time.Time // the last reading of the clock in this run
 	yielded time.Time
-	crowded bool      // the last Spent that reported true found the machine crowded
+	crowded bool // the last Spent that reported true found the machine crowded
 	// NoOSYield keeps the poller from calling sched_yield: a busy-spinning
 	// side that owns its core.
 	NoOSYield bool
