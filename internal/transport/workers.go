@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,42 +16,88 @@ const workerIdle = 10 * time.Second
 // cost), and watches the handlers that run inline on a connection's
 // reading goroutine (Server.readRole).
 //
-// Locks: mu guards conns; no other lock is taken under it except a
-// connection's atomics.
+// Idle workers are reused last in, first out: after a burst, steady
+// traffic keeps reusing the few most recent workers and the others exit
+// after workerIdle (with a first-in, first-out hand-off every worker of a
+// burst of 5,000 handlers got a call now and then and stayed alive).
+//
+// Locks: mu guards conns, idle and each worker's place in it; no other
+// lock is taken under it except a connection's atomics.
 type Workers struct {
-	tasks chan func()
+	idleFor time.Duration // workerIdle; shorter in tests
 
 	mu         sync.Mutex
+	idle       []*worker        // idle workers, the most recent last
 	conns      map[*Server]bool // served connections, for the monitor
 	monitoring atomic.Bool      // the inline-handler monitor is running
 }
 
+// worker is one reusable goroutine; tasks hands it its next call.
+type worker struct {
+	tasks chan func() // buffered: submit never blocks
+}
+
 // NewWorkers returns an empty set of workers.
 func NewWorkers() *Workers {
-	return &Workers{tasks: make(chan func()), conns: make(map[*Server]bool)}
+	return &Workers{idleFor: workerIdle, conns: make(map[*Server]bool)}
 }
 
-// submit runs f on an idle worker, or on a new one if none is idle.
+// submit runs f on the most recently idle worker, or on a new one if none
+// is idle.
 func (w *Workers) submit(f func()) {
-	select {
-	case w.tasks <- f:
-	default:
-		go w.work(f)
+	w.mu.Lock()
+	if n := len(w.idle); n > 0 {
+		wk := w.idle[n-1]
+		w.idle[n-1] = nil
+		w.idle = w.idle[:n-1]
+		w.mu.Unlock()
+		wk.tasks <- f
+		return
 	}
+	w.mu.Unlock()
+	go w.work(&worker{tasks: make(chan func(), 1)}, f)
 }
 
-func (w *Workers) work(f func()) {
-	t := time.NewTimer(workerIdle)
+func (w *Workers) work(wk *worker, f func()) {
+	t := time.NewTimer(w.idleFor)
 	defer t.Stop()
 	for {
 		f()
-		t.Reset(workerIdle)
+		w.mu.Lock()
+		w.idle = append(w.idle, wk)
+		w.mu.Unlock()
+		t.Reset(w.idleFor)
 		select {
-		case f = <-w.tasks:
+		case f = <-wk.tasks:
+			continue
 		case <-t.C:
+		}
+		if !w.retire(wk) {
+			f = <-wk.tasks // submit took it just now: its call is on the way
+		} else {
 			return
 		}
 	}
+}
+
+// retire takes an idle worker out of the idle list, and reports false if
+// submit has taken it already.
+func (w *Workers) retire(wk *worker) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	i := slices.Index(w.idle, wk)
+	if i < 0 {
+		return false
+	}
+	w.idle = slices.Delete(w.idle, i, i+1)
+	return true
+}
+
+// IdleWorkers returns how many workers wait for a call, for tests.
+func (w *Workers) IdleWorkers() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.idle)
 }
 
 func (w *Workers) add(t *Server) {
