@@ -7,6 +7,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func poolDir(t *testing.T) string {
@@ -115,4 +117,24 @@ func TestWake(t *testing.T) {
 	}
 	c.Close()
 	<-done // Serve notices the close (it is woken at once, not after wakeMaxBlock)
+}
+
+// TestMonotonic checks that monotonic reads CLOCK_MONOTONIC, the clock the
+// other process reads too.
+func TestMonotonic(t *testing.T) {
+	clock := func() int64 {
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+			t.Fatal(err)
+		}
+		return ts.Nano()
+	}
+	for i := 0; i < 100; i++ {
+		before := clock()
+		m := monotonic()
+		after := clock()
+		if m < before || m > after {
+			t.Fatalf("monotonic %d outside CLOCK_MONOTONIC's %d..%d", m, before, after)
+		}
+	}
 }
