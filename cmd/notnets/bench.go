@@ -35,12 +35,47 @@ type benchConfig struct {
 	outDir      string
 	quiet       bool
 	settle      time.Duration
+	loads       []load
+}
+
+// load is how the callers pace their calls: closed loop, each caller
+// busy-waiting gap before each call, or open loop at rate calls per
+// second (then gap is 0).
+type load struct {
+	gap  time.Duration
+	rate int
+}
+
+func (l load) String() string {
+	if l.rate > 0 {
+		return fmt.Sprintf("%d/s", l.rate)
+	}
+	return gapName(l.gap)
+}
+
+// gapName writes a gap for a table or a file name: 0, 50us, 1ms, 2.5us.
+func gapName(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "0"
+	case d%time.Millisecond == 0:
+		return fmt.Sprintf("%dms", d/time.Millisecond)
+	case d%time.Microsecond == 0:
+		return fmt.Sprintf("%dus", d/time.Microsecond)
+	}
+	return fmt.Sprintf("%gus", float64(d)/1e3)
 }
 
 var (
 	defaultTransports = []string{"grpc-tcp", "grpc-uds", "notnets", "notnets-raw", "floor"}
-	allTransports     = append(defaultTransports[:len(defaultTransports):len(defaultTransports)], "memcpy")
+	allTransports     = append(defaultTransports[:len(defaultTransports):len(defaultTransports)], "floor-spin", "wake", "memcpy")
 )
+
+// singleCaller are the transports without multiplexing: they run with one
+// caller only.
+func singleCaller(name string) bool {
+	return name == "floor" || name == "floor-spin" || name == "wake" || name == "memcpy"
+}
 
 // maxMsg is the message size limit of every transport in the benchmark,
 // and maxPayload the largest payload it measures (protobuf adds a few
@@ -67,15 +102,44 @@ transports:
   notnets      notnets, protobuf codec (the paper's notnets)
   notnets-raw  notnets, payload sent as raw bytes with no serialization (the paper's notnets-)
   floor        a bare ping-pong of the payload through the same ring code, no gRPC
+  floor-spin   the floor with both sides in a pure spin: no pacing, no yield, no
+               doorbell; the limit of any polling design. Not run by default:
+               it needs a free core for each side, and where they share one
+               (a busy or one-core machine) each call waits out time slices.
+               Between its turns the server is parked, so it spins only
+               during its own measurements
+  wake         no call: a bare futex wake-up of a thread sleeping in the server
+               process; its latency is the ONE-WAY wake-up time the server
+               measures (CLOCK_MONOTONIC), not a round trip. With -gap it is
+               the physical limit of any design that sleeps between calls.
+               Its CPU per call counts the client spinning until the server
+               answers: meaningless, shown anyway; no ratios (not run by default)
   memcpy       one copy of the payload in this process, no peer (not run by default)
+
+pacing (-gap and -rate exclude each other):
+  -gap LIST    closed loop: before each call the caller busy-waits the gap
+               (spinning on the clock: no sleep, no yield), then times the
+               call. Every transport, size and concurrency is measured at
+               every gap, so the peer has been idle that long before each
+               call: pollers may have gone to sleep, cores may have idled.
+  -rate LIST   open loop: calls are scheduled at start + k/N (k counted across
+               the callers of one measurement); a caller takes the next k,
+               waits for its time (busy-waiting; sleeping only when more than
+               2 ms early) and records the latency from the SCHEDULED time,
+               so that a slow call delays no measurement (no coordinated
+               omission). A transport that cannot keep up shows it in its
+               latencies.
+  CPU per call excludes the caller's busy-wait (its time is subtracted from
+  the client's CPU; JSON: client_wait_us_per_call). With several gaps or
+  rates the plots include latency and CPU per call against the gap or rate.
 
 flags:
 `)
 		fs.PrintDefaults()
 	}
 	transports := fs.String("transports", strings.Join(defaultTransports, ","), "comma-separated transports to measure")
-	calls := fs.Int("n", 50000, "timed calls per transport, size and concurrency")
-	duration := fs.Duration("duration", 0, "time per transport, size and concurrency instead of -n (e.g. 5s)")
+	calls := fs.Int("n", 50000, "timed calls per transport, size, concurrency and gap or rate")
+	duration := fs.Duration("duration", 0, "time per transport, size, concurrency and gap or rate instead of -n (e.g. 5s)")
 	warmup := fs.Int("warmup", 2000, "untimed calls per transport before each size")
 	rounds := fs.Int("rounds", 5, "rounds the calls are split into, transports taking turns in each")
 	sizes := fs.String("sizes", "16", "payload sizes in bytes, comma-separated; K and M suffixes (e.g. 0,64,1K,16K,256K,1M)")
@@ -84,8 +148,13 @@ flags:
 	outDir := fs.String("out", "bench-out", "directory for the plots (PNG); empty for none")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	settle := fs.Duration("settle", 0, "pause before each transport's turn, so that the previous transport's pollers and goroutines go idle")
+	gaps := fs.String("gap", "0", "closed loop: busy-wait before each call, comma-separated durations (e.g. 0,50us,150us,1ms)")
+	rates := fs.String("rate", "0", "open loop: calls per second, comma-separated; 0 for the closed loop")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	cfg := &benchConfig{calls: *calls, duration: *duration, warmup: *warmup, rounds: max(*rounds, 1),
 		jsonOut: *jsonOut, outDir: *outDir, quiet: *quiet, settle: *settle}
@@ -115,7 +184,41 @@ flags:
 	if cfg.calls < cfg.rounds && cfg.duration == 0 {
 		return nil, fmt.Errorf("-n %d is smaller than -rounds %d", cfg.calls, cfg.rounds)
 	}
+	loads, err := parseLoads(*gaps, *rates)
+	if err != nil {
+		return nil, err
+	}
+	cfg.loads = loads
 	return cfg, nil
+}
+
+// parseLoads parses -gap and -rate into the loads to measure.
+func parseLoads(gaps, rates string) ([]load, error) {
+	var gapLoads, rateLoads []load
+	gapSet, rateSet := false, false
+	for _, s := range strings.Split(gaps, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("bad gap %q (want a duration such as 0, 50us, 1ms)", s)
+		}
+		gapLoads = append(gapLoads, load{gap: d})
+		gapSet = gapSet || d > 0
+	}
+	for _, s := range strings.Split(rates, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 0 || n > 1e9 {
+			return nil, fmt.Errorf("bad rate %q (want calls per second, 0 for none)", s)
+		}
+		rateLoads = append(rateLoads, load{rate: n})
+		rateSet = rateSet || n > 0
+	}
+	switch {
+	case gapSet && rateSet:
+		return nil, errors.New("-gap and -rate exclude each other: a gap paces a closed loop, a rate an open one")
+	case rateSet:
+		return rateLoads, nil
+	}
+	return gapLoads, nil
 }
 
 func contains(list []string, s string) bool {
@@ -155,9 +258,16 @@ type Result struct {
 	P999US      float64 `json:"p999_us"`
 	MaxUS       float64 `json:"max_us"`
 	CallsPerSec float64 `json:"calls_per_sec"`
-	MBPerSec    float64 `json:"payload_mb_per_sec"` // request payload bytes per second of calls
-	ClientCPUUS float64 `json:"client_cpu_us_per_call"`
+	MBPerSec    float64 `json:"payload_mb_per_sec"`     // request payload bytes per second of calls
+	ClientCPUUS float64 `json:"client_cpu_us_per_call"` // without the busy-wait before calls
 	ServerCPUUS float64 `json:"server_cpu_us_per_call"`
+	// GapUS is the busy-wait before each call (closed loop), RatePerSec
+	// the calls per second scheduled (open loop; 0 for the closed loop),
+	// and ClientWaitUS the caller's busy-wait per call, subtracted from
+	// ClientCPUUS.
+	GapUS        float64 `json:"gap_us"`
+	RatePerSec   int     `json:"rate_per_sec"`
+	ClientWaitUS float64 `json:"client_wait_us_per_call,omitempty"`
 	// Ratios to grpc-tcp in the same run (grpc-tcp's figure over this one's):
 	// above 1 means faster or cheaper than grpc-tcp.
 	AvgRatio  float64 `json:"avg_ratio_vs_grpc_tcp,omitempty"`
@@ -165,10 +275,12 @@ type Result struct {
 	TputRatio float64 `json:"throughput_ratio_vs_grpc_tcp,omitempty"` // this one's calls/s over grpc-tcp's
 	CPURatio  float64 `json:"cpu_ratio_vs_grpc_tcp,omitempty"`
 
+	load    load
 	hist    *hdrhistogram.Histogram
 	elapsed time.Duration
 	cpuSelf time.Duration
 	cpuPeer time.Duration
+	cpuWait time.Duration // busy-wait of the callers, in wall time
 }
 
 // Report is everything one run of `notnets bench` measured.
@@ -228,7 +340,7 @@ func newBar(cfg *benchConfig) *progressbar.ProgressBar {
 	if cfg.quiet || !term.IsTerminal(int(os.Stderr.Fd())) {
 		return nil
 	}
-	segments := len(cfg.concurrency) * len(cfg.sizes) * cfg.rounds * len(cfg.transports)
+	segments := len(cfg.concurrency) * len(cfg.sizes) * cfg.rounds * len(cfg.loads) * len(cfg.transports)
 	return progressbar.NewOptions(segments,
 		progressbar.OptionSetWriter(os.Stderr),
 		progressbar.OptionSetDescription("measuring"),
@@ -237,56 +349,78 @@ func newBar(cfg *benchConfig) *progressbar.ProgressBar {
 		progressbar.OptionThrottle(100*time.Millisecond))
 }
 
-// measure runs every transport at one size and concurrency, in rounds.
+// measure runs every transport at one size and concurrency, at every
+// load, in rounds: in each round every load, and at each load every
+// transport, takes a turn. It returns the results load by load.
 func (e *benchEnv) measure(cfg *benchConfig, size, conc int, bar *progressbar.ProgressBar) ([]*Result, error) {
+	defer e.closeConns()
 	payload := make([]byte, size)
 	for i := range payload {
 		payload[i] = 'a' + byte(i%26)
 	}
-	var results []*Result
-	callers := make([][]caller, len(cfg.transports))
+	trs := make([]*transport, len(cfg.transports))
 	for i, name := range cfg.transports {
-		if (name == "floor" || name == "memcpy") && conc > 1 {
-			continue // no multiplexing: one caller only
+		if singleCaller(name) && conc > 1 {
+			continue
 		}
-		cs, err := e.callers(name, conc)
+		tr, err := e.transport(name, conc)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		callers[i] = cs
+		trs[i] = tr
 		for j := 0; j < cfg.warmup; j++ {
-			if err := cs[0](payload); err != nil {
+			if _, err := tr.callers[0](payload); err != nil {
 				return nil, fmt.Errorf("%s warm-up: %w", name, err)
 			}
 		}
-		results = append(results, &Result{Transport: name, Size: size, Concurrency: conc,
-			hist: hdrhistogram.New(1, int64(100*time.Second), 3)})
+		if err := tr.idle(); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
 	}
-	for r := 0; r < cfg.rounds; r++ {
-		k := 0
-		for i := range cfg.transports {
-			if callers[i] == nil {
-				continue
-			}
-			if err := e.segment(cfg, results[k], callers[i], payload); err != nil {
-				return nil, fmt.Errorf("%s: %w", cfg.transports[i], err)
-			}
-			k++
-			if bar != nil {
-				bar.Add(1)
+	results := make([][]*Result, len(cfg.loads))
+	for l, ld := range cfg.loads {
+		results[l] = make([]*Result, len(cfg.transports))
+		for i, name := range cfg.transports {
+			if trs[i] != nil {
+				results[l][i] = &Result{Transport: name, Size: size, Concurrency: conc, load: ld,
+					GapUS: float64(ld.gap) / 1e3, RatePerSec: ld.rate,
+					hist: hdrhistogram.New(1, int64(100*time.Second), 3)}
 			}
 		}
 	}
-	for _, res := range results {
-		res.finish()
+	for r := 0; r < cfg.rounds; r++ {
+		for l, ld := range cfg.loads {
+			for i, tr := range trs {
+				if tr == nil {
+					continue
+				}
+				if err := e.segment(cfg, results[l][i], tr, payload, ld); err != nil {
+					return nil, fmt.Errorf("%s: %w", cfg.transports[i], err)
+				}
+				if bar != nil {
+					bar.Add(1)
+				}
+			}
+		}
 	}
-	ratios(results)
-	return results, nil
+	var all []*Result
+	for l := range results {
+		var atLoad []*Result
+		for _, res := range results[l] {
+			if res != nil {
+				res.finish()
+				atLoad = append(atLoad, res)
+			}
+		}
+		ratios(atLoad)
+		all = append(all, atLoad...)
+	}
+	return all, nil
 }
 
-// segment runs one round's share of calls on one transport with conc
-// callers, recording latencies and CPU time.
-func (e *benchEnv) segment(cfg *benchConfig, res *Result, cs []caller, payload []byte) error {
+// segment runs one round's share of calls on one transport with its
+// callers at one load, recording latencies and CPU time.
+func (e *benchEnv) segment(cfg *benchConfig, res *Result, tr *transport, payload []byte, ld load) error {
 	quota := int64(cfg.calls / cfg.rounds)
 	deadline := time.Time{}
 	if cfg.duration > 0 {
@@ -294,31 +428,65 @@ func (e *benchEnv) segment(cfg *benchConfig, res *Result, cs []caller, payload [
 		deadline = time.Now().Add(cfg.duration / time.Duration(cfg.rounds))
 	}
 	time.Sleep(cfg.settle)
+	if err := tr.ready(payload); err != nil {
+		return err
+	}
 	peer0, err := e.peerCPU()
 	if err != nil {
 		return err
 	}
 	self0 := selfCPU()
-	start := time.Now()
-	var issued atomic.Int64
+	cs := tr.callers
 	hists := make([]*hdrhistogram.Histogram, len(cs))
 	errs := make([]error, len(cs))
+	waits := make([]time.Duration, len(cs))
+	var issued atomic.Int64
 	var wg sync.WaitGroup
+	start := time.Now()
 	for g, call := range cs {
 		hists[g] = hdrhistogram.New(1, int64(100*time.Second), 3)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for n := int64(0); issued.Add(1) <= quota; n++ {
+			for n := int64(0); ; n++ {
+				k := issued.Add(1) - 1
+				if k >= quota {
+					return
+				}
 				if !deadline.IsZero() && n%64 == 0 && time.Now().After(deadline) {
 					return
 				}
-				t0 := time.Now()
-				if err := call(payload); err != nil {
+				var due, t0 time.Time // when the call is due, and when it starts
+				switch {
+				case ld.rate > 0:
+					due = start.Add(time.Duration(float64(k) * 1e9 / float64(ld.rate)))
+					waits[g] += waitUntil(due)
+					t0 = time.Now()
+				case ld.gap > 0:
+					w0 := time.Now()
+					for time.Since(w0) < ld.gap {
+					}
+					t0 = time.Now()
+					waits[g] += t0.Sub(w0)
+					due = t0
+				default:
+					t0 = time.Now()
+					due = t0
+				}
+				lat, err := call(payload)
+				if err != nil {
 					errs[g] = err
 					return
 				}
-				hists[g].RecordValue(int64(time.Since(t0)))
+				if lat == 0 {
+					lat = time.Since(due)
+				} else {
+					lat += t0.Sub(due) // a caller's own latency (wake), plus any lateness of its start
+				}
+				if err := hists[g].RecordValue(int64(lat)); err != nil {
+					errs[g] = fmt.Errorf("latency %v: %w", lat, err)
+					return
+				}
 			}
 		}()
 	}
@@ -335,8 +503,25 @@ func (e *benchEnv) segment(cfg *benchConfig, res *Result, cs []caller, payload [
 			return errs[g]
 		}
 		res.hist.Merge(hists[g])
+		res.cpuWait += waits[g]
 	}
-	return nil
+	return tr.idle()
+}
+
+// waitUntil waits until t: it busy-waits on the clock, after sleeping
+// until a millisecond before t if t is more than 2 ms away (a sleep under
+// a millisecond takes about a millisecond). It returns the time it spent
+// busy-waiting.
+func waitUntil(t time.Time) time.Duration {
+	if early := time.Until(t); early > 2*time.Millisecond {
+		time.Sleep(early - time.Millisecond)
+	}
+	w0 := time.Now()
+	now := w0
+	for now.Before(t) {
+		now = time.Now()
+	}
+	return now.Sub(w0)
 }
 
 func (r *Result) finish() {
@@ -352,11 +537,14 @@ func (r *Result) finish() {
 	r.MaxUS = us(r.hist.Max())
 	r.CallsPerSec = float64(r.Calls) / r.elapsed.Seconds()
 	r.MBPerSec = r.CallsPerSec * float64(r.Size) / 1e6
-	r.ClientCPUUS = float64(r.cpuSelf.Nanoseconds()) / 1e3 / float64(r.Calls)
+	r.ClientCPUUS = float64(max(r.cpuSelf-r.cpuWait, 0).Nanoseconds()) / 1e3 / float64(r.Calls)
+	r.ClientWaitUS = float64(r.cpuWait.Nanoseconds()) / 1e3 / float64(r.Calls)
 	r.ServerCPUUS = float64(r.cpuPeer.Nanoseconds()) / 1e3 / float64(r.Calls)
 }
 
-// ratios sets each result's ratios to grpc-tcp's.
+// ratios sets each result's ratios to grpc-tcp's, among results of one
+// size, concurrency and load. The wake reference has none: its latency is
+// one way, not a call.
 func ratios(results []*Result) {
 	var base *Result
 	for _, r := range results {
@@ -368,7 +556,7 @@ func ratios(results []*Result) {
 		return
 	}
 	for _, r := range results {
-		if r.Calls == 0 {
+		if r.Calls == 0 || r.Transport == "wake" {
 			continue
 		}
 		r.AvgRatio = base.AvgUS / r.AvgUS
@@ -487,9 +675,7 @@ func (e *benchEnv) peerCPU() (time.Duration, error) {
 }
 
 func (e *benchEnv) close() {
-	for i := len(e.closers) - 1; i >= 0; i-- {
-		e.closers[i]()
-	}
+	e.closeConns()
 	if e.stdinC != nil {
 		e.stdinC.Close()
 	}
@@ -507,7 +693,41 @@ func (e *benchEnv) close() {
 	os.RemoveAll(e.udsDir)
 }
 
-// caller makes one echo call with the payload.
-type caller func(payload []byte) error
+// caller makes one echo call with the payload. It returns 0 and the
+// benchmark times the call, or the latency it measured itself (the wake
+// reference's one-way wake-up).
+type caller func(payload []byte) (time.Duration, error)
+
+// transport is one transport's callers in one measurement.
+type transport struct {
+	callers []caller
+	// pause runs after the warm-up and after each turn, outside the
+	// timing: it parks a spinning server (floor-spin) so that it leaves
+	// the cores to the other transports' turns. resume runs before each
+	// turn, outside the timing too. Either may be nil.
+	pause  func() error
+	resume func(payload []byte) error
+}
+
+func (t *transport) idle() error {
+	if t.pause == nil {
+		return nil
+	}
+	return t.pause()
+}
+
+func (t *transport) ready(payload []byte) error {
+	if t.resume == nil {
+		return nil
+	}
+	return t.resume(payload)
+}
+
+func (e *benchEnv) closeConns() {
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		e.closers[i]()
+	}
+	e.closers = nil
+}
 
 var background = context.Background()

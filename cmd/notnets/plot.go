@@ -11,26 +11,38 @@ import (
 	"gonum.org/v1/plot/vg"
 )
 
-// plotReport draws a latency CDF for every size and concurrency, and, when
-// several sizes were measured, latency against size; it returns the files.
+// plotReport draws a latency CDF for every size, concurrency and load
+// (gap or rate); when several sizes were measured, latency against size;
+// and when several loads were, latency and CPU per call against the load
+// for every size and concurrency. It returns the files.
 func plotReport(dir string, rep *Report) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	groups := map[[2]int][]*Result{}
-	var order [][2]int
+	type key struct {
+		size, conc int
+		load       load
+	}
+	groups := map[key][]*Result{}
+	var order []key
 	sizes := map[int]bool{}
+	loads := map[load]bool{}
 	for _, r := range rep.Results {
-		k := [2]int{r.Size, r.Concurrency}
+		k := key{r.Size, r.Concurrency, r.load}
 		if groups[k] == nil {
 			order = append(order, k)
 		}
 		groups[k] = append(groups[k], r)
 		sizes[r.Size] = true
+		loads[r.load] = true
 	}
 	var files []string
 	for _, k := range order {
-		f := filepath.Join(dir, fmt.Sprintf("latency-cdf-%s-c%d.png", fileSize(k[0]), k[1]))
+		name := fmt.Sprintf("latency-cdf-%s-c%d", fileSize(k.size), k.conc)
+		if len(loads) > 1 {
+			name += "-" + loadFile(k.load)
+		}
+		f := filepath.Join(dir, name+".png")
 		if err := plotCDF(f, groups[k]); err != nil {
 			return nil, err
 		}
@@ -43,7 +55,41 @@ func plotReport(dir string, rep *Report) ([]string, error) {
 		}
 		files = append(files, f)
 	}
+	if len(loads) > 1 {
+		byPair := map[[2]int][]*Result{}
+		var pairs [][2]int
+		for _, r := range rep.Results {
+			k := [2]int{r.Size, r.Concurrency}
+			if byPair[k] == nil {
+				pairs = append(pairs, k)
+			}
+			byPair[k] = append(byPair[k], r)
+		}
+		for _, k := range pairs {
+			axis := "gap"
+			if byPair[k][0].load.rate > 0 || byPair[k][len(byPair[k])-1].load.rate > 0 {
+				axis = "rate"
+			}
+			suffix := fmt.Sprintf("vs-%s-%s-c%d.png", axis, fileSize(k[0]), k[1])
+			fl, fc := filepath.Join(dir, "latency-"+suffix), filepath.Join(dir, "cpu-"+suffix)
+			if err := plotLoads(fl, byPair[k], false); err != nil {
+				return nil, err
+			}
+			if err := plotLoads(fc, byPair[k], true); err != nil {
+				return nil, err
+			}
+			files = append(files, fl, fc)
+		}
+	}
 	return files, nil
+}
+
+// loadFile names a load in a file name: gap50us, rate2000.
+func loadFile(l load) string {
+	if l.rate > 0 {
+		return fmt.Sprintf("rate%d", l.rate)
+	}
+	return "gap" + gapName(l.gap)
 }
 
 func fileSize(n int) string {
@@ -60,6 +106,12 @@ func plotCDF(file string, results []*Result) error {
 	p := plot.New()
 	r0 := results[0]
 	p.Title.Text = fmt.Sprintf("helloworld echo latency, payload %s, %d caller(s)", sizeName(r0.Size), r0.Concurrency)
+	switch {
+	case r0.load.rate > 0:
+		p.Title.Text += fmt.Sprintf(", open loop at %d calls/s", r0.load.rate)
+	case r0.load.gap > 0:
+		p.Title.Text += ", gap " + gapName(r0.load.gap)
+	}
 	p.X.Label.Text = "latency (us, log scale)"
 	p.Y.Label.Text = "fraction of calls at or below"
 	p.X.Scale = plot.LogScale{}
@@ -106,7 +158,7 @@ func plotSizes(file string, results []*Result) error {
 	byTransport := map[string][]*Result{}
 	var names []string
 	for _, r := range results {
-		if r.Concurrency != results[0].Concurrency {
+		if r.Concurrency != results[0].Concurrency || r.load != results[0].load {
 			continue
 		}
 		if byTransport[r.Transport] == nil {
@@ -137,4 +189,99 @@ func plotSizes(file string, results []*Result) error {
 	}
 	p.Legend.Top, p.Legend.Left = true, true
 	return p.Save(8*vg.Inch, 5*vg.Inch, file)
+}
+
+// plotLoads draws, for results of one size and concurrency, every
+// transport's p50 (solid) and p99.9 (dashed) latency against the gap or
+// rate, or with cpu its CPU per call (client and server).
+func plotLoads(file string, results []*Result, cpu bool) error {
+	r0 := results[0]
+	open := false
+	var minX float64
+	for _, r := range results {
+		open = open || r.load.rate > 0
+		if x := loadX(r.load); x > 0 && (minX == 0 || x < minX) {
+			minX = x
+		}
+	}
+	// A log scale has no 0: the closed loop without a gap is drawn a
+	// decade below the smallest gap or rate (at most at 1).
+	zero := 1.0
+	if minX > 0 {
+		zero = min(1, minX/10)
+	}
+	p := plot.New()
+	what := "latency (solid: p50, dashed: p99.9)"
+	p.Y.Label.Text = "latency (us, log scale)"
+	if cpu {
+		what = "CPU per call, client and server (client's busy-wait excluded)"
+		p.Y.Label.Text = "CPU per call (us, log scale)"
+	}
+	p.Title.Text = fmt.Sprintf("%s, payload %s, %d caller(s)", what, sizeName(r0.Size), r0.Concurrency)
+	if open {
+		p.X.Label.Text = fmt.Sprintf("open loop: calls per second (log scale; closed loop drawn at %g)", zero)
+	} else {
+		p.X.Label.Text = fmt.Sprintf("busy-wait before each call (us, log scale; 0 drawn at %g us)", zero)
+	}
+	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
+	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
+	p.Add(plotter.NewGrid())
+	byTransport := map[string][]*Result{}
+	var names []string
+	for _, r := range results {
+		if byTransport[r.Transport] == nil {
+			names = append(names, r.Transport)
+		}
+		byTransport[r.Transport] = append(byTransport[r.Transport], r)
+	}
+	for i, name := range names {
+		var solid, dashed plotter.XYs
+		for _, r := range byTransport[name] {
+			if r.Calls == 0 {
+				continue
+			}
+			x := loadX(r.load)
+			if x == 0 {
+				x = zero
+			}
+			if cpu {
+				solid = append(solid, plotter.XY{X: x, Y: max(r.ClientCPUUS+r.ServerCPUUS, 0.001)})
+			} else {
+				solid = append(solid, plotter.XY{X: x, Y: max(r.P50US, 0.001)})
+				dashed = append(dashed, plotter.XY{X: x, Y: max(r.P999US, 0.001)})
+			}
+		}
+		if len(solid) == 0 {
+			continue
+		}
+		ls, pts, err := plotter.NewLinePoints(solid)
+		if err != nil {
+			return err
+		}
+		ls.Color, pts.Color = plotutil.Color(i), plotutil.Color(i)
+		ls.Width = vg.Points(1.5)
+		pts.Shape = plotutil.Shape(i)
+		p.Add(ls, pts)
+		p.Legend.Add(name, ls, pts)
+		if len(dashed) > 0 {
+			ld, err := plotter.NewLine(dashed)
+			if err != nil {
+				return err
+			}
+			ld.Color, ld.Width = plotutil.Color(i), vg.Points(1)
+			ld.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+			p.Add(ld)
+		}
+	}
+	p.Legend.Top, p.Legend.Left = true, true
+	return p.Save(8*vg.Inch, 5*vg.Inch, file)
+}
+
+// loadX is a load's place on the x axis: the gap in microseconds, or the
+// rate in calls per second.
+func loadX(l load) float64 {
+	if l.rate > 0 {
+		return float64(l.rate)
+	}
+	return float64(l.gap) / 1e3
 }

@@ -6,8 +6,15 @@ import (
 	"text/tabwriter"
 )
 
-// printReport prints one table per concurrency and size.
+// printReport prints one table per concurrency and size, a row per
+// transport and load (gap or rate), load by load.
 func printReport(w io.Writer, rep *Report, serverPID int) {
+	loadCol, open := "gap", false
+	for _, r := range rep.Results {
+		if r.RatePerSec > 0 {
+			loadCol, open = "rate", true
+		}
+	}
 	fmt.Fprintf(w, "notnets bench: helloworld echo (Greeter.SayHello), server in another process (pid %d)\n", serverPID)
 	fmt.Fprintf(w, "machine: %s, %s; calls interleaved in %d rounds\n", rep.Machine, rep.Go, rep.Rounds)
 	var group []*Result
@@ -16,11 +23,16 @@ func printReport(w io.Writer, rep *Report, serverPID int) {
 			return
 		}
 		r0 := group[0]
-		fmt.Fprintf(w, "\npayload %s, %d caller(s) on one connection, %d calls per transport\n", sizeName(r0.Size), r0.Concurrency, r0.Calls)
+		per := "transport"
+		if group[len(group)-1].load != r0.load {
+			per += " and " + loadCol
+		}
+		fmt.Fprintf(w, "\npayload %s, %d caller(s) on one connection, %d calls per %s\n", sizeName(r0.Size), r0.Concurrency, r0.Calls, per)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "transport\tavg\tp50\tp99\tp99.9\tmax\tcalls/s\tMB/s\tcpu/call\t\tavg vs tcp\tp99.9 vs tcp\tcalls/s vs tcp\tcpu vs tcp\t")
+		fmt.Fprintf(tw, "transport\t%s\tavg\t", loadCol)
+		fmt.Fprintln(tw, "p50\tp99\tp99.9\tmax\tcalls/s\tMB/s\tcpu/call\t\tavg vs tcp\tp99.9 vs tcp\tcalls/s vs tcp\tcpu vs tcp\t")
 		for _, r := range group {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.1f\t%s\t\t%s\t%s\t%s\t%s\t\n", r.Transport,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.1f\t%s\t\t%s\t%s\t%s\t%s\t\n", r.Transport, r.load,
 				us(r.AvgUS), us(r.P50US), us(r.P99US), us(r.P999US), us(r.MaxUS),
 				r.CallsPerSec, r.MBPerSec, us(r.ClientCPUUS+r.ServerCPUUS),
 				ratio(r.AvgRatio), ratio(r.P999Ratio), ratio(r.TputRatio), ratio(r.CPURatio))
@@ -36,6 +48,17 @@ func printReport(w io.Writer, rep *Report, serverPID int) {
 	}
 	flush()
 	fmt.Fprintln(w, "\nratios: grpc-tcp's latency or CPU over the transport's, or the transport's calls/s over grpc-tcp's (above 1x: better than grpc-tcp)")
+	if open {
+		fmt.Fprintln(w, "rate: open loop, calls scheduled at that rate; latency counted from each call's scheduled time")
+	} else if len(rep.Results) > 0 {
+		fmt.Fprintln(w, "gap: the caller busy-waits that long before each call; cpu/call excludes the busy-wait")
+	}
+	for _, r := range rep.Results {
+		if r.Transport == "wake" {
+			fmt.Fprintln(w, "wake: one-way futex wake-up latency measured by the woken server thread, not a call; its cpu/call is meaningless (the client spins for the answer)")
+			break
+		}
+	}
 }
 
 func us(v float64) string {

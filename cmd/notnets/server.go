@@ -29,8 +29,10 @@ type serverInfo struct {
 // benchServer serves every transport the benchmark measures, then answers
 // commands on stdin until it closes:
 //
-//	floor NAME   serve the floor segment NAME in the pool; answers "ok"
-//	rusage       answers "USER SYS", this process's CPU time in microseconds
+//	floor NAME       serve the floor segment NAME in the pool; answers "ok"
+//	floor-spin NAME  the same, the server spinning (floor.Conn.Spin)
+//	wake NAME        answer wake-ups on the wake segment NAME (floor.Wake)
+//	rusage           answers "USER SYS", this process's CPU time in microseconds
 func benchServer(args []string) error {
 	fs := flag.NewFlagSet("bench-server", flag.ContinueOnError)
 	poolDir := fs.String("pool", "", "pool directory")
@@ -70,13 +72,22 @@ func benchServer(args []string) error {
 	for in.Scan() {
 		cmd, arg, _ := strings.Cut(in.Text(), " ")
 		switch cmd {
-		case "floor":
+		case "floor", "floor-spin":
 			c, err := floor.Open(*poolDir, arg)
 			if err != nil {
 				fmt.Println("error", err)
 				continue
 			}
+			c.Spin = cmd == "floor-spin"
 			go func() { c.Serve(); c.Close() }()
+			fmt.Println("ok")
+		case "wake":
+			w, err := floor.OpenWake(*poolDir, arg)
+			if err != nil {
+				fmt.Println("error", err)
+				continue
+			}
+			go func() { w.Serve(); w.Close() }()
 			fmt.Println("ok")
 		case "rusage":
 			var ru syscall.Rusage

@@ -14,8 +14,42 @@ import (
 	"github.com/notnets/notnets/internal/floor"
 )
 
-// callers returns conc callers of transport name that share one
-// connection, made for this measurement and closed with the environment.
+// transport returns conc callers of transport name that share one
+// connection, made for this measurement and closed at its end.
+func (e *benchEnv) transport(name string, conc int) (*transport, error) {
+	switch name {
+	case "floor", "floor-spin":
+		c, err := e.floor(name)
+		if err != nil {
+			return nil, err
+		}
+		call := func(p []byte) (time.Duration, error) { return 0, c.RoundTrip(p) }
+		return &transport{callers: []caller{call}, pause: c.Pause, resume: c.Resume}, nil
+	case "wake":
+		w, segName, err := floor.CreateWake(e.pool)
+		if err != nil {
+			return nil, err
+		}
+		e.closers = append(e.closers, func() { w.Close() })
+		if ans, err := e.command("wake " + segName); err != nil || ans != "ok" {
+			return nil, fmt.Errorf("bench server could not open the wake segment: %q %v", ans, err)
+		}
+		if err := w.WaitPeer(10 * time.Second); err != nil {
+			return nil, err
+		}
+		call := func([]byte) (time.Duration, error) {
+			d, err := w.Call()
+			return max(d, 1), err // the one-way wake-up; 0 would mean "time the call"
+		}
+		return &transport{callers: []caller{call}}, nil
+	}
+	cs, err := e.callers(name, conc)
+	if err != nil {
+		return nil, err
+	}
+	return &transport{callers: cs}, nil
+}
+
 func (e *benchEnv) callers(name string, conc int) ([]caller, error) {
 	switch name {
 	case "grpc-tcp", "grpc-uds":
@@ -43,30 +77,34 @@ func (e *benchEnv) callers(name string, conc int) ([]caller, error) {
 			return greeterCallers(cc, conc), nil
 		}
 		return rawCallers(cc, conc), nil
-	case "floor":
-		c, segName, err := floor.Create(e.pool)
-		if err != nil {
-			return nil, err
-		}
-		e.closers = append(e.closers, func() { c.Close() })
-		if ans, err := e.command("floor " + segName); err != nil || ans != "ok" {
-			return nil, fmt.Errorf("bench server could not open the floor segment: %q %v", ans, err)
-		}
-		if err := c.WaitPeer(10 * time.Second); err != nil {
-			return nil, err
-		}
-		return []caller{c.RoundTrip}, nil
 	case "memcpy":
 		var dst []byte
-		return []caller{func(p []byte) error {
+		return []caller{func(p []byte) (time.Duration, error) {
 			if len(dst) < len(p) {
 				dst = make([]byte, len(p))
 			}
 			copy(dst, p)
-			return nil
+			return 0, nil
 		}}, nil
 	}
 	return nil, fmt.Errorf("unknown transport %q", name)
+}
+
+// floor opens a floor connection (floor-spin: both sides spinning).
+func (e *benchEnv) floor(name string) (*floor.Conn, error) {
+	c, segName, err := floor.Create(e.pool)
+	if err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, func() { c.Close() })
+	c.Spin = name == "floor-spin"
+	if ans, err := e.command(name + " " + segName); err != nil || ans != "ok" {
+		return nil, fmt.Errorf("bench server could not open the floor segment: %q %v", ans, err)
+	}
+	if err := c.WaitPeer(10 * time.Second); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // greeterCallers call Greeter.SayHello with the payload as the name.
@@ -75,7 +113,7 @@ func greeterCallers(cc grpc.ClientConnInterface, conc int) []caller {
 	cs := make([]caller, conc)
 	for i := range cs {
 		req := &pb.HelloRequest{}
-		cs[i] = func(p []byte) error {
+		cs[i] = func(p []byte) (time.Duration, error) {
 			if len(req.Name) != len(p) {
 				req.Name = string(p) // the payload is the same for every call of a size
 			}
@@ -83,7 +121,7 @@ func greeterCallers(cc grpc.ClientConnInterface, conc int) []caller {
 			if err == nil && len(r.GetMessage()) != len(p)+len("Hello ") {
 				err = fmt.Errorf("reply of %d bytes to a name of %d", len(r.GetMessage()), len(p))
 			}
-			return err
+			return 0, err
 		}
 	}
 	return cs
@@ -96,18 +134,18 @@ func rawCallers(cc *notnets.ClientConn, conc int) []caller {
 	cs := make([]caller, conc)
 	for i := range cs {
 		var in, out notnets.Bytes
-		cs[i] = func(p []byte) error {
+		cs[i] = func(p []byte) (time.Duration, error) {
 			cc.AllocInto(&in, len(p))
 			copy(in.Data(), p)
 			if err := benchsvc.RawEcho(background, cc, &in, &out); err != nil {
-				return err
+				return 0, err
 			}
 			n := out.Len()
 			out.Free()
 			if n != len(p) {
-				return fmt.Errorf("raw echo of %d bytes came back with %d", len(p), n)
+				return 0, fmt.Errorf("raw echo of %d bytes came back with %d", len(p), n)
 			}
-			return nil
+			return 0, nil
 		}
 	}
 	return cs

@@ -1,6 +1,16 @@
 // Package floor is the benchmark floor: a bare ping-pong of a payload
 // through the same segment, ring and waiting code as a notnets connection,
 // with no gRPC layer. Its round trip is the limit that notnets approaches.
+//
+// In spin mode (Conn.Spin) both sides only loop on the ring: no pacing, no
+// yield, no doorbell. Its round trip is the limit of any polling design.
+// A spinning server would take a core from whatever runs next, so the
+// client parks it between measurements (Pause), and wakes it before the
+// next (Resume).
+//
+// Wake (wake.go) is the other reference: a bare futex wake-up from one
+// process to a thread sleeping in the other, the limit of any design that
+// sleeps in the kernel.
 package floor
 
 import (
@@ -22,8 +32,13 @@ const RingSize = 8 << 20
 // notnets connection does by default.
 const spinFor = 100 * time.Microsecond
 
-// kindEcho is the record kind the floor uses (any kind above the ring's).
-const kindEcho = 3
+// Record kinds the floor uses (any kinds above the ring's): an echo, and
+// a pause, after which a spinning server waits as the floor does (spin
+// then doorbell) until the next echo.
+const (
+	kindEcho  = 3
+	kindPause = 4
+)
 
 // Conn is one side of a floor connection.
 type Conn struct {
@@ -32,6 +47,13 @@ type Conn struct {
 	out        *ring.Producer
 	in         *ring.Consumer
 	bell       *doorbell.Bell
+
+	// Spin makes this side poll the ring without pacing, yielding or
+	// ringing: set it on both sides before the first call.
+	Spin bool
+	// paused: the server got a pause and waits as the plain floor does;
+	// the client sent one, and rings with its next record.
+	paused bool
 }
 
 // Create makes a floor segment in dir for the client side and returns it
@@ -104,6 +126,9 @@ func (c *Conn) RoundTrip(payload []byte) error {
 	if err != nil {
 		return err
 	}
+	if rec == nil {
+		return errors.New("floor: peer closed")
+	}
 	if len(rec) != ring.HeaderSize+len(payload) {
 		return fmt.Errorf("floor: sent %d bytes, got %d back", len(payload), len(rec)-ring.HeaderSize)
 	}
@@ -118,6 +143,12 @@ func (c *Conn) Serve() error {
 		if err != nil || rec == nil {
 			return err
 		}
+		if rec[4] == kindPause { // the kind byte of the record header
+			c.in.Release()
+			c.paused = true
+			continue
+		}
+		c.paused = false
 		err = c.send(rec[ring.HeaderSize:])
 		c.in.Release()
 		if err != nil {
@@ -134,22 +165,56 @@ func (c *Conn) Close() error {
 	return c.seg.Close()
 }
 
-func (c *Conn) send(p []byte) error {
+// Pause parks a spinning server: it stops spinning and waits as the plain
+// floor does (spin, then the doorbell) until the next record. Call it
+// between measurements so that the server leaves the cores to others;
+// Resume before the next.
+func (c *Conn) Pause() error {
+	if !c.Spin {
+		return nil
+	}
+	if err := c.sendKind(nil, kindPause); err != nil {
+		return err
+	}
+	c.paused = true
+	return nil
+}
+
+// Resume wakes a paused server with one round trip of payload, after
+// which it spins again.
+func (c *Conn) Resume(payload []byte) error {
+	if !c.Spin || !c.paused {
+		return nil
+	}
+	return c.RoundTrip(payload)
+}
+
+func (c *Conn) send(p []byte) error { return c.sendKind(p, kindEcho) }
+
+func (c *Conn) sendKind(p []byte, kind byte) error {
 	if len(p) > c.out.MaxPayload() {
 		return fmt.Errorf("floor: payload of %d bytes exceeds %d", len(p), c.out.MaxPayload())
 	}
 	var idle spin.Idler
-	rec := c.out.Reserve(len(p), kindEcho)
+	rec := c.out.Reserve(len(p), kind)
 	for rec == nil {
 		if c.peer.State.Load() == pool.StateClosed {
 			return errors.New("floor: peer closed")
 		}
-		idle.Spent(spinFor)
-		rec = c.out.Reserve(len(p), kindEcho)
+		if !c.Spin {
+			idle.Spent(spinFor)
+		}
+		rec = c.out.Reserve(len(p), kind)
 	}
 	copy(rec[ring.HeaderSize:], p)
 	c.out.Publish()
-	c.bell.Ring()
+	switch {
+	case !c.Spin:
+		c.bell.Ring()
+	case c.paused && kind == kindEcho: // the server may sleep: the first record after a pause rings
+		c.bell.Ring()
+		c.paused = false
+	}
 	return nil
 }
 
@@ -163,6 +228,9 @@ func (c *Conn) recv() ([]byte, error) {
 		}
 		if c.peer.State.Load() == pool.StateClosed && !c.in.Published() {
 			return nil, nil
+		}
+		if c.Spin && !c.paused {
+			continue // pure spin: nothing but the ring and the peer's state
 		}
 		if idle.Spent(spinFor) {
 			c.bell.Wait(func() (uint32, bool) { return uint32(c.in.Position()), c.in.Published() })
