@@ -21,15 +21,18 @@ const workerIdle = 10 * time.Second
 // after workerIdle (with a first-in, first-out hand-off every worker of a
 // burst of 5,000 handlers got a call now and then and stayed alive).
 //
-// Locks: mu guards conns, idle and each worker's place in it; no other
-// lock is taken under it except a connection's atomics.
+// Locks: mu guards conns; idleMu guards idle. The monitor submits under
+// mu, so idleMu is taken under mu, never the other way round; nothing
+// else is taken under either but a connection's atomics.
 type Workers struct {
 	idleFor time.Duration // workerIdle; shorter in tests
 
 	mu         sync.Mutex
-	idle       []*worker        // idle workers, the most recent last
 	conns      map[*Server]bool // served connections, for the monitor
 	monitoring atomic.Bool      // the inline-handler monitor is running
+
+	idleMu sync.Mutex
+	idle   []*worker // idle workers, the most recent last
 }
 
 // worker is one reusable goroutine; tasks hands it its next call.
@@ -45,16 +48,16 @@ func NewWorkers() *Workers {
 // submit runs f on the most recently idle worker, or on a new one if none
 // is idle.
 func (w *Workers) submit(f func()) {
-	w.mu.Lock()
+	w.idleMu.Lock()
 	if n := len(w.idle); n > 0 {
 		wk := w.idle[n-1]
 		w.idle[n-1] = nil
 		w.idle = w.idle[:n-1]
-		w.mu.Unlock()
+		w.idleMu.Unlock()
 		wk.tasks <- f
 		return
 	}
-	w.mu.Unlock()
+	w.idleMu.Unlock()
 	go w.work(&worker{tasks: make(chan func(), 1)}, f)
 }
 
@@ -63,9 +66,9 @@ func (w *Workers) work(wk *worker, f func()) {
 	defer t.Stop()
 	for {
 		f()
-		w.mu.Lock()
+		w.idleMu.Lock()
 		w.idle = append(w.idle, wk)
-		w.mu.Unlock()
+		w.idleMu.Unlock()
 		t.Reset(w.idleFor)
 		select {
 		case f = <-wk.tasks:
@@ -83,8 +86,8 @@ func (w *Workers) work(wk *worker, f func()) {
 // retire takes an idle worker out of the idle list, and reports false if
 // submit has taken it already.
 func (w *Workers) retire(wk *worker) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.idleMu.Lock()
+	defer w.idleMu.Unlock()
 	i := slices.Index(w.idle, wk)
 	if i < 0 {
 		return false
@@ -95,8 +98,8 @@ func (w *Workers) retire(wk *worker) bool {
 
 // IdleWorkers returns how many workers wait for a call, for tests.
 func (w *Workers) IdleWorkers() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.idleMu.Lock()
+	defer w.idleMu.Unlock()
 	return len(w.idle)
 }
 

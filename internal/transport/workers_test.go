@@ -37,17 +37,17 @@ func burst(t *testing.T, w *Workers, n int) {
 func TestWorkersReuseTheMostRecent(t *testing.T) {
 	w := NewWorkers()
 	burst(t, w, 200)
-	w.mu.Lock()
+	w.idleMu.Lock()
 	oldest, newest := w.idle[0], w.idle[len(w.idle)-1]
-	w.mu.Unlock()
+	w.idleMu.Unlock()
 	for i := range 100 {
 		done := make(chan struct{})
 		w.submit(func() { close(done) })
 		<-done
 		waitUntil(t, "the worker idle again", func() bool { return w.IdleWorkers() == 200 })
-		w.mu.Lock()
+		w.idleMu.Lock()
 		top, bottom := w.idle[len(w.idle)-1], w.idle[0]
-		w.mu.Unlock()
+		w.idleMu.Unlock()
 		if top != newest || bottom != oldest {
 			t.Fatalf("call %d: the idle list changed order: a worker other than the most recent ran it", i)
 		}
