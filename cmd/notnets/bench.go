@@ -68,7 +68,7 @@ func gapName(d time.Duration) string {
 
 var (
 	defaultTransports = []string{"grpc-tcp", "grpc-uds", "notnets", "notnets-raw", "floor"}
-	allTransports     = append(defaultTransports[:len(defaultTransports):len(defaultTransports)], "floor-spin", "wake", "memcpy")
+	allTransports     = append(defaultTransports[:len(defaultTransports):len(defaultTransports)], "notnets-busy-spin", "notnets-park-only", "floor-spin", "wake", "memcpy")
 )
 
 // singleCaller are the transports without multiplexing: they run with one
@@ -101,6 +101,9 @@ transports:
   grpc-uds     grpc-go over HTTP/2 on a Unix domain socket
   notnets      notnets, protobuf codec (the paper's notnets)
   notnets-raw  notnets, payload sent as raw bytes with no serialization (the paper's notnets-)
+  notnets-busy-spin, notnets-park-only
+               notnets (protobuf) with both sides using that idle strategy
+               (notnets itself uses the default, adaptive); not run by default
   floor        a bare ping-pong of the payload through the same ring code, no gRPC
   floor-spin   the floor with both sides in a pure spin: no pacing, no yield, no
                doorbell; the limit of any polling design. Not run by default:

@@ -41,15 +41,23 @@ func benchServer(args []string) error {
 		return err
 	}
 	name := fmt.Sprintf("bench-%d", os.Getpid())
-	lis, err := notnets.Listen(name, notnets.WithPool(*poolDir))
-	if err != nil {
-		return err
+	// One listener and server per idle strategy: <name> is the default
+	// (adaptive), <name>-busy-spin and <name>-park-only the others.
+	for _, idle := range []notnets.IdleStrategy{notnets.IdleAdaptive, notnets.IdleBusySpin, notnets.IdleParkOnly} {
+		lname := name
+		if idle != notnets.IdleAdaptive {
+			lname += "-" + idle.String()
+		}
+		lis, err := notnets.Listen(lname, notnets.WithPool(*poolDir), notnets.WithIdleStrategy(idle))
+		if err != nil {
+			return err
+		}
+		srv := notnets.NewServer(notnets.MaxRecvMsgSize(maxMsg), notnets.MaxSendMsgSize(maxMsg), notnets.WithIdleStrategy(idle))
+		pb.RegisterGreeterServer(srv, benchsvc.Greeter{})
+		srv.RegisterService(&benchsvc.RawServiceDesc, struct{}{})
+		go srv.Serve(lis)
+		defer srv.Stop()
 	}
-	srv := notnets.NewServer(notnets.MaxRecvMsgSize(maxMsg), notnets.MaxSendMsgSize(maxMsg))
-	pb.RegisterGreeterServer(srv, benchsvc.Greeter{})
-	srv.RegisterService(&benchsvc.RawServiceDesc, struct{}{})
-	go srv.Serve(lis)
-	defer srv.Stop()
 
 	gsrv := grpc.NewServer(grpc.MaxRecvMsgSize(maxMsg), grpc.MaxSendMsgSize(maxMsg))
 	pb.RegisterGreeterServer(gsrv, benchsvc.Greeter{})

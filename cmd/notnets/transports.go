@@ -64,19 +64,26 @@ func (e *benchEnv) callers(name string, conc int) ([]caller, error) {
 		}
 		e.closers = append(e.closers, func() { cc.Close() })
 		return greeterCallers(cc, conc), nil
-	case "notnets", "notnets-raw":
+	case "notnets", "notnets-raw", "notnets-busy-spin", "notnets-park-only":
+		listener, idle := e.info.Listener, notnets.IdleAdaptive
+		switch name {
+		case "notnets-busy-spin":
+			listener, idle = listener+"-busy-spin", notnets.IdleBusySpin
+		case "notnets-park-only":
+			listener, idle = listener+"-park-only", notnets.IdleParkOnly
+		}
 		ctx, cancel := context.WithTimeout(background, 10*time.Second)
 		defer cancel()
-		cc, err := notnets.Dial(ctx, e.info.Listener, notnets.WithPool(e.pool),
+		cc, err := notnets.Dial(ctx, listener, notnets.WithPool(e.pool), notnets.WithIdleStrategy(idle),
 			notnets.WithMaxRecvMsgSize(maxMsg), notnets.WithMaxSendMsgSize(maxMsg))
 		if err != nil {
 			return nil, err
 		}
 		e.closers = append(e.closers, func() { cc.Close() })
-		if name == "notnets" {
-			return greeterCallers(cc, conc), nil
+		if name == "notnets-raw" {
+			return rawCallers(cc, conc), nil
 		}
-		return rawCallers(cc, conc), nil
+		return greeterCallers(cc, conc), nil
 	case "memcpy":
 		var dst []byte
 		return []caller{func(p []byte) (time.Duration, error) {

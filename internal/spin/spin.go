@@ -63,8 +63,12 @@ func (w *Idler) Crowded() bool { return w.crowded }
 // runnable threads than cores, and spinning on steals a core from someone
 // who has work (five processes spinning on two cores made a chain of
 // services' p99.9 2.3x worse than grpc-go's). Spent then reports the spin
-// period over.
-const CrowdedGap = 50 * time.Microsecond
+// period over. Shorter stalls happen on a quiet machine too (interrupts,
+// the hypervisor): at 50 us, parking on them cost the two-process bench
+// a few microseconds at the median (notnets bench -gap 0,150us, three
+// alternated runs each), so only a stall longer than a scheduler's
+// smallest time slice counts.
+const CrowdedGap = 200 * time.Microsecond
 
 // Spent records an empty poll and reports whether d has passed since the
 // first empty poll in a row, or the poller has found the machine crowded
