@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/metadata"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/notnets/notnets"
 	"github.com/notnets/notnets/internal/frame"
