@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/connectivity"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/notnets/notnets"
@@ -127,5 +128,32 @@ func TestIdleConnectionsHoldNoThreads(t *testing.T) {
 	t.Logf("server: %d connections, %d goroutines %v after the closes", conns, goroutines, time.Since(start).Round(time.Millisecond))
 	if conns != 0 || goroutines > goroutines0+10 {
 		t.Errorf("after closing every connection the server has %d open and %d goroutines (%d before)", conns, goroutines, goroutines0)
+	}
+}
+
+// TestIdleConnectionSeesItsServerStop leaves a connection idle until both
+// readers wait in the doorbell hubs, then stops the server: the client
+// notices at once (the server's GOAWAY and last ring reach the hub), not
+// after its liveness timeout, which is set to a minute here. (A close
+// that could not write its GOAWAY rings without changing the word:
+// doorbell's TestHubWakesOnRingAlways.)
+func TestIdleConnectionSeesItsServerStop(t *testing.T) {
+	srv := startServer(t)
+	cc := srv.dial(t, notnets.WithLivenessTimeout(time.Minute))
+	c := semanticsClient(cc)
+	ctx := context.Background()
+	if _, err := c.UnaryCall(withMode(ctx, "echo", "idle"), &testpb.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1200 * time.Millisecond) // the idle period under test, not a synchronization
+	if got := srv.command(t, "stop"); !strings.HasPrefix(got, "stopped") {
+		t.Fatalf("server: %q", got)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for s := cc.GetState(); s == connectivity.Ready; s = cc.GetState() {
+		if !cc.WaitForStateChange(wctx, s) {
+			t.Fatal("the client did not notice the server's stop within 10 s")
+		}
 	}
 }

@@ -55,14 +55,15 @@ const sysFutexWaitv = 449
 
 // futexWaitvCall blocks the calling thread until one of the words in vec
 // no longer holds its value or is woken, or CLOCK_MONOTONIC reaches
-// deadline (ns). It returns the errno, if any: EAGAIN (a value had
-// changed), ETIMEDOUT, EINTR are ordinary; ENOSYS means no futex_waitv.
-func futexWaitvCall(vec []futexWaitv, deadline int64) error {
+// deadline (ns). It returns the index of the word that was woken, or -1
+// and the errno: EAGAIN (a value had changed), ETIMEDOUT, EINTR are
+// ordinary; ENOSYS means no futex_waitv.
+func futexWaitvCall(vec []futexWaitv, deadline int64) (int, error) {
 	ts := unix.NsecToTimespec(deadline)
-	_, _, errno := unix.Syscall6(sysFutexWaitv, uintptr(unsafe.Pointer(&vec[0])), uintptr(len(vec)), 0,
+	r, _, errno := unix.Syscall6(sysFutexWaitv, uintptr(unsafe.Pointer(&vec[0])), uintptr(len(vec)), 0,
 		uintptr(unsafe.Pointer(&ts)), unix.CLOCK_MONOTONIC, 0)
 	if errno != 0 {
-		return errno
+		return -1, errno
 	}
-	return nil
+	return int(r), nil
 }

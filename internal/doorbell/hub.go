@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -31,9 +32,13 @@ import (
 const hubMax = 127
 
 // hubMaxBlock bounds a wait in the hub, as MaxBlock bounds a direct one,
-// but longer: kicks cannot be lost in the hub (the kicked flag), so this
-// only bounds how stale a forgotten wait can get. A variable for tests.
-var hubMaxBlock = 10 * MaxBlock
+// but longer: kicks cannot be lost in the hub (the kicked flag), and a
+// wake from the peer reaches the waiter even when the word did not change
+// (the peer's close), so this only bounds how stale a forgotten wait can
+// get. Each end of a wait costs its hub a rebuild of its futex_waitv
+// (about 100 us with 100 bells on the development machine), so it is
+// long. A variable for tests.
+var hubMaxBlock = 30 * time.Second
 
 // hubWaiter is one bell's wait in a hub.
 type hubWaiter struct {
@@ -41,6 +46,7 @@ type hubWaiter struct {
 	seen     uint32         // its value when the wait began
 	kicked   *atomic.Bool   // set by Kick
 	deadline int64          // monotonic ns after which the wait ends anyway
+	woken    bool           // a FUTEX_WAKE on the word reached the hub; the loop's alone
 	done     chan bool      // receives whether the word changed
 }
 
@@ -50,7 +56,7 @@ func (w *hubWaiter) ready(now int64) (over, changed bool) {
 	if w.word.Load() != w.seen {
 		return true, true
 	}
-	return w.kicked.Load() || now >= w.deadline, false
+	return w.woken || w.kicked.Load() || now >= w.deadline, false
 }
 
 // hub waits for up to hubMax bells on one goroutine.
@@ -135,10 +141,16 @@ func (h *hub) loop() {
 			h.vec[i+1] = futexWaitv{val: uint64(w.seen), uaddr: uint64(uintptr(unsafe.Pointer(w.word))), flags: futex2U32}
 			next = min(next, w.deadline)
 		}
-		if err := futexWaitvCall(h.vec[:len(ws)+1], next); errors.Is(err, unix.ENOSYS) {
+		i, err := futexWaitvCall(h.vec[:len(ws)+1], next)
+		switch {
+		case errors.Is(err, unix.ENOSYS):
 			hubs.unavailable.Store(true)
 			h.endAll(ws)
 			ws = ws[:0]
+		case i >= 1:
+			// Woken without a change of its word: the peer rang as it
+			// closed (RingAlways), which its reader must see now.
+			ws[i-1].woken = true
 		}
 	}
 }

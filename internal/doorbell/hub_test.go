@@ -128,3 +128,30 @@ func TestHubWaitEndsAtItsBound(t *testing.T) {
 		t.Errorf("hub wait returned after %v with %d idle waits counted; want at least %v, still idle", d, b.timeouts, hubMaxBlock)
 	}
 }
+
+// TestHubWakesOnRingAlways checks that a bell in a hub comes back when its
+// peer rings without publishing anything (RingAlways, as it closes), and
+// stays idle.
+func TestHubWakesOnRingAlways(t *testing.T) {
+	if hubs.unavailable.Load() {
+		t.Skip("skipped: this kernel has no futex_waitv (Linux 5.16)")
+	}
+	p := newBellPair(t)
+	b := p.waiter
+	b.timeouts = hubAfter
+	returned := make(chan struct{})
+	go func() {
+		b.Wait(func() (uint32, bool) { return b.peerTail.Load(), false })
+		close(returned)
+	}()
+	waitFor(t, "the bell in a hub", func() bool { return HubWaiters() == 1 })
+	p.ringer.RingAlways()
+	select {
+	case <-returned:
+	case <-time.After(failBound):
+		t.Fatalf("a bell in a hub did not come back within %v of RingAlways", failBound)
+	}
+	if b.timeouts == 0 {
+		t.Error("a wake without a message reset the bell's idle count")
+	}
+}
