@@ -35,6 +35,7 @@ var ErrClientConnClosing = status.Error(codes.Canceled, "grpc: the client connec
 type ClientConn struct {
 	dial      transport.DialConfig
 	name      string
+	target    string // as given to NewClient, else name
 	opts      dialOptions
 	peerAddr  *Addr
 	unaryInt  grpc.UnaryClientInterceptor
@@ -56,10 +57,9 @@ type ClientConn struct {
 
 var _ grpc.ClientConnInterface = (*ClientConn)(nil)
 
-// Dial connects to the listener name in the pool and returns once the
-// server has accepted, or ctx ends (without a deadline on ctx, Dial waits at
-// most the connect timeout). A missing listener is an Unavailable error.
-func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, error) {
+// newClientConn checks the options and makes a ClientConn for the listener
+// name, without a connection.
+func newClientConn(name string, opts []DialOption) (*ClientConn, error) {
 	o := dialOptions{
 		ringSize:     DefaultRingSize,
 		arenaSize:    DefaultArenaSize,
@@ -115,6 +115,46 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 		state:     connectivity.Connecting,
 		stateCh:   make(chan struct{}),
 		retryNow:  make(chan struct{}, 1),
+	}
+	return cc, nil
+}
+
+// NewClient returns a ClientConn for target at once and connects in the
+// background, as grpc.NewClient does: servers may start in any order.
+// Until its first connection is made or fails, calls wait for it; after a
+// failure they fail fast with Unavailable, or wait with
+// grpc.WaitForReady(true), while it connects again with backoff. Dial
+// connects eagerly instead.
+//
+// target names a listener in the pool: a bare name ("greeter"),
+// "notnets:///greeter", or an address users already have, "host:port",
+// "dns:///host:port" or "passthrough:///host:port", whose host names it
+// ("greeter.prod:50051" is "greeter.prod"). A target that names no valid
+// listener is an InvalidArgument error.
+func NewClient(target string, opts ...DialOption) (*ClientConn, error) {
+	name, err := parseTarget(target)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := newClientConn(name, opts)
+	if err != nil {
+		return nil, err
+	}
+	cc.target = target
+	cc.mu.Lock()
+	cc.reconnect = true
+	go cc.reconnectLoop()
+	cc.mu.Unlock()
+	return cc, nil
+}
+
+// Dial connects to the listener name in the pool and returns once the
+// server has accepted, or ctx ends (without a deadline on ctx, Dial waits at
+// most the connect timeout). A missing listener is an Unavailable error.
+func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, error) {
+	cc, err := newClientConn(name, opts)
+	if err != nil {
+		return nil, err
 	}
 	t, err := cc.connect(ctx)
 	if err != nil {
@@ -348,12 +388,20 @@ func (cc *ClientConn) transport(ctx context.Context, waitForReady bool) (transpo
 			}
 			why, recheck = dead, time.After(time.Millisecond)
 		}
-		if !waitForReady {
+		var changed <-chan struct{}
+		if t == nil && why == nil {
+			// The first connection is being made (NewClient): every call
+			// waits for it to be made or to fail, as grpc-go's do.
+			cc.mu.Lock()
+			changed = cc.stateCh
+			cc.mu.Unlock()
+		} else if !waitForReady {
 			return nil, status.Convert(why).Err()
 		}
 		select {
 		case <-ready:
 		case <-recheck:
+		case <-changed:
 		case <-cc.quit:
 			return nil, ErrClientConnClosing
 		case <-ctx.Done():
@@ -362,8 +410,14 @@ func (cc *ClientConn) transport(ctx context.Context, waitForReady bool) (transpo
 	}
 }
 
-// Target returns the listener name the connection was dialled to.
-func (cc *ClientConn) Target() string { return cc.name }
+// Target returns the target given to NewClient, or the listener name given
+// to Dial.
+func (cc *ClientConn) Target() string {
+	if cc.target != "" {
+		return cc.target
+	}
+	return cc.name
+}
 
 // Close closes the connection. Calls in progress fail with Canceled; the
 // server sees the connection close and cancels their handlers. As in

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -314,4 +315,39 @@ func ExampleWithAuthorizer() {
 	// Output:
 	// PermissionDenied
 	// refused calls: 1
+}
+
+// ExampleNewClient creates a client before its server exists, from the
+// address string a service already has: the call waits for the server.
+func ExampleNewClient() {
+	dir, err := os.MkdirTemp("", "notnets-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	cc, err := notnets.NewClient("dns:///greeter:50051", notnets.WithPool(dir))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cc.Close()
+
+	lis, err := notnets.Listen("greeter", notnets.WithPool(dir))
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := notnets.NewServer()
+	pb.RegisterGreeterServer(srv, exampleGreeter{})
+	go srv.Serve(lis)
+	defer srv.Stop()
+	cc.ResetConnectBackoff() // connect now rather than after the backoff
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := pb.NewGreeterClient(cc).SayHello(ctx, &pb.HelloRequest{Name: "world"}, grpc.WaitForReady(true))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(r.GetMessage())
+	// Output: Hello world
 }
