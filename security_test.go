@@ -488,18 +488,24 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 		as     *unix.Ucred // credentials the sender claims (root may)
 		accept bool
 		data   []byte // the handshake message; one byte unless set
+		sparse bool   // leave the fixed ranges unallocated (rings of 16 MiB)
 	}{
-		{"unsealed", 0, true, nil, false, nil},
-		{"may shrink", unix.F_SEAL_GROW | unix.F_SEAL_SEAL, true, nil, false, nil},
-		{"may grow", unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL, true, nil, false, nil},
-		{"no descriptor", transport.RequiredSeals, false, nil, false, nil},
-		{"sent as another process", transport.RequiredSeals, true, &unix.Ucred{Pid: 1, Uid: 0, Gid: 0}, false, nil},
-		{"two bytes", transport.RequiredSeals, true, nil, false, []byte{1, 1}},
-		{"sealed", transport.RequiredSeals, true, nil, true, nil},
+		{"unsealed", 0, true, nil, false, nil, false},
+		{"may shrink", unix.F_SEAL_GROW | unix.F_SEAL_SEAL, true, nil, false, nil, false},
+		{"may grow", unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL, true, nil, false, nil, false},
+		{"no descriptor", transport.RequiredSeals, false, nil, false, nil, false},
+		{"sent as another process", transport.RequiredSeals, true, &unix.Ucred{Pid: 1, Uid: 0, Gid: 0}, false, nil, false},
+		{"two bytes", transport.RequiredSeals, true, nil, false, []byte{1, 1}, false},
+		{"sparse rings", transport.RequiredSeals, true, nil, true, nil, true},
+		{"sealed", transport.RequiredSeals, true, nil, true, nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.as != nil && os.Geteuid() != 0 {
 				t.Skip("skipped: only root may claim another process's credentials")
+			}
+			spec := spec
+			if tc.sparse {
+				spec.C2S, spec.S2C = 16<<20, 16<<20
 			}
 			fd, err := unix.MemfdCreate("test", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 			if err != nil {
@@ -507,6 +513,12 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 			}
 			defer unix.Close(fd)
 			unix.Ftruncate(fd, int64(spec.Size()))
+			if !tc.sparse {
+				// As an honest client does (PROTOCOL.md 3.4 step 4).
+				if err := pool.Allocate(fd, spec.Fixed()...); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if tc.seals != 0 {
 				if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, tc.seals); err != nil {
 					t.Fatal(err)
@@ -546,12 +558,22 @@ func TestHandshakeRefusesBadSegments(t *testing.T) {
 			}
 			if tc.accept {
 				eventually(t, "the server did not open the sealed segment", func() bool { return lay.Server.State.Load() == pool.StateOpen })
+				// A client that left its rings sparse makes the server
+				// allocate only what it writes: its control page.
+				var st unix.Stat_t
+				if err := unix.Fstat(fd, &st); err != nil {
+					t.Fatal(err)
+				}
+				if tc.sparse && st.Blocks*512 > 1<<20 {
+					t.Errorf("the server allocated %d bytes of a segment with sparse rings of 16 MiB", st.Blocks*512)
+				}
 				lay.Client.State.Store(pool.StateClosed)
 				return
 			}
 			if got := srv.ConnCount(); got != before || lay.Server.State.Load() != pool.StateNew {
 				t.Errorf("the server took or wrote the %s segment (connections %d -> %d, server state %d)", tc.name, before, got, lay.Server.State.Load())
 			}
+
 		})
 	}
 }

@@ -74,6 +74,8 @@ type Producer struct {
 	next       uint64 // tail including reserved, unpublished records
 	published  uint64 // tail as last stored
 	headSeen   uint64 // last head loaded from the consumer
+	prepare    func(off, n int) error // allocates bytes of data before their first write (SetPrepare)
+	prepared   uint64                 // data[:prepared] is allocated
 }
 
 // NewProducer returns the producer of the ring over data with the given
@@ -125,6 +127,45 @@ func (p *Producer) Reserve(n int, kind byte) []byte {
 	writeHeader(rec, n, kind)
 	p.next += size
 	return rec[:HeaderSize+n]
+}
+
+// SetPrepare makes the producer call prepare(off, n) before it first
+// writes bytes [off, off+n) of its data region, for a region whose pages
+// are not all allocated yet (the first prepared bytes are): a server
+// allocates the ring it writes in a client's segment as it goes, rather
+// than all at once, so that what a client can make it allocate is bounded
+// by what it sends. Prepare asks for it.
+func (p *Producer) SetPrepare(prepare func(off, n int) error, prepared int) {
+	p.prepare, p.prepared = prepare, uint64(prepared)
+}
+
+// prepareAhead is how far past the next record Prepare allocates, so that
+// filling a ring the first time costs a system call per 64 KiB.
+const prepareAhead = 64 << 10
+
+// Prepare makes sure that the bytes the next record of n bytes may occupy
+// (with the padding before it, if it wraps) are allocated, calling the
+// function SetPrepare gave. Once the whole region is, it costs a
+// comparison. Call it before Reserve.
+func (p *Producer) Prepare(n int) error {
+	if p.prepared >= uint64(len(p.data)) || p.prepare == nil {
+		return nil
+	}
+	size := uint64(RecordSize(n))
+	pos := p.next & p.mask
+	end := pos + size
+	if uint64(len(p.data))-pos < size {
+		end = uint64(len(p.data)) // the padding reaches the end, the record starts at 0
+	}
+	if end <= p.prepared {
+		return nil
+	}
+	want := min(uint64(len(p.data)), max(end, p.prepared+prepareAhead))
+	if err := p.prepare(int(p.prepared), int(want-p.prepared)); err != nil {
+		return err
+	}
+	p.prepared = want
+	return nil
 }
 
 func (p *Producer) fits(size uint64) bool {

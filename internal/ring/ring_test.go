@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // testRing is a ring over a plain byte slice with its two counters.
@@ -1082,4 +1083,49 @@ func verifyConcurrent(rec []byte, seq uint64, n int, kind byte, want []byte) err
 		return fmt.Errorf("record %d: payload differs from the pattern", seq)
 	}
 	return nil
+}
+
+// TestPrepareAllocatesAsItGoes fills a ring whose pages are not allocated
+// yet (SetPrepare) record by record, wrapping twice: the prepared bytes
+// grow contiguously from 0 ahead of every record, never past the region,
+// and once all of it is prepared no call is made; a failure stops the
+// write.
+func TestPrepareAllocatesAsItGoes(t *testing.T) {
+	const size = 256 << 10
+	r := newTestRing(t, size, 0)
+	var calls int
+	var upTo int
+	r.p.SetPrepare(func(off, n int) error {
+		calls++
+		if off != upTo || n <= 0 || off+n > size {
+			t.Fatalf("prepare(%d, %d) after %d bytes prepared, region %d", off, n, upTo, size)
+		}
+		upTo = off + n
+		return nil
+	}, 0)
+	payload := make([]byte, 3000)
+	for i := range 3 * size / len(payload) {
+		if err := r.p.Prepare(len(payload)); err != nil {
+			t.Fatal(err)
+		}
+		pos := int(r.p.next & r.p.mask)
+		rec := r.p.Reserve(len(payload), 7)
+		if rec == nil {
+			t.Fatalf("record %d: ring full", i)
+		}
+		if start := int(uintptr(unsafe.Pointer(&rec[0])) - uintptr(unsafe.Pointer(&r.data[0]))); start+len(rec) > upTo && pos < size {
+			t.Fatalf("record %d at %d..%d written past the %d prepared bytes", i, start, start+len(rec), upTo)
+		}
+		r.p.Publish()
+		r.mustNext(t)
+		r.c.Release()
+	}
+	if upTo != size || calls != size/prepareAhead {
+		t.Errorf("prepared %d bytes in %d calls; want %d in %d", upTo, calls, size, size/prepareAhead)
+	}
+	failing := newTestRing(t, size, 0)
+	failing.p.SetPrepare(func(off, n int) error { return errors.New("no room") }, 0)
+	if err := failing.p.Prepare(16); err == nil {
+		t.Error("a failing prepare let the write go on")
+	}
 }

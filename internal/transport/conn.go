@@ -145,6 +145,11 @@ func (c *conn) publish() {
 // reserve returns space for a frame with an n-byte payload, waiting while
 // the ring is full. The caller holds the write lock.
 func (c *conn) reserve(ctx context.Context, n int, t frame.Type) ([]byte, error) {
+	if err := c.out.Prepare(n); err != nil {
+		// A ring in a client's segment that the pool has no room for
+		// (PROTOCOL.md 3.4): a store would fault.
+		return nil, status.Errorf(codes.ResourceExhausted, "notnets: allocate the outgoing ring: %v", err)
+	}
 	if rec := c.out.Reserve(n, byte(t)); rec != nil {
 		return rec, nil
 	}
@@ -389,7 +394,7 @@ func (c *conn) sayGoAway(err error) {
 		return
 	}
 	g := frame.GoAway{Reason: status.Convert(err).Message()}
-	if n := g.Size(); n <= c.out.MaxPayload() {
+	if n := g.Size(); n <= c.out.MaxPayload() && c.out.Prepare(n) == nil {
 		if rec := c.out.Reserve(n, byte(frame.TypeGoAway)); rec != nil {
 			frame.Put(rec, 0, 0, 0)
 			g.Append(rec[frame.HeaderSize:frame.HeaderSize])

@@ -297,13 +297,21 @@ func acceptSegment(seg *pool.Segment, auth *Identity) (*Accepted, error) {
 		seg.Close() // an invalid header: nothing written
 		return nil, err
 	}
-	// Before this side writes anything (even the state word): the client
-	// allocated these ranges, but a named file can have had holes punched
-	// since, and a store into a hole of a full pool faults (PROTOCOL.md
-	// 3.4). A pool without room drops the segment unwritten: the client
-	// sees it refused (10.4 server step 5) or waits for its deadline
-	// (slots).
-	if err := seg.ReserveRanges(lay.Spec.Fixed()...); err != nil {
+	// Before this side writes anything (even the state word), it
+	// allocates what it writes at once: its control page and the return
+	// queue of the client's heap (PROTOCOL.md 3.4). An honest client
+	// allocated them already (which costs nothing more); a hostile one
+	// that left them sparse cannot make a store of ours fault. Not the
+	// whole fixed part: that would let a client make the server allocate
+	// rings of up to 1 GiB each; the S2C ring is allocated as it is
+	// written (NewServer). A pool without room drops the segment
+	// unwritten: the client sees it refused (10.4 server step 5) or waits
+	// for its deadline (slots).
+	err = seg.ReserveBytes(seg.Mem[2*pool.PageSize : 3*pool.PageSize])
+	if err == nil {
+		err = seg.ReserveBytes(lay.C2SReturns)
+	}
+	if err != nil {
 		seg.Close()
 		return nil, err
 	}

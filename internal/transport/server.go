@@ -89,6 +89,11 @@ func NewServer(a *Accepted, cfg ServerConfig, workers *Workers, h ServerHandler)
 		streams: make(map[uint32]*ServerStream),
 	}
 	t.c = newConn(a.seg, a.lay.Server, a.lay.Client, a.lay.S2C, a.lay.C2S, cfg.Wait)
+	// The client allocated the ring (PROTOCOL.md 3.4), unless it is
+	// hostile: allocate it as it is written, so that a client can make
+	// the server allocate no more than the server sends.
+	s2c := a.lay.S2C
+	t.c.out.SetPrepare(func(off, n int) error { return a.seg.ReserveBytes(s2c[off : off+n]) }, 0)
 	t.c.initHeaps(a.lay.S2CHeap, a.lay.S2CReturns, a.lay.C2SHeap, a.lay.C2SReturns, cfg.Wait.CheckViews)
 	t.c.onFrame = t.onFrame
 	t.c.onClose = t.onClose
