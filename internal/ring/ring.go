@@ -71,9 +71,9 @@ type Producer struct {
 	data       []byte
 	mask       uint64
 	tail, head *atomic.Uint64
-	next       uint64 // tail including reserved, unpublished records
-	published  uint64 // tail as last stored
-	headSeen   uint64 // last head loaded from the consumer
+	next       uint64                 // tail including reserved, unpublished records
+	published  uint64                 // tail as last stored
+	headSeen   uint64                 // last head loaded from the consumer
 	prepare    func(off, n int) error // allocates bytes of data before their first write (SetPrepare)
 	prepared   uint64                 // data[:prepared] is allocated
 }
