@@ -372,7 +372,7 @@ func backoffDelay(cfg backoff.Config, retries int) time.Duration {
 func (cc *ClientConn) transport(ctx context.Context, waitForReady bool) (transport.ClientTransport, error) {
 	for {
 		cc.mu.Lock()
-		t, ready, closed, why := cc.cur, cc.ready, cc.closed, cc.lastErr
+		t, ready, closed, why, stateCh := cc.cur, cc.ready, cc.closed, cc.lastErr, cc.stateCh
 		cc.mu.Unlock()
 		if closed {
 			return nil, ErrClientConnClosing
@@ -392,9 +392,7 @@ func (cc *ClientConn) transport(ctx context.Context, waitForReady bool) (transpo
 		if t == nil && why == nil {
 			// The first connection is being made (NewClient): every call
 			// waits for it to be made or to fail, as grpc-go's do.
-			cc.mu.Lock()
-			changed = cc.stateCh
-			cc.mu.Unlock()
+			changed = stateCh
 		} else if !waitForReady {
 			return nil, status.Convert(why).Err()
 		}

@@ -40,9 +40,13 @@
 //
 // Everything else that wakes a reader (its own process starting a call,
 // the connection closing) kicks it: a wake on the same word, which the
-// reader treats like any other wake-up. MaxBlock bounds every wait, so a
-// kick that is lost because it came just before the wait costs at most
-// MaxBlock, and a peer that died without ringing is noticed.
+// reader treats like any other wake-up. MaxBlock bounds every direct
+// wait, so a kick that is lost because it came just before the wait costs
+// at most MaxBlock, and a peer that died without ringing is noticed. A
+// bell idle for a whole MaxBlock waits in a hub instead (hub.go), where a
+// kick changes the hub's own word and cannot be lost, the peer's state is
+// looked at on every wake of the hub, and the wait ends after
+// hubMaxBlock; a peer that died is noticed by the liveness watch.
 //
 // In poll-only mode (pools shared across hosts, where a futex cannot reach
 // the peer) SLEEPING is a sleep of PollSleep instead, and nobody rings.
@@ -80,10 +84,11 @@ const FullRingSpin = 50 * time.Millisecond
 // through (its own tail and the peer's sleeping word).
 type Bell struct {
 	// Waiting side.
-	peerTail *atomic.Uint32 // the low half of the peer's tail counter
-	sleeping *atomic.Uint32 // this side's sleeping word (shared)
-	local    atomic.Bool    // a goroutine of this process is ARMED or SLEEPING
-	kicked   atomic.Bool    // Kick came since the wait began (hub.go)
+	peerTail *atomic.Uint32      // the low half of the peer's tail counter
+	sleeping *atomic.Uint32      // this side's sleeping word (shared)
+	local    atomic.Bool         // a goroutine of this process is ARMED or SLEEPING
+	kicked   atomic.Bool         // Kick came since the wait began (hub.go)
+	inHub    atomic.Pointer[hub] // the hub the bell waits in, or nil
 	pollOnly bool
 	// timeouts counts the waits in a row that found nothing for a whole
 	// MaxBlock; from hubAfter on, the bell waits in a hub (hub.go). Only
@@ -133,7 +138,7 @@ func (b *Bell) Wait(look func() (seen uint32, pending bool)) {
 	// If another goroutine drains the ring after look, seen is stale and
 	// the wait returns at once: a spurious wake-up, never a missed one.
 	if seen, pending := look(); !pending {
-		b.wait(seen)
+		b.wait(seen, look)
 	}
 	b.sleeping.Store(0)
 	b.local.Store(false)
@@ -143,9 +148,9 @@ func (b *Bell) Wait(look func() (seen uint32, pending bool)) {
 const hubAfter = 1
 
 // wait is SLEEPING: in a hub when the bell is idle, else on the futex.
-func (b *Bell) wait(seen uint32) {
+func (b *Bell) wait(seen uint32, look func() (uint32, bool)) {
 	if b.timeouts >= hubAfter {
-		if waited, changed := hubWait(b.peerTail, seen, &b.kicked); waited {
+		if waited, changed := hubWait(b.peerTail, seen, &b.kicked, look, &b.inHub); waited {
 			if changed || b.kicked.Load() {
 				b.timeouts = 0
 			}
@@ -165,6 +170,10 @@ func (b *Bell) wait(seen uint32) {
 func (b *Bell) Kick() {
 	if b.local.Load() {
 		b.kicked.Store(true)
+		if h := b.inHub.Load(); h != nil {
+			kickHub(h)
+			return
+		}
 		futexWake(b.peerTail, 1)
 	}
 }

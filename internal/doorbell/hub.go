@@ -42,12 +42,13 @@ var hubMaxBlock = 30 * time.Second
 
 // hubWaiter is one bell's wait in a hub.
 type hubWaiter struct {
-	word     *atomic.Uint32 // the peer's tail word
-	seen     uint32         // its value when the wait began
-	kicked   *atomic.Bool   // set by Kick
-	deadline int64          // monotonic ns after which the wait ends anyway
-	woken    bool           // a FUTEX_WAKE on the word reached the hub; the loop's alone
-	done     chan bool      // receives whether the word changed
+	word     *atomic.Uint32        // the peer's tail word
+	seen     uint32                // its value when the wait began
+	kicked   *atomic.Bool          // set by Kick
+	look     func() (uint32, bool) // the bell's look: anything pending (the peer closed)?
+	deadline int64                 // monotonic ns after which the wait ends anyway
+	woken    bool                  // a FUTEX_WAKE on the word reached the hub; the loop's alone
+	done     chan bool             // receives whether the word changed
 }
 
 // ready reports whether the wait is over at monotonic time now, and if so
@@ -56,7 +57,17 @@ func (w *hubWaiter) ready(now int64) (over, changed bool) {
 	if w.word.Load() != w.seen {
 		return true, true
 	}
-	return w.woken || w.kicked.Load() || now >= w.deadline, false
+	if w.woken || w.kicked.Load() || now >= w.deadline {
+		return true, false
+	}
+	// futex_waitv names one woken word only: a peer that closed and rang
+	// (RingAlways) while another bell of the hub woke it is seen here.
+	if w.look != nil {
+		if _, pending := w.look(); pending {
+			return true, false
+		}
+	}
+	return false, false
 }
 
 // hub waits for up to hubMax bells on one goroutine.
@@ -78,18 +89,29 @@ var hubs struct {
 }
 
 // hubWait waits in a hub until word no longer holds seen, kicked is set,
-// or hubMaxBlock passes. It reports false, without waiting, when there is
-// no futex_waitv; else whether the word changed.
-func hubWait(word *atomic.Uint32, seen uint32, kicked *atomic.Bool) (waited, changed bool) {
+// look reports something pending, the word is woken, or hubMaxBlock
+// passes. It reports false, without waiting, when there is no
+// futex_waitv; else whether the word changed. While it waits, in holds
+// the hub, so that a Kick can make the hub look again (kickHub).
+func hubWait(word *atomic.Uint32, seen uint32, kicked *atomic.Bool, look func() (uint32, bool), in *atomic.Pointer[hub]) (waited, changed bool) {
 	if hubs.unavailable.Load() {
 		return false, false
 	}
-	w := &hubWaiter{word: word, seen: seen, kicked: kicked, deadline: monotonic() + int64(hubMaxBlock), done: make(chan bool, 1)}
+	w := &hubWaiter{word: word, seen: seen, kicked: kicked, look: look, deadline: monotonic() + int64(hubMaxBlock), done: make(chan bool, 1)}
 	h := addWaiter(w)
+	in.Store(h)
+	kickHub(h)
+	changed, ok := <-w.done
+	in.Store(nil)
+	return ok, changed
+}
+
+// kickHub makes h's loop look at its waits again: a change of its own
+// word, which futex_waitv compares before it sleeps, so a kick that comes
+// between the loop's look and its sleep is not lost.
+func kickHub(h *hub) {
 	h.ctl.Add(1)
 	futexWakePrivate(&h.ctl, 1)
-	changed, ok := <-w.done
-	return ok, changed
 }
 
 // addWaiter puts w in a hub with room, starting one if needed.
@@ -143,11 +165,17 @@ func (h *hub) loop() {
 		}
 		i, err := futexWaitvCall(h.vec[:len(ws)+1], next)
 		switch {
-		case errors.Is(err, unix.ENOSYS):
+		case err == nil || errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ETIMEDOUT) || errors.Is(err, unix.EINTR):
+		default:
+			// No futex_waitv (ENOSYS), or one this process may not use
+			// (a seccomp filter's EPERM): wait directly from now on,
+			// rather than retry at once forever.
 			hubs.unavailable.Store(true)
 			h.endAll(ws)
 			ws = ws[:0]
-		case i >= 1:
+			continue
+		}
+		if i >= 1 {
 			// Woken without a change of its word: the peer rang as it
 			// closed (RingAlways), which its reader must see now.
 			ws[i-1].woken = true

@@ -155,3 +155,36 @@ func TestHubWakesOnRingAlways(t *testing.T) {
 		t.Error("a wake without a message reset the bell's idle count")
 	}
 }
+
+// TestHubSeesEveryPeerClose puts two bells in one hub and has both peers
+// close (a state the bells' look reports) and ring without publishing, at
+// the same moment: futex_waitv names one woken word only, and the other
+// bell must come back too, not at hubMaxBlock.
+func TestHubSeesEveryPeerClose(t *testing.T) {
+	if hubs.unavailable.Load() {
+		t.Skip("skipped: this kernel has no futex_waitv (Linux 5.16)")
+	}
+	pairs := []bellPair{newBellPair(t), newBellPair(t)}
+	var closed [2]atomic.Bool
+	returned := make(chan int, 2)
+	for i, p := range pairs {
+		b := p.waiter
+		b.timeouts = hubAfter
+		go func() {
+			b.Wait(func() (uint32, bool) { return b.peerTail.Load(), closed[i].Load() })
+			returned <- i
+		}()
+	}
+	waitFor(t, "both bells in the hubs", func() bool { return HubWaiters() == 2 })
+	for i, p := range pairs {
+		closed[i].Store(true)
+		p.ringer.RingAlways()
+	}
+	for range 2 {
+		select {
+		case <-returned:
+		case <-time.After(failBound):
+			t.Fatalf("a bell whose peer closed did not come back within %v", failBound)
+		}
+	}
+}

@@ -66,5 +66,5 @@ func (b *Budget) Observe(gap time.Duration) {
 	if want := q3 + q3/4; want <= b.max {
 		spin = max(want, MinSpin)
 	}
-	b.spin.Store(int64(spin))
+	b.spin.Store(int64(min(spin, b.max))) // never beyond WithSpin
 }

@@ -48,7 +48,8 @@ type Idler struct {
 	last    time.Time // the last reading of the clock in this run
 	yielded time.Time
 	crowded bool // the last Spent that reported true found the machine crowded
-	// NoOSYield keeps the poller from calling sched_yield: a busy-spinning
+	// NoOSYield keeps the poller from calling sched_yield, and from
+	// ending its spin when it finds the machine crowded: a busy-spinning
 	// side that owns its core.
 	NoOSYield bool
 }
@@ -88,7 +89,7 @@ func (w *Idler) Spent(d time.Duration) bool {
 		return false
 	}
 	now := time.Now()
-	crowded := now.Sub(w.last) > CrowdedGap
+	crowded := now.Sub(w.last) > CrowdedGap && !w.NoOSYield
 	w.last = now
 	yielded := w.pace(now)
 	if !w.NoOSYield && now.Sub(w.since) >= OSYieldAfter {

@@ -47,6 +47,15 @@ func TestIdlerSeesACrowdedMachine(t *testing.T) {
 	if !spent || !w.Crowded() {
 		t.Fatalf("after losing the core: spent %v, crowded %v; want both", spent, w.Crowded())
 	}
+	// A busy-spinning poller spins on.
+	b := Idler{NoOSYield: true}
+	b.Spent(time.Hour)
+	b.last = time.Now().Add(-time.Second)
+	for range 2 * clockEvery {
+		if b.Spent(time.Hour) {
+			t.Fatal("a busy-spinning poller stopped spinning on a crowded machine")
+		}
+	}
 }
 
 // TestIdlerMeasuresTheGap checks that Busy returns the idle gap it ends,
@@ -90,5 +99,12 @@ func TestBudgetLearnsTheGap(t *testing.T) {
 	}
 	if got := b.Spin(); got != MinSpin {
 		t.Errorf("after gaps of 1 us: spin %v, want MinSpin %v", got, MinSpin)
+	}
+	small := NewBudget(5 * time.Microsecond) // WithSpin below MinSpin
+	for range budgetGaps {
+		small.Observe(time.Microsecond)
+	}
+	if got := small.Spin(); got > 5*time.Microsecond {
+		t.Errorf("a budget of at most 5 us learned %v", got)
 	}
 }

@@ -230,6 +230,14 @@ func (t *Server) runReady() bool {
 	return true
 }
 
+// readRoleAfterHandoff takes the reading role from a goroutine whose inline
+// handler ran too long: the calls queued behind it then go to workers
+// (that handler never recorded that it was slow).
+func (t *Server) readRoleAfterHandoff() {
+	t.fastInline = false
+	t.readRole()
+}
+
 // runInline runs st on the reading goroutine and reports whether this
 // goroutine still holds the reading role afterwards.
 func (t *Server) runInline(st *ServerStream) bool {

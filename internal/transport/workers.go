@@ -171,7 +171,7 @@ func (w *Workers) rescueInline() bool {
 		}
 		busy = true
 		if now-since >= int64(handoffAfter) && t.inlineSince.CompareAndSwap(since, 0) {
-			w.submit(t.readRole)
+			w.submit(t.readRoleAfterHandoff)
 		}
 	}
 	return busy
