@@ -146,6 +146,13 @@ func (s *clientStream) Trailer() metadata.MD {
 // CloseSend tells the server that the client sends no more messages. Its
 // errors come from RecvMsg, as in grpc-go.
 func (s *clientStream) CloseSend() error {
+	if err := s.ctx.Err(); err != nil {
+		// Cancelled already: the server must not see the stream end
+		// normally, which would let it answer OK (grpc-go's interop case
+		// cancel_after_begin).
+		s.cancel(err)
+		return nil
+	}
 	s.ts.CloseSend()
 	return nil
 }
@@ -206,6 +213,9 @@ func (s *clientStream) sendFailed(err error) error {
 // RecvMsg receives the next message into m. It returns io.EOF when the
 // stream ended with status OK, and the status error otherwise.
 func (s *clientStream) RecvMsg(m any) error {
+	if err := s.ctx.Err(); err != nil {
+		s.cancel(err) // the caller cancelled before it asked: its status, unless the call had ended
+	}
 	if err := s.ts.WaitMsg(); err != nil {
 		s.cancel(err)
 	}
