@@ -32,10 +32,9 @@ import (
 const hubMax = 127
 
 // hubMaxBlock bounds a wait in the hub, as MaxBlock bounds a direct one,
-// but longer: kicks cannot be lost in the hub (the kicked flag), and a
-// wake from the peer reaches the waiter even when the word did not change
-// (the peer's close), so this only bounds how stale a forgotten wait can
-// get. Each end of a wait costs its hub a rebuild of its futex_waitv
+// but longer: kicks cannot be lost in the hub (they change the hub's own
+// word), and the hub looks at every bell's state (the peer's close) each
+// time it wakes, so this only bounds how stale a forgotten wait can get. Each end of a wait costs its hub a rebuild of its futex_waitv
 // (about 100 us with 100 bells on the development machine), so it is
 // long. A variable for tests.
 var hubMaxBlock = 30 * time.Second

@@ -129,42 +129,18 @@ func TestHubWaitEndsAtItsBound(t *testing.T) {
 	}
 }
 
-// TestHubWakesOnRingAlways checks that a bell in a hub comes back when its
-// peer rings without publishing anything (RingAlways, as it closes), and
-// stays idle.
-func TestHubWakesOnRingAlways(t *testing.T) {
-	if hubs.unavailable.Load() {
-		t.Skip("skipped: this kernel has no futex_waitv (Linux 5.16)")
-	}
-	p := newBellPair(t)
-	b := p.waiter
-	b.timeouts = hubAfter
-	returned := make(chan struct{})
-	go func() {
-		b.Wait(func() (uint32, bool) { return b.peerTail.Load(), false })
-		close(returned)
-	}()
-	waitFor(t, "the bell in a hub", func() bool { return HubWaiters() == 1 })
-	p.ringer.RingAlways()
-	select {
-	case <-returned:
-	case <-time.After(failBound):
-		t.Fatalf("a bell in a hub did not come back within %v of RingAlways", failBound)
-	}
-	if b.timeouts == 0 {
-		t.Error("a wake without a message reset the bell's idle count")
-	}
-}
-
 // TestHubSeesEveryPeerClose puts two bells in one hub and has both peers
 // close (a state the bells' look reports) and ring without publishing, at
 // the same moment: futex_waitv names one woken word only, and the other
-// bell must come back too, not at hubMaxBlock.
+// bell must come back too, not at hubMaxBlock. (A ring with no change of
+// state at all can be lost if it comes before the hub sleeps, as with a
+// direct futex wait; a peer's close always stores its state first.)
 func TestHubSeesEveryPeerClose(t *testing.T) {
 	if hubs.unavailable.Load() {
 		t.Skip("skipped: this kernel has no futex_waitv (Linux 5.16)")
 	}
 	pairs := []bellPair{newBellPair(t), newBellPair(t)}
+	base := HubWaiters() // waits other tests left (they end at hubMaxBlock)
 	var closed [2]atomic.Bool
 	returned := make(chan int, 2)
 	for i, p := range pairs {
@@ -175,7 +151,7 @@ func TestHubSeesEveryPeerClose(t *testing.T) {
 			returned <- i
 		}()
 	}
-	waitFor(t, "both bells in the hubs", func() bool { return HubWaiters() == 2 })
+	waitFor(t, "both bells in the hubs", func() bool { return HubWaiters() == base+2 })
 	for i, p := range pairs {
 		closed[i].Store(true)
 		p.ringer.RingAlways()
