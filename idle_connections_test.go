@@ -135,8 +135,8 @@ func TestIdleConnectionsHoldNoThreads(t *testing.T) {
 // readers wait in the doorbell hubs, then stops the server: the client
 // notices at once (the server's GOAWAY and last ring reach the hub), not
 // after its liveness timeout, which is set to a minute here. (A close
-// that could not write its GOAWAY rings without changing the word:
-// doorbell's TestHubWakesOnRingAlways.)
+// that could not write its GOAWAY changes only its state word, which the
+// hub looks at: doorbell's TestHubSeesEveryPeerClose.)
 func TestIdleConnectionSeesItsServerStop(t *testing.T) {
 	srv := startServer(t)
 	cc := srv.dial(t, notnets.WithLivenessTimeout(time.Minute))
