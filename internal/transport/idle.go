@@ -32,27 +32,23 @@ const (
 const forever = time.Duration(1 << 62)
 
 // readerSpin returns how long a connection's reader polls an empty ring
-// before it parks.
-func (c *conn) readerSpin() time.Duration {
-	switch c.wait.Idle {
-	case IdleBusySpin:
-		return forever
-	case IdleParkOnly:
-		return 0
-	}
-	return c.budget.Spin()
-}
+// before it parks: the learned period when adaptive.
+func (c *conn) readerSpin() time.Duration { return c.spinFor(c.budget.Spin()) }
 
 // callerSpin returns how long a caller polls for its own reply before it
-// waits for the reader to hand it over.
-func (c *conn) callerSpin() time.Duration {
+// waits for the reader to hand it over: WithSpin's period when adaptive.
+func (c *conn) callerSpin() time.Duration { return c.spinFor(c.wait.Spin) }
+
+// spinFor is the spin period of the connection's idle strategy, adaptive
+// being the period given.
+func (c *conn) spinFor(adaptive time.Duration) time.Duration {
 	switch c.wait.Idle {
 	case IdleBusySpin:
 		return forever
 	case IdleParkOnly:
 		return 0
 	}
-	return c.wait.Spin
+	return adaptive
 }
 
 // idler returns the pacing of a poller of this connection.
