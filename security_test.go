@@ -666,3 +666,54 @@ func TestSocketOnlyListener(t *testing.T) {
 		t.Fatalf("Dial with another process on the socket: %v, want PermissionDenied", err)
 	}
 }
+
+// TestHandshakesInProgressAreBounded opens more silent connections to a
+// listener's socket than it receives handshakes at once: those beyond the
+// bound are closed at once, and once the silent ones are gone a client
+// connects as usual.
+func TestHandshakesInProgressAreBounded(t *testing.T) {
+	dir := t.TempDir()
+	serveWho(t, dir, "bounded", nil)
+	sock := filepath.Join(dir, transport.SockName("bounded"))
+	const extra = 8
+	var silent []net.Conn
+	defer func() {
+		for _, c := range silent {
+			c.Close()
+		}
+	}()
+	closedAtOnce := 0
+	for range transport.MaxHandshakes + extra {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	// The server sees them in order; the last ones find the bound reached.
+	for _, c := range silent[transport.MaxHandshakes:] {
+		c.SetReadDeadline(time.Now().Add(time.Second)) // well below the 2 s handshake deadline
+		if n, err := c.Read(make([]byte, 1)); n == 0 && err == io.EOF {
+			closedAtOnce++
+		}
+	}
+	if closedAtOnce != extra {
+		t.Errorf("%d of the %d connections beyond %d silent handshakes were closed at once, want all", closedAtOnce, extra, transport.MaxHandshakes)
+	}
+	for _, c := range silent {
+		c.Close()
+	}
+	silent = nil
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		cc, err := Dial(ctx, "bounded", WithPool(dir))
+		if err == nil {
+			cc.Close()
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("Dial after the silent connections closed: %v", err)
+		}
+	}
+}

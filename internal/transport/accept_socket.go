@@ -17,6 +17,12 @@ import (
 // connected to the socket to send its segment.
 const handshakeTimeout = 2 * time.Second
 
+// maxHandshakes bounds the handshakes a listener receives at once: each
+// costs a goroutine and a descriptor for up to handshakeTimeout, and a
+// local user could otherwise open connections to the socket faster than
+// they time out. A client beyond it is refused at once.
+const maxHandshakes = 128
+
 // listenCreds starts the listener's socket, unless the pool is shared
 // across hosts (clients then use the slots).
 func (l *Listener) listenCreds() error {
@@ -110,6 +116,17 @@ func (l *Listener) acceptCreds(ln *net.UnixListener) {
 			time.Sleep(10 * time.Millisecond) // out of descriptors, say: do not spin
 			continue
 		}
+		l.hsMu.Lock()
+		if l.hsClosed || len(l.hsConns) >= maxHandshakes {
+			// Closed at once, the server state still 0: the client
+			// fails with Unavailable and tries again later (PROTOCOL.md
+			// 10.4 step 5, 16).
+			l.hsMu.Unlock()
+			conn.Close()
+			continue
+		}
+		l.hsConns[conn] = true
+		l.hsMu.Unlock()
 		// One goroutine each: a client that connects and sends nothing
 		// holds up nobody else for its 2 s.
 		l.handshakes.Add(1)
@@ -120,18 +137,14 @@ func (l *Listener) acceptCreds(ln *net.UnixListener) {
 // handshake receives one client's segment and hands it to accept.
 func (l *Listener) handshake(conn *net.UnixConn) {
 	defer l.handshakes.Done()
-	l.hsMu.Lock()
-	if l.hsClosed {
+	// acceptCreds registered conn in hsConns; it counts against
+	// maxHandshakes until Accept can take the segment.
+	defer func() {
+		l.hsMu.Lock()
+		delete(l.hsConns, conn)
 		l.hsMu.Unlock()
-		conn.Close()
-		return
-	}
-	l.hsConns[conn] = true
-	l.hsMu.Unlock()
+	}()
 	a, err := l.receiveSegment(conn)
-	l.hsMu.Lock()
-	delete(l.hsConns, conn)
-	l.hsMu.Unlock()
 	if err != nil {
 		// Dropped without writing to the segment: the closed connection
 		// with server state 0 tells the client (PROTOCOL.md 10.4 step 5).

@@ -267,3 +267,6 @@ func SlotsUsed(ct ClientTransport) uint32 {
 	defer t.mu.Unlock()
 	return t.slotsUsed
 }
+
+// MaxHandshakes is maxHandshakes, for tests.
+const MaxHandshakes = maxHandshakes
