@@ -84,7 +84,8 @@ type hub struct {
 var hubs struct {
 	sync.Mutex
 	all         []*hub
-	unavailable atomic.Bool // futex_waitv is not there (ENOSYS)
+	unavailable atomic.Bool  // futex_waitv is not there (ENOSYS) or not allowed (EPERM)
+	lastErr     atomic.Value // the last unexpected error of futex_waitv, a string, for tests
 }
 
 // hubWait waits in a hub until word no longer holds seen, kicked is set,
@@ -167,9 +168,14 @@ func (h *hub) loop() {
 		case err == nil || errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ETIMEDOUT) || errors.Is(err, unix.EINTR):
 		default:
 			// No futex_waitv (ENOSYS), or one this process may not use
-			// (a seccomp filter's EPERM): wait directly from now on,
-			// rather than retry at once forever.
-			hubs.unavailable.Store(true)
+			// (a seccomp filter's EPERM): wait directly from now on. Any
+			// other error ends these waits (each bell then waits directly
+			// once, MaxBlock, before it comes back), rather than retry at
+			// once forever.
+			hubs.lastErr.Store(err.Error())
+			if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
+				hubs.unavailable.Store(true)
+			}
 			h.endAll(ws)
 			ws = ws[:0]
 			continue
@@ -212,6 +218,12 @@ func (h *hub) endAll(ws []*hubWaiter) {
 	hubs.Lock()
 	h.count -= len(ws)
 	hubs.Unlock()
+}
+
+// HubError returns the last unexpected error futex_waitv returned, or "".
+func HubError() string {
+	s, _ := hubs.lastErr.Load().(string)
+	return s
 }
 
 // HubWaiters returns how many waits the hubs hold, for tests.

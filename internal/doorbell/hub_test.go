@@ -53,7 +53,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(failBound); !cond(); {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, failBound)
+			t.Fatalf("%s: not within %v (hub waits %d; last unexpected futex_waitv error %q; futex_waitv unavailable: %v)",
+				what, failBound, HubWaiters(), HubError(), hubs.unavailable.Load())
 		}
 		time.Sleep(time.Millisecond)
 	}
