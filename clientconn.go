@@ -2,7 +2,9 @@ package notnets
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -59,7 +61,7 @@ var _ grpc.ClientConnInterface = (*ClientConn)(nil)
 
 // newClientConn checks the options and makes a ClientConn for the listener
 // name, without a connection.
-func newClientConn(name string, opts []DialOption) (*ClientConn, error) {
+func newClientConn(name string, opts []DialOption, lazy bool) (*ClientConn, error) {
 	o := dialOptions{
 		ringSize:     DefaultRingSize,
 		arenaSize:    DefaultArenaSize,
@@ -91,7 +93,11 @@ func newClientConn(name string, opts []DialOption) (*ClientConn, error) {
 		return nil, err
 	}
 	if err := checkPool(o.pool, o.access); err != nil {
-		return nil, err
+		// A client made before any server need not find the pool yet:
+		// the first Listen prepares it, and connecting checks it again.
+		if !lazy || !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
 	}
 	if len(o.callOptions) == 0 {
 		var err error
@@ -136,7 +142,7 @@ func NewClient(target string, opts ...DialOption) (*ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	cc, err := newClientConn(name, opts)
+	cc, err := newClientConn(name, opts, true)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +158,7 @@ func NewClient(target string, opts ...DialOption) (*ClientConn, error) {
 // server has accepted, or ctx ends (without a deadline on ctx, Dial waits at
 // most the connect timeout). A missing listener is an Unavailable error.
 func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, error) {
-	cc, err := newClientConn(name, opts)
+	cc, err := newClientConn(name, opts, false)
 	if err != nil {
 		return nil, err
 	}
@@ -445,10 +451,24 @@ func (cc *ClientConn) Close() error {
 // (PermissionDenied otherwise).
 func checkPool(dir string, access pool.Access) error {
 	if _, err := os.Lstat(dir); err != nil {
-		return status.Errorf(codes.Unavailable, "notnets: pool %s: %v", dir, err)
+		return poolError{status.New(codes.Unavailable, fmt.Sprintf("notnets: pool %s: %v", dir, err)), err}
 	}
 	if err := pool.CheckDir(dir, access); err != nil {
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
 	return nil
 }
+
+// poolError is a status error that also wraps why the pool could not be
+// used (errors.Is(err, fs.ErrNotExist)).
+type poolError struct {
+	st  *status.Status
+	err error
+}
+
+func (e poolError) Error() string { return e.st.Err().Error() }
+
+// GRPCStatus returns the error's status.
+func (e poolError) GRPCStatus() *status.Status { return e.st }
+
+func (e poolError) Unwrap() error { return e.err }

@@ -2,6 +2,7 @@ package notnets_test
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,11 +15,12 @@ import (
 )
 
 // TestNewClientBeforeTheServer creates a client before any server exists,
-// as services that start in any order do: NewClient returns at once, a
-// call fails fast with Unavailable, a call that waits for ready succeeds
-// once a server in another process starts.
+// even before the pool directory does (the first Listen makes it), as
+// services that start in any order do: NewClient returns at once, a call
+// fails fast with Unavailable, a call that waits for ready succeeds once a
+// server in another process starts.
 func TestNewClientBeforeTheServer(t *testing.T) {
-	dir := testPool(t)
+	dir := filepath.Join(testPool(t), "not-yet")
 	cc, err := notnets.NewClient("dns:///"+listenName+":50051", notnets.WithPool(dir))
 	if err != nil {
 		t.Fatal(err)
