@@ -43,7 +43,7 @@ func TestArenaBytesEcho(t *testing.T) {
 	srv := startServer(t, "NOTNETS_TEST_BIG=1")
 	for _, heap := range []int{notnets.DefaultArenaSize * 2, 1 << 20, 0} {
 		t.Run(fmt.Sprintf("heap=%d", heap), func(t *testing.T) {
-			cc := srv.dial(t, notnets.WithArenaSize(heap), notnets.WithMaxRecvMsgSize(bigLimit), notnets.WithMaxSendMsgSize(bigLimit))
+			cc := srv.dial(t, notnets.WithArenaSize(heap), notnets.WithMaxRecvMsgSize(bigLimit), notnets.WithMaxSendMsgSize(bigLimit), bigLiveness)
 			for _, n := range arenaSizes {
 				for _, alloc := range []bool{true, false} {
 					var in *notnets.Bytes

@@ -192,7 +192,7 @@ func BenchmarkKillToError(b *testing.B) {
 // with Alloc, the reply read in place and freed.
 func BenchmarkBytesEcho(b *testing.B) {
 	srv := startServer(b, "NOTNETS_TEST_BIG=1")
-	cc := srv.dial(b, notnets.WithMaxRecvMsgSize(bigLimit), notnets.WithMaxSendMsgSize(bigLimit))
+	cc := srv.dial(b, notnets.WithMaxRecvMsgSize(bigLimit), notnets.WithMaxSendMsgSize(bigLimit), bigLiveness)
 	for _, n := range []int{16, 64 << 10, 1 << 20, 16 << 20} {
 		b.Run(sizeName(n), func(b *testing.B) {
 			payload := make([]byte, n)
