@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/notnets/notnets/internal/balance"
 	"github.com/notnets/notnets/internal/transport"
 
 	"google.golang.org/grpc"
@@ -71,8 +72,10 @@ func (m *Bytes) Free() {
 	*m = Bytes{}
 }
 
-// Alloc returns an n-byte Bytes in the heap of the client's current
-// connection, to fill and send without a copy. When the connection has no
+// Alloc returns an n-byte Bytes in the heap of a connection of the
+// client (the instance the balancer would pick now), to fill and send
+// without a copy: the call that sends it goes to that instance while it
+// takes calls. When the connection has no
 // heap, or no room, or n is below ArenaThreshold, it returns ordinary
 // (pooled, zeroed) memory, which is sent the usual way. Heap memory is not
 // zeroed: it may hold earlier messages of the same connection.
@@ -87,11 +90,9 @@ func (cc *ClientConn) Alloc(n int) *Bytes {
 // nothing per call for its requests.
 func (cc *ClientConn) AllocInto(m *Bytes, n int) {
 	m.Free()
-	cc.mu.Lock()
-	t := cc.cur
-	cc.mu.Unlock()
-	if t != nil {
-		if blk, b, ok := t.AllocBlock(n); ok {
+	es := cc.pickable()
+	if i := balance.Pick(&cc.picker, es); i >= 0 {
+		if blk, b, ok := es[i].t.AllocBlock(n); ok {
 			*m = Bytes{b: b, blk: blk}
 			return
 		}

@@ -31,6 +31,9 @@ func (cc *ClientConn) invoker(ctx context.Context, method string, args, reply an
 }
 
 func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	if cc.useFallback() {
+		return cc.invokeFallback(ctx, method, args, reply, opts...)
+	}
 	ci, err := newCallInfo(&cc.opts, opts)
 	if err != nil {
 		return err
@@ -41,6 +44,9 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	}
 	s, err := cc.start(ctx, method, ci, unaryDesc, &msg)
 	msg.Free()
+	if err == errUseFallback { // the last instance went just now
+		return cc.invokeFallback(ctx, method, args, reply, opts...)
+	}
 	if err != nil {
 		return err
 	}
@@ -56,11 +62,17 @@ func (cc *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, meth
 }
 
 func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *grpc.ClientConn, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if cc.useFallback() {
+		return cc.streamFallback(ctx, desc, method, opts...)
+	}
 	ci, err := newCallInfo(&cc.opts, opts)
 	if err != nil {
 		return nil, err
 	}
 	s, err := cc.start(ctx, method, ci, desc, nil)
+	if err == errUseFallback { // the last instance went just now
+		return cc.streamFallback(ctx, desc, method, opts...)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -110,20 +122,21 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 // waits for a place under the server's stream limit. Errors other than
 // transport.ErrTryAnother have ended the call.
 func (cc *ClientConn) prepareStream(ctx context.Context, method string, ci *callInfo, desc *grpc.StreamDesc, msg *transport.OutMsg, begin time.Time) (*clientStream, metadata.MD, error) {
-	t, err := cc.transport(ctx, ci.waitForReady)
+	e, err := cc.pick(ctx, ci.waitForReady, msg)
 	if err != nil {
 		return nil, nil, cc.notStarted(ctx, ci, begin, err)
 	}
+	t := e.t
 	hdr, ctxMD, err := cc.requestHeaders(ctx, t, method, ci)
 	if err != nil {
 		return nil, nil, cc.notStarted(ctx, ci, begin, err)
 	}
 	if cc.opts.stats != nil || ci.creds != nil || len(cc.opts.perRPC) > 0 {
 		// The peer is in the call's context from here on, as in grpc-go.
-		ctx = peer.NewContext(ctx, &peer.Peer{Addr: cc.peerAddr, LocalAddr: &Addr{Pool: cc.opts.pool}, AuthInfo: authInfo(t.Peer())})
+		ctx = peer.NewContext(ctx, &peer.Peer{Addr: e.addr, LocalAddr: &Addr{Pool: cc.opts.pool}, AuthInfo: authInfo(t.Peer())})
 	}
 	// The headers live in the stream so that encoding them allocates nothing.
-	s := &clientStream{cc: cc, t: t, ctx: ctx, desc: desc, ci: ci, method: method, reqHdr: hdr, begin: begin}
+	s := &clientStream{cc: cc, t: t, addr: e.addr, ctx: ctx, desc: desc, ci: ci, method: method, reqHdr: hdr, begin: begin}
 	s.ts = transport.NewClientStream(t, ctx, ci.maxRecv, s)
 	if err := t.TakeSlot(s.ts); err != nil {
 		if err == transport.ErrTryAnother {
@@ -145,7 +158,7 @@ func (s *clientStream) send(sh statsHandlers, ctxMD metadata.MD, msg *transport.
 		// Reported as queued, as grpc-go does: never under the write lock,
 		// before the reply can be read, and once for the call.
 		*reported = true
-		sh.handle(s.ctx, &stats.OutHeader{Client: true, Header: ctxMD.Copy(), FullMethod: s.method, RemoteAddr: s.cc.peerAddr, LocalAddr: &Addr{Pool: s.cc.opts.pool}})
+		sh.handle(s.ctx, &stats.OutHeader{Client: true, Header: ctxMD.Copy(), FullMethod: s.method, RemoteAddr: s.addr, LocalAddr: &Addr{Pool: s.cc.opts.pool}})
 		if msg != nil {
 			sh.outPayload(s.ctx, true, msg.Value(), msg.Size())
 		}

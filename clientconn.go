@@ -8,9 +8,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/notnets/notnets/internal/balance"
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
 	"github.com/notnets/notnets/internal/transport"
@@ -18,8 +22,6 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 )
 
@@ -27,39 +29,65 @@ import (
 // closed ClientConn, as in grpc-go.
 var ErrClientConnClosing = status.Error(codes.Canceled, "grpc: the client connection is closing")
 
-// ClientConn is a client connection to a notnets server through a memory
-// pool. It implements grpc.ClientConnInterface, so generated clients take it:
-// pb.NewGreeterClient(cc). It is safe for concurrent use; calls on it are
-// multiplexed by stream id. When its connection fails or the server goes
-// away, it connects again with backoff, as grpc-go does; calls made
-// meanwhile fail with Unavailable, or with grpc.WaitForReady(true) wait for
-// the new connection.
+// ClientConn is a client connection to a service through a memory pool:
+// to every live instance of it (Listen may start several), with each call
+// going to one of them (WithBalancing). It implements
+// grpc.ClientConnInterface, so generated clients take it:
+// pb.NewGreeterClient(cc). It is safe for concurrent use; calls on a
+// connection are multiplexed by stream id. It sees instances come and go
+// (the pool's registry, PROTOCOL.md 10.7), and when a connection fails it
+// connects again with backoff, as grpc-go does; calls made while no
+// instance is connected fail with Unavailable, or with
+// grpc.WaitForReady(true) wait, or go over WithFallback's network client.
 type ClientConn struct {
-	dial      transport.DialConfig
-	name      string
-	target    string // as given to NewClient, else name
+	dial      transport.DialConfig // Name is set per instance
+	name      string               // the service
+	target    string               // as given to NewClient, else name
 	opts      dialOptions
-	peerAddr  *Addr
 	unaryInt  grpc.UnaryClientInterceptor
 	streamInt grpc.StreamClientInterceptor
+	picker    balance.Picker
+	fallback  *grpc.ClientConn // WithFallback, or nil
+	// snap is what calls pick from: the instances with a usable
+	// connection, replaced whole under mu (copy on write), read without it.
+	snap      atomic.Pointer[[]*pickEntry]
+	fellBack  atomic.Uint64 // calls sent over fallback
+	watchSig  chan struct{} // the registry watcher's signal (capacity 1)
+	resolveCh chan struct{} // look at the directory now (capacity 1)
 
 	// mu guards the fields below; it is taken before any lock of a
 	// connection, and never held while a connection is closed.
-	mu        sync.Mutex
-	cur       transport.ClientTransport // the connection calls start on; nil while there is none
-	ready     chan struct{}             // closed when cur is replaced
-	lastErr   error                     // why there is no usable connection
-	closed    bool
-	quit      chan struct{} // closed by Close: stops reconnecting
-	reconnect bool          // a reconnecting goroutine runs
-	state     connectivity.State
-	stateCh   chan struct{} // closed when state changes
-	retryNow  chan struct{} // ResetConnectBackoff: cut the wait short (capacity 1)
+	mu       sync.Mutex
+	subs     map[string]*subConn // by instance, every instance being used
+	ready    chan struct{}       // closed when snap gains an instance
+	lastErr  error               // why the last attempt to reach an instance failed
+	resolved bool                // the directory has been read once
+	closed   bool
+	quit     chan struct{} // closed by Close
+	life     context.Context
+	endLife  context.CancelFunc // cancels life, at Close
+	state    connectivity.State
+	stateCh  chan struct{} // closed when state changes
+	progress chan struct{} // closed when the pool is read or an attempt ends (firstSettled may change)
+	retryNow chan struct{} // closed by ResetConnectBackoff: cut every backoff short
 }
 
 var _ grpc.ClientConnInterface = (*ClientConn)(nil)
 
-// newClientConn checks the options and makes a ClientConn for the listener
+// pickEntry is one instance in the snapshot calls pick from.
+type pickEntry struct {
+	t    transport.ClientTransport
+	inst *balance.Instance
+	addr *Addr
+}
+
+// Usable reports whether the entry's connection takes new calls.
+func (e *pickEntry) Usable() bool { return e.t.Err() == nil }
+
+// Load returns the instance's published load (balance.Candidate).
+func (e *pickEntry) Load() (uint32, uint32, bool) { return e.inst.Load() }
+
+// newClientConn checks the options and makes a ClientConn for the service
 // name, without a connection.
 func newClientConn(name string, opts []DialOption, lazy bool) (*ClientConn, error) {
 	o := dialOptions{
@@ -88,6 +116,9 @@ func newClientConn(name string, opts []DialOption, lazy bool) (*ClientConn, erro
 	if err := pool.CheckHeap(o.arenaSize); err != nil {
 		return nil, fmt.Errorf("notnets: arena %w", err)
 	}
+	if o.badConfig != nil {
+		return nil, o.badConfig
+	}
 	var err error
 	if o.access, err = poolAccess(o.group); err != nil {
 		return nil, err
@@ -108,35 +139,55 @@ func newClientConn(name string, opts []DialOption, lazy bool) (*ClientConn, erro
 	}
 	cc := &ClientConn{
 		dial: transport.DialConfig{
-			Pool: o.pool, Access: o.access, Name: name, RingSize: o.ringSize, ArenaSize: o.arenaSize,
+			Pool: o.pool, Access: o.access, RingSize: o.ringSize, ArenaSize: o.arenaSize,
 			Wait: o.wait, Window: o.window, Liveness: o.liveness,
 		},
 		name:      name,
 		opts:      o,
-		peerAddr:  &Addr{Pool: o.pool, Name: name},
+		picker:    balance.Picker{Policy: o.policy},
 		unaryInt:  chainUnaryClient(o.unary),
 		streamInt: chainStreamClient(o.stream),
+		watchSig:  make(chan struct{}, 1),
+		resolveCh: make(chan struct{}, 1),
+		subs:      make(map[string]*subConn),
 		ready:     make(chan struct{}),
 		quit:      make(chan struct{}),
 		state:     connectivity.Connecting,
 		stateCh:   make(chan struct{}),
-		retryNow:  make(chan struct{}, 1),
+		progress:  make(chan struct{}),
+		retryNow:  make(chan struct{}),
+	}
+	cc.life, cc.endLife = context.WithCancel(context.Background())
+	if o.fallback != nil {
+		if cc.fallback, err = grpc.NewClient(o.fallback.target, o.fallback.opts...); err != nil {
+			return nil, fmt.Errorf("notnets: fallback: %w", err)
+		}
 	}
 	return cc, nil
 }
 
+// startResolving begins watching the pool for instances of the service.
+func (cc *ClientConn) startResolving() {
+	stop := balance.Watch(cc.opts.pool, cc.opts.access, cc.opts.wait.PollOnly, cc.watchSig)
+	go func() {
+		<-cc.quit
+		stop()
+	}()
+	go cc.resolveLoop()
+}
+
 // NewClient returns a ClientConn for target at once and connects in the
 // background, as grpc.NewClient does: servers may start in any order.
-// Until its first connection is made or fails, calls wait for it; after a
-// failure they fail fast with Unavailable, or wait with
-// grpc.WaitForReady(true), while it connects again with backoff. Dial
-// connects eagerly instead.
+// Until the pool has been looked at and a first connection made or
+// failed, calls wait; after that, with no instance connected, they fail
+// fast with Unavailable, or wait with grpc.WaitForReady(true), or go over
+// the fallback (WithFallback). Dial connects eagerly instead.
 //
-// target names a listener in the pool: a bare name ("greeter"),
+// target names a service in the pool: a bare name ("greeter"),
 // "notnets:///greeter", or an address users already have, "host:port",
 // "dns:///host:port" or "passthrough:///host:port", whose host names it
 // ("greeter.prod:50051" is "greeter.prod"). A target that names no valid
-// listener is an InvalidArgument error.
+// service is an InvalidArgument error.
 func NewClient(target string, opts ...DialOption) (*ClientConn, error) {
 	name, err := parseTarget(target)
 	if err != nil {
@@ -147,46 +198,130 @@ func NewClient(target string, opts ...DialOption) (*ClientConn, error) {
 		return nil, err
 	}
 	cc.target = target
-	cc.mu.Lock()
-	cc.reconnect = true
-	go cc.reconnectLoop()
-	cc.mu.Unlock()
+	cc.startResolving()
 	return cc, nil
 }
 
-// Dial connects to the listener name in the pool and returns once the
-// server has accepted, or ctx ends (without a deadline on ctx, Dial waits at
-// most the connect timeout). A missing listener is an Unavailable error.
+// Dial connects to the service name in the pool and returns once one of
+// its instances has accepted, or ctx ends (without a deadline on ctx, Dial
+// waits at most the connect timeout). A service with no instance in the
+// pool is an Unavailable error.
 func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, error) {
 	cc, err := newClientConn(name, opts, false)
 	if err != nil {
 		return nil, err
 	}
-	t, err := cc.connect(ctx)
-	if err != nil {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cc.opts.connectLimit)
+		defer cancel()
+	}
+	cc.startResolving()
+	if err := cc.waitFirst(ctx); err != nil {
+		cc.Close()
 		return nil, err
 	}
-	cc.mu.Lock()
-	if why := cc.install(t); why != nil {
-		cc.lastErr, cc.reconnect = why, true
-		cc.setState(connectivity.TransientFailure)
-		go cc.reconnectLoop()
-	}
-	cc.mu.Unlock()
 	return cc, nil
 }
 
-// install makes t the connection new calls start on, unless it already
-// failed or was told to go away: its reader may have called lost before t
-// was installed, when lost had nothing to do. It returns why t cannot be
-// used, or nil. The caller holds cc.mu.
-func (cc *ClientConn) install(t transport.ClientTransport) error {
-	why := t.Err()
-	if why == nil {
-		cc.cur = t
-		cc.setState(connectivity.Ready)
+// waitFirst waits until an instance is connected, and fails when the
+// pool has none or every instance's first attempt failed.
+func (cc *ClientConn) waitFirst(ctx context.Context) error {
+	for {
+		cc.mu.Lock()
+		settled, why, ch := cc.firstSettled(), cc.lastErr, cc.progress
+		cc.mu.Unlock()
+		if len(cc.pickable()) > 0 {
+			return nil
+		}
+		if settled {
+			return status.Convert(why).Err()
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			if why != nil {
+				return status.Convert(why).Err()
+			}
+			return status.Errorf(status.FromContextError(ctx.Err()).Code(), "notnets: connect to %q: %v", cc.name, ctx.Err())
+		}
 	}
-	return why
+}
+
+// firstSettled reports whether the first look at the pool is over: the
+// directory has been read and every instance found has had a first try.
+// The caller holds cc.mu.
+func (cc *ClientConn) firstSettled() bool {
+	if !cc.resolved {
+		return false
+	}
+	for _, sc := range cc.subs {
+		if sc.tries == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// progressed wakes whoever waits for the first look at the pool to
+// settle. The caller holds cc.mu.
+func (cc *ClientConn) progressed() {
+	close(cc.progress)
+	cc.progress = make(chan struct{})
+}
+
+// pickable returns the current snapshot.
+func (cc *ClientConn) pickable() []*pickEntry {
+	if p := cc.snap.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// publish rebuilds the snapshot from the connected instances, in a
+// stable order (pick_first takes the first), and updates the state. The
+// caller holds cc.mu.
+func (cc *ClientConn) publish() {
+	var es []*pickEntry
+	for _, sc := range cc.subs {
+		if sc.entry != nil {
+			es = append(es, sc.entry)
+		}
+	}
+	slices.SortFunc(es, func(a, b *pickEntry) int { return strings.Compare(a.inst.Base, b.inst.Base) })
+	grew := len(es) > len(cc.pickable())
+	cc.snap.Store(&es)
+	if grew {
+		close(cc.ready)
+		cc.ready = make(chan struct{})
+	}
+	cc.updateState()
+}
+
+// updateState sets the connectivity state from the instances: Ready while
+// one is connected, Connecting while one is being connected (or the pool
+// has not been read yet), TransientFailure otherwise. The caller holds
+// cc.mu.
+func (cc *ClientConn) updateState() {
+	switch {
+	case cc.closed:
+		cc.setState(connectivity.Shutdown)
+	case len(cc.pickable()) > 0:
+		cc.setState(connectivity.Ready)
+	case !cc.resolved || cc.anyAttempting():
+		cc.setState(connectivity.Connecting)
+	default:
+		cc.setState(connectivity.TransientFailure)
+	}
+}
+
+func (cc *ClientConn) anyAttempting() bool {
+	for _, sc := range cc.subs {
+		if sc.attempting {
+			return true
+		}
+	}
+	return false
 }
 
 // setState records a new connectivity state and wakes WaitForStateChange.
@@ -200,15 +335,19 @@ func (cc *ClientConn) setState(s connectivity.State) {
 	cc.stateCh = make(chan struct{})
 }
 
-// GetState returns the connectivity state: Ready while there is a
-// connection for new calls, Connecting while one is being made,
+// GetState returns the connectivity state: Ready while an instance is
+// connected for new calls, Connecting while one is being connected,
 // TransientFailure while waiting to try again, Shutdown after Close. A
-// notnets ClientConn is never Idle: it connects at Dial and at once after
-// a loss.
+// notnets ClientConn is never Idle: it connects at once. With a fallback
+// and no instance connected, it is the fallback's state.
 func (cc *ClientConn) GetState() connectivity.State {
 	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	return cc.state
+	s := cc.state
+	cc.mu.Unlock()
+	if cc.fallback != nil && s != connectivity.Ready && s != connectivity.Shutdown {
+		return cc.fallback.GetState()
+	}
+	return s
 }
 
 // WaitForStateChange waits until the state differs from source, and
@@ -235,129 +374,16 @@ func (cc *ClientConn) WaitForStateChange(ctx context.Context, source connectivit
 // for code written against grpc.ClientConn.
 func (cc *ClientConn) Connect() {}
 
-// ResetConnectBackoff makes a ClientConn that waits to connect again try
-// now.
+// ResetConnectBackoff makes every connection that waits to be made again
+// try now, and the pool be looked at again.
 func (cc *ClientConn) ResetConnectBackoff() {
 	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	if !cc.reconnect {
-		return // nothing waits: a token now would cut a later wait short
-	}
-	select {
-	case cc.retryNow <- struct{}{}:
-	default:
-	}
-}
-
-// connect makes a new connection, bounded by ctx and the connect timeout.
-func (cc *ClientConn) connect(ctx context.Context) (transport.ClientTransport, error) {
-	pool.CleanIn(cc.opts.pool, cc.opts.access) // best effort: files of processes that died
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cc.opts.connectLimit)
-		defer cancel()
-	}
-	var statsCtx context.Context
-	events := transport.ClientEvents{
-		Lost: cc.lost,
-		Closed: func() {
-			if sh := cc.opts.stats; sh != nil {
-				sh.connEnd(statsCtx, true)
-			}
-		},
-	}
-	if sh := cc.opts.stats; sh != nil {
-		statsCtx = sh.connBegin(context.Background(), true, cc.peerAddr, &Addr{Pool: cc.opts.pool})
-		events.InHeader = func(s *transport.ClientStream, md metadata.MD, wireLen int) {
-			if wireLen < 0 {
-				sh.handle(s.Context(), &stats.InHeader{Client: true, Header: md})
-				return
-			}
-			sh.handle(s.Context(), &stats.InHeader{Client: true, Header: md, WireLength: wireLen})
-		}
-		events.InTrailer = func(s *transport.ClientStream, md metadata.MD, wireLen int) {
-			sh.handle(s.Context(), &stats.InTrailer{Client: true, Trailer: md, WireLength: wireLen})
-		}
-	}
-	t, err := transport.Dial(ctx, &cc.dial, events)
-	if err != nil {
-		return nil, err
-	}
-	return t, nil
-}
-
-// lost is called when t can take no new calls (it failed, or the server
-// said it is going away): calls now fail fast, or wait for ready, while a
-// goroutine connects again with backoff.
-func (cc *ClientConn) lost(t transport.ClientTransport, why error) {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	if cc.cur != t || cc.closed {
-		return
-	}
-	cc.cur, cc.lastErr = nil, why
-	cc.setState(connectivity.TransientFailure)
-	if !cc.reconnect {
-		cc.reconnect = true
-		go cc.reconnectLoop()
-	}
-}
-
-// reconnectLoop connects again, waiting between tries as grpc-go's
-// connection backoff does, until it succeeds or the ClientConn closes.
-func (cc *ClientConn) reconnectLoop() {
-	for retries := 0; ; retries++ {
-		if retries > 0 {
-			wait := time.NewTimer(backoffDelay(cc.opts.backoff, retries-1))
-			select {
-			case <-wait.C:
-			case <-cc.retryNow:
-				wait.Stop()
-				retries = 0 // the next waits start again from the base delay
-			case <-cc.quit:
-				wait.Stop()
-				return
-			}
-		}
-		cc.mu.Lock()
-		if !cc.closed {
-			cc.setState(connectivity.Connecting)
-		}
-		cc.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), cc.opts.connectLimit)
-		go func() {
-			select {
-			case <-cc.quit:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-		t, err := cc.connect(ctx)
-		cancel()
-		cc.mu.Lock()
-		if cc.closed {
-			cc.mu.Unlock()
-			if t != nil {
-				t.Close(ErrClientConnClosing)
-			}
-			return
-		}
-		if err == nil {
-			if err = cc.install(t); err != nil {
-				go t.Close(err) // failed at once: try again
-			}
-		}
-		if err != nil {
-			cc.lastErr = err
-			cc.setState(connectivity.TransientFailure)
-			cc.mu.Unlock()
-			continue
-		}
-		cc.lastErr, cc.reconnect = nil, false
-		close(cc.ready)
-		cc.ready = make(chan struct{})
-		cc.mu.Unlock()
-		return
+	close(cc.retryNow)
+	cc.retryNow = make(chan struct{})
+	cc.mu.Unlock()
+	cc.resolveNow()
+	if cc.fallback != nil {
+		cc.fallback.ResetConnectBackoff()
 	}
 }
 
@@ -372,34 +398,54 @@ func backoffDelay(cfg backoff.Config, retries int) time.Duration {
 	return time.Duration(max(d, 0))
 }
 
-// transport returns the connection a new call starts on. Without one, the
-// call fails with the reason, or, when it waits for ready, waits for a new
-// connection as long as ctx allows.
-func (cc *ClientConn) transport(ctx context.Context, waitForReady bool) (transport.ClientTransport, error) {
+// errUseFallback says that a call goes over the fallback client: no
+// instance in the pool is connected.
+var errUseFallback = errors.New("notnets: no instance connected; use the fallback")
+
+// pick returns the instance a new call starts on. Without one, the call
+// fails with the reason, or, when it waits for ready, waits for an
+// instance as long as ctx allows, or (errUseFallback) goes over the
+// fallback. A request already in an instance's heap goes to that
+// instance.
+func (cc *ClientConn) pick(ctx context.Context, waitForReady bool, msg *transport.OutMsg) (*pickEntry, error) {
 	for {
+		es := cc.pickable()
+		if msg.InHeap() {
+			// Alloc'd in one instance's heap: it goes there, uncopied.
+			for _, e := range es {
+				if e.t.Holds(msg) && e.Usable() {
+					return e, nil
+				}
+			}
+		}
+		if i := balance.Pick(&cc.picker, es); i >= 0 {
+			return es[i], nil
+		}
 		cc.mu.Lock()
-		t, ready, closed, why, stateCh := cc.cur, cc.ready, cc.closed, cc.lastErr, cc.stateCh
+		ready, closed, why, progress, settled := cc.ready, cc.closed, cc.lastErr, cc.progress, cc.firstSettled()
 		cc.mu.Unlock()
 		if closed {
 			return nil, ErrClientConnClosing
 		}
 		// A connection that failed or was told to go away takes no new
-		// calls; lost is about to clear it. Until then, look again every
+		// calls; lost is about to drop it. Until then, look again every
 		// millisecond rather than spin.
 		var recheck <-chan time.Time
-		if t != nil {
-			dead := t.Err()
-			if dead == nil {
-				return t, nil
-			}
-			why, recheck = dead, time.After(time.Millisecond)
-		}
 		var changed <-chan struct{}
-		if t == nil && why == nil {
-			// The first connection is being made (NewClient): every call
-			// waits for it to be made or to fail, as grpc-go's do.
-			changed = stateCh
-		} else if !waitForReady {
+		switch {
+		case len(es) > 0:
+			recheck = time.After(time.Millisecond)
+		case !settled:
+			// The pool is being read, or its instances' first
+			// connections made (NewClient): every call waits for that,
+			// as grpc-go's do for the first resolution.
+			changed = progress
+		case cc.fallback != nil:
+			return nil, errUseFallback
+		case !waitForReady:
+			if why == nil {
+				why = status.Errorf(codes.Unavailable, "notnets: no instance of %q in pool %s", cc.name, cc.opts.pool)
+			}
 			return nil, status.Convert(why).Err()
 		}
 		select {
@@ -414,7 +460,7 @@ func (cc *ClientConn) transport(ctx context.Context, waitForReady bool) (transpo
 	}
 }
 
-// Target returns the target given to NewClient, or the listener name given
+// Target returns the target given to NewClient, or the service name given
 // to Dial.
 func (cc *ClientConn) Target() string {
 	if cc.target != "" {
@@ -423,8 +469,12 @@ func (cc *ClientConn) Target() string {
 	return cc.name
 }
 
-// Close closes the connection. Calls in progress fail with Canceled; the
-// server sees the connection close and cancels their handlers. As in
+// FallbackCalls returns how many calls went over the fallback client
+// (WithFallback) because no instance was connected.
+func (cc *ClientConn) FallbackCalls() uint64 { return cc.fellBack.Load() }
+
+// Close closes every connection. Calls in progress fail with Canceled;
+// the servers see the connections close and cancel their handlers. As in
 // grpc-go, closing finishes the calls: their OnFinish and stats End run.
 func (cc *ClientConn) Close() error {
 	cc.mu.Lock()
@@ -435,13 +485,24 @@ func (cc *ClientConn) Close() error {
 	cc.closed = true
 	cc.setState(connectivity.Shutdown)
 	close(cc.quit)
-	t := cc.cur
-	cc.cur = nil
+	cc.endLife()
+	var ts []transport.ClientTransport
+	for _, sc := range cc.subs {
+		sc.removed = true
+		if sc.t != nil {
+			ts = append(ts, sc.t)
+		}
+	}
+	cc.subs = map[string]*subConn{}
+	cc.snap.Store(nil)
 	cc.mu.Unlock()
-	if t != nil {
+	for _, t := range ts {
 		for _, s := range t.Close(ErrClientConnClosing) {
 			s.User().(*clientStream).done()
 		}
+	}
+	if cc.fallback != nil {
+		cc.fallback.Close()
 	}
 	return nil
 }

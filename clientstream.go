@@ -25,6 +25,7 @@ type clientStream struct {
 	ts     *transport.ClientStream
 	cc     *ClientConn
 	t      transport.ClientTransport // the connection the call runs on
+	addr   *Addr                     // the instance t is connected to
 	ctx    context.Context
 	desc   *grpc.StreamDesc
 	ci     *callInfo
@@ -81,7 +82,7 @@ func (s *clientStream) end(err error, useStatus, keep bool) {
 			*t = trailer
 		}
 		for _, p := range s.ci.peers {
-			*p = peer.Peer{Addr: s.cc.peerAddr, LocalAddr: &Addr{Pool: s.cc.opts.pool}, AuthInfo: authInfo(s.t.Peer())}
+			*p = peer.Peer{Addr: s.addr, LocalAddr: &Addr{Pool: s.cc.opts.pool}, AuthInfo: authInfo(s.t.Peer())}
 		}
 		for _, f := range s.ci.onFinish {
 			f(err)

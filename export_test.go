@@ -11,14 +11,22 @@ import (
 // conn is one side of a connection, as the tests reach into it.
 type conn = transport.Conn
 
+// current returns the connection the first instance's calls go to, or
+// nil, for tests (which run one instance).
+func (cc *ClientConn) current() transport.ClientTransport {
+	if es := cc.pickable(); len(es) > 0 {
+		return es[0].t
+	}
+	return nil
+}
+
 // conn returns the current connection's side, or nil, for tests.
 func (cc *ClientConn) conn() *conn {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	if cc.cur == nil {
+	t := cc.current()
+	if t == nil {
 		return nil
 	}
-	return transport.ConnOf(cc.cur)
+	return transport.ConnOf(t)
 }
 
 // HeapRefs returns how many messages cc's current connection has sent and
@@ -35,9 +43,7 @@ func SegmentPath(cc *ClientConn) string { return cc.conn().Seg().Path }
 // ClientState describes cc's connection and its streams, for a test that
 // finds a call stalled.
 func ClientState(cc *ClientConn) string {
-	cc.mu.Lock()
-	t := cc.cur
-	cc.mu.Unlock()
+	t := cc.current()
 	if t == nil {
 		return "no connection"
 	}

@@ -229,8 +229,8 @@ func TestReconnectSurvivesEarlyFailure(t *testing.T) {
 		}
 	}()
 	cc.conn().Fail(status.Error(codes.Unavailable, "review: first connection cut")) // lost -> reconnectLoop
-	waitUntil(t, 10*time.Second, "reconnectLoop's connect has the new transport's reader running and waits in watch", func() bool {
-		return anyStack("transport.watch(", "reconnectLoop")
+	waitUntil(t, 10*time.Second, "connectLoop's connect has the new transport's reader running and waits in watch", func() bool {
+		return anyStack("transport.watch(", "connectLoop")
 	})
 	var second *serverConn
 	waitUntil(t, 10*time.Second, "the server holds the new connection", func() bool {
@@ -263,7 +263,7 @@ func TestReconnectSurvivesEarlyFailure(t *testing.T) {
 		runtime.Gosched()
 	}
 	cc.mu.Lock()
-	reconnecting, cur := cc.reconnect, cc.cur
+	reconnecting, cur := cc.anyAttempting(), cc.current()
 	cc.mu.Unlock()
 	t.Fatalf("calls still fail 10 s after the failure with a healthy server: %v (reconnecting=%v, current transport closed: %v)",
 		last, reconnecting, cur != nil && transport.ConnOf(cur).CloseErr() != nil)

@@ -14,11 +14,13 @@ import (
 	"github.com/notnets/notnets/internal/transport"
 )
 
-// Addr is the address of a notnets endpoint: a name in a pool directory.
+// Addr is the address of a notnets endpoint: a service name in a pool
+// directory, and which instance of it.
 type Addr struct {
-	Pool string // the pool directory
-	Name string // the listener name
-	PID  int    // the process at this end, when known
+	Pool     string // the pool directory
+	Name     string // the service name
+	PID      int    // the process at this end, when known
+	Instance string // the instance, <name>+<id>, when known
 }
 
 // Network returns "notnets".
@@ -61,10 +63,15 @@ func (e exhaustedError) GRPCStatus() *status.Status {
 	return status.New(codes.ResourceExhausted, e.err.Error())
 }
 
-// Listen publishes a listener under name in the pool. It fails if a live
-// listener already has the name; a file left by a dead process is replaced.
-// It fails with an error wrapping ErrPoolExhausted when the pool has no
-// room.
+// ErrInstanceExists is wrapped by the error of a Listen WithExclusive when
+// a live instance already serves the name.
+var ErrInstanceExists = transport.ErrInstanceExists
+
+// Listen publishes a new instance of the service name in the pool: any
+// number of server processes may serve one name, and clients balance
+// their calls over them (WithBalancing). With WithExclusive it fails if
+// a live instance already serves the name. It fails with an error
+// wrapping ErrPoolExhausted when the pool has no room.
 func Listen(name string, opts ...ListenOption) (*Listener, error) {
 	o := listenOptions{wait: defaultWait()}
 	for _, opt := range opts {
@@ -78,7 +85,7 @@ func Listen(name string, opts ...ListenOption) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	l, err := transport.Listen(o.pool, name, access, o.wait)
+	l, err := transport.Listen(o.pool, name, access, transport.ListenConfig{Wait: o.wait, Exclusive: o.exclusive})
 	if errors.Is(err, pool.ErrExhausted) {
 		return nil, exhaustedError{err}
 	}
@@ -89,7 +96,9 @@ func Listen(name string, opts ...ListenOption) (*Listener, error) {
 }
 
 // Addr returns the listener's address.
-func (l *Listener) Addr() net.Addr { return &Addr{Pool: l.l.Dir(), Name: l.l.Name(), PID: os.Getpid()} }
+func (l *Listener) Addr() net.Addr {
+	return &Addr{Pool: l.l.Dir(), Name: l.l.Name(), PID: os.Getpid(), Instance: l.l.Instance()}
+}
 
 // Close removes the listener from the pool. Accepted connections stay open.
 func (l *Listener) Close() error { return l.l.Close() }

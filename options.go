@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/notnets/notnets/internal/balance"
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/transport"
 
@@ -78,6 +79,17 @@ type dialOptions struct {
 	backoff      backoff.Config
 	perRPC       []credentials.PerRPCCredentials // WithPerRPCCredentials
 	stats        statsHandlers                   // WithStatsHandler
+	policy       balance.Policy                  // WithBalancing
+	fallback     *fallbackConfig                 // WithFallback
+	serverUIDs   []uint32                        // WithServerUIDs, nil for any
+	serverGIDs   []uint32                        // WithServerGIDs, nil for any
+	badConfig    error                           // WithDefaultServiceConfig's parse error
+}
+
+// fallbackConfig is WithFallback's target and options.
+type fallbackConfig struct {
+	target string
+	opts   []grpc.DialOption
 }
 
 type serverOptions struct {
@@ -96,9 +108,10 @@ type serverOptions struct {
 }
 
 type listenOptions struct {
-	pool  string
-	group string
-	wait  waitConfig
+	pool      string
+	group     string
+	wait      waitConfig
+	exclusive bool
 }
 
 // DialOption configures Dial.
@@ -111,6 +124,15 @@ type ServerOption interface{ applyServer(*serverOptions) }
 type ListenOption interface{ applyListen(*listenOptions) }
 
 type dialFunc func(*dialOptions)
+
+type listenFunc func(*listenOptions)
+
+func (f listenFunc) applyListen(o *listenOptions) { f(o) }
+
+// WithExclusive makes Listen fail, with an error wrapping
+// ErrInstanceExists, when a live instance already serves the name. By
+// default Listen starts one more instance of the service.
+func WithExclusive() ListenOption { return listenFunc(func(o *listenOptions) { o.exclusive = true }) }
 
 func (f dialFunc) applyDial(o *dialOptions) { f(o) }
 
@@ -378,4 +400,72 @@ func MaxSendMsgSize(n int) ServerOption {
 // content subtype the client asked for, as grpc.ForceServerCodecV2 does.
 func ForceServerCodecV2(codec encoding.CodecV2) ServerOption {
 	return serverFunc(func(o *serverOptions) { o.codec = codec })
+}
+
+// Balancing is how a ClientConn spreads its calls over the instances of
+// its service.
+type Balancing = balance.Policy
+
+// The balancing policies.
+const (
+	// LeastRequest, the default, sends each call to the less loaded of
+	// two instances chosen at random, load being the calls in flight and
+	// queued that each instance publishes in the pool, per worker thread
+	// (gRPC's least_request policy, on the servers' own counts).
+	LeastRequest Balancing = balance.LeastLoad
+	// RoundRobin sends calls to the connected instances in turn.
+	RoundRobin Balancing = balance.RoundRobin
+	// PickFirst sends every call to one instance (the first by name) while
+	// it is connected.
+	PickFirst Balancing = balance.PickFirst
+)
+
+// WithBalancing sets how calls are spread over the instances of the
+// service (LeastRequest by default).
+func WithBalancing(b Balancing) DialOption { return dialFunc(func(o *dialOptions) { o.policy = b }) }
+
+// WithDefaultServiceConfig takes the balancing policy from a gRPC service
+// config in JSON, as grpc.WithDefaultServiceConfig does: the first policy
+// of its loadBalancingConfig that notnets knows ("least_request",
+// "round_robin", "pick_first"), or its loadBalancingPolicy. Other fields
+// are ignored. A config that is not valid JSON is ignored too; NewClient
+// and Dial then fail with InvalidArgument.
+func WithDefaultServiceConfig(js string) DialOption {
+	return dialFunc(func(o *dialOptions) {
+		p, err := policyFromServiceConfig(js)
+		if err != nil {
+			o.badConfig = err
+			return
+		}
+		o.policy = p
+	})
+}
+
+// WithFallback makes the ClientConn send calls over a grpc-go client of
+// target (HTTP/2, with grpc-go's own resolver and balancer, made with
+// grpc.NewClient(target, opts...)) whenever no instance of the service is
+// connected in the pool, and over the pool again as soon as one is. The
+// ClientConn's interceptors run once for either path; the path a call
+// took shows in its peer address (Network "notnets" or the fallback's,
+// "tcp") and in FallbackCalls. Stats handlers and per-RPC credentials of
+// the fallback are given in opts, as to grpc.NewClient.
+func WithFallback(target string, opts ...grpc.DialOption) DialOption {
+	return dialFunc(func(o *dialOptions) { o.fallback = &fallbackConfig{target: target, opts: opts} })
+}
+
+// WithServerUIDs makes the ClientConn use only instances of the service
+// run by one of these users: their listener files must belong to one of
+// them, and the kernel must report one of them for the server process
+// when the connection is made. Instances of other users (in a pool shared
+// by a group, WithPoolGroup) are never called. It is the notnets
+// counterpart of checking a TLS server name.
+func WithServerUIDs(uids ...uint32) DialOption {
+	return dialFunc(func(o *dialOptions) { o.serverUIDs = append([]uint32{}, uids...) })
+}
+
+// WithServerGIDs makes the ClientConn use only instances whose server
+// process runs with one of these groups (primary or supplementary), as
+// the kernel reports it when the connection is made.
+func WithServerGIDs(gids ...uint32) DialOption {
+	return dialFunc(func(o *dialOptions) { o.serverGIDs = append([]uint32{}, gids...) })
 }

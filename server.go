@@ -205,6 +205,9 @@ func (s *Server) Stop() {
 func (s *Server) GracefulStop() {
 	s.mu.Lock()
 	s.draining.Store(true)
+	for l := range s.lis {
+		l.l.Drain() // clients pick it no more, from now on
+	}
 	s.closeListeners()
 	conns := make([]*serverConn, 0, len(s.conns))
 	for sc := range s.conns {

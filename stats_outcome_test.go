@@ -332,9 +332,7 @@ func TestUnaryEndAfterEarlyTrailers(t *testing.T) {
 	}
 	sc.t.Conn().Unlock()
 	waitUntil(t, 10*time.Second, "the client records the status", func() bool {
-		cc.mu.Lock()
-		tr := cc.cur
-		cc.mu.Unlock()
+		tr := cc.current()
 		return tr != nil && !transport.OpenStreamsOf(tr)
 	})
 	cancel()

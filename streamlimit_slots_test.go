@@ -307,9 +307,7 @@ func modeStress(t *testing.T, limit uint32) {
 	if cur := cc.conn(); cur != cn || cn.CloseErr() != nil {
 		t.Fatalf("the connection was replaced or closed: %v", cn.CloseErr())
 	}
-	cc.mu.Lock()
-	tr := cc.cur
-	cc.mu.Unlock()
+	tr := cc.current()
 	used := transport.SlotsUsed(tr)
 	if used != 0 {
 		t.Errorf("client counts %d streams after every call ended", used)

@@ -377,6 +377,8 @@ type ListenerLayout struct {
 	Slots  []Slot
 	PID    int
 	Flags  uint32 // ListenerSocketOnly
+	// Load is what the instance publishes for balancers (instance.go).
+	Load Load
 }
 
 // ListenerSize is the size of a listener segment.
@@ -403,7 +405,7 @@ func MapListener(mem []byte) (*ListenerLayout, error) {
 	if n != Slots || len(mem) != ListenerSize {
 		return nil, fmt.Errorf("listener with %d slots in %d bytes, want %d slots in %d", n, len(mem), Slots, ListenerSize)
 	}
-	l := &ListenerLayout{Server: controlAt(mem, PageSize), Knock: u32(mem, 2*PageSize), PID: pid, Flags: flags}
+	l := &ListenerLayout{Server: controlAt(mem, PageSize), Knock: u32(mem, 2*PageSize), PID: pid, Flags: flags, Load: loadAt(mem, PageSize)}
 	for i := 0; i < Slots; i++ {
 		off := 2*PageSize + 64 + i*SlotSize
 		sm := mem[off : off+SlotSize : off+SlotSize]

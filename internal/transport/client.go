@@ -44,6 +44,9 @@ type ClientTransport interface {
 	// AllocBlock allocates n bytes of the connection's own heap for the
 	// user to fill (Block), if it has room.
 	AllocBlock(n int) (Block, []byte, bool)
+	// Holds reports whether m lies in this connection's heap, where it
+	// goes out without a copy.
+	Holds(m *OutMsg) bool
 }
 
 // ErrTryAnother says that a call's connection stopped taking new calls
@@ -161,6 +164,9 @@ func (t *Client) Stage(m *OutMsg) error { return t.c.stage(m) }
 
 // AllocBlock allocates n bytes of the connection's own heap.
 func (t *Client) AllocBlock(n int) (Block, []byte, bool) { return t.c.allocUserBlock(n) }
+
+// Holds reports whether m lies in this connection's heap (AllocBlock).
+func (t *Client) Holds(m *OutMsg) bool { return m != nil && m.inHeapOf(t.c) }
 
 // readLoop is the background reader. It drains the ring whenever no call
 // is polling for its own reply, spins for the spin period after the last

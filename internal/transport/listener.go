@@ -7,9 +7,9 @@ import (
 	"os"
 	"runtime"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/notnets/notnets/internal/balance"
 	"github.com/notnets/notnets/internal/doorbell"
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
@@ -26,7 +26,8 @@ var ErrListenerClosed = errors.New("notnets: listener closed")
 // to wait for Accept to leave); hsMu guards the handshakes in progress.
 // Neither is held while the other is taken.
 type Listener struct {
-	dir, name string
+	dir, name string // name: the instance's base name, <service>+<id>
+	service   string
 	access    pool.Access
 	seg       *pool.Segment
 	lay       *pool.ListenerLayout
@@ -48,11 +49,24 @@ type Listener struct {
 	claimed   [pool.Slots]claimSeen
 }
 
-// Listen publishes a listener under name in the pool dir, which it
-// prepares with access. It fails if a live listener already has the name;
-// a file left by a dead process is replaced.
-func Listen(dir, name string, access pool.Access, wait Wait) (*Listener, error) {
-	if err := pool.ValidName(name); err != nil {
+// ListenConfig is how a listener is published.
+type ListenConfig struct {
+	Wait Wait
+	// Exclusive makes Listen fail with an error wrapping ErrInstanceExists
+	// when another live instance serves the service.
+	Exclusive bool
+}
+
+// ErrInstanceExists is wrapped by the error of an exclusive Listen of a
+// service that another live instance serves.
+var ErrInstanceExists = errors.New("notnets: the service has a live instance")
+
+// Listen publishes a new instance of service in the pool dir, which it
+// prepares with access: a listener named <service>+<random id>
+// (PROTOCOL.md 10.6). Other instances of the service may be live; with
+// cfg.Exclusive, their presence is an error.
+func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listener, error) {
+	if err := pool.ValidName(service); err != nil {
 		return nil, err
 	}
 	if err := pool.Prepare(dir, access); err != nil {
@@ -60,18 +74,15 @@ func Listen(dir, name string, access pool.Access, wait Wait) (*Listener, error) 
 	}
 	pool.CleanIn(dir, access) // best effort: files of processes that died
 
-	file := pool.ListenerFile(name)
-	seg, err := pool.CreateIn(dir, file, pool.ListenerSize, access)
-	if errors.Is(err, syscall.EEXIST) {
-		if err := removeStaleListener(dir, file, access); err != nil {
-			return nil, err
-		}
-		seg, err = pool.CreateIn(dir, file, pool.ListenerSize, access)
-	}
+	base, err := pool.NewInstance(service)
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{dir: dir, name: name, access: access, seg: seg, wait: wait, done: make(chan struct{})}
+	seg, err := pool.CreateIn(dir, pool.ListenerFile(base), pool.ListenerSize, access)
+	if err != nil {
+		return nil, err
+	}
+	l := &Listener{dir: dir, name: base, service: service, access: access, seg: seg, wait: cfg.Wait, done: make(chan struct{})}
 	if err := l.listenCreds(); err != nil {
 		seg.Unlink()
 		seg.Close()
@@ -88,31 +99,59 @@ func Listen(dir, name string, access pool.Access, wait Wait) (*Listener, error) 
 		seg.Close()
 		return nil, err
 	}
+	l.lay.Load.Workers.Store(uint32(runtime.GOMAXPROCS(0)))
 	l.startCreds()
 	l.lay.Server.State.Store(pool.StateOpen)
+	if cfg.Exclusive {
+		if pid := liveInstance(dir, service, base, access); pid != 0 {
+			l.Close()
+			return nil, fmt.Errorf("%w: listen %s/%s: instance of process %d is live", ErrInstanceExists, dir, service, pid)
+		}
+	}
+	// The mapping outlives Close: calls still running count their load
+	// in it until they end (Load), and a cleanup unmaps it once nothing
+	// refers to the listener.
+	runtime.AddCleanup(l, func(s *pool.Segment) { s.Close() }, seg)
+	watchListener(l)
+	balance.Announce(dir, access)
 	return l, nil
 }
 
-// removeStaleListener removes the listener file if its process is gone or
-// it is closed or unreadable, and fails if a live listener holds it.
-func removeStaleListener(dir, file string, access pool.Access) error {
-	seg, err := pool.OpenIn(dir, file, 0, 1<<20, access)
+// liveInstance returns the pid of a live instance of service other than
+// base, or 0.
+func liveInstance(dir, service, base string, access pool.Access) int {
+	bases, err := pool.ListInstances(dir, service, access)
 	if err != nil {
-		return err
+		return 0
 	}
-	defer seg.Close()
-	lay, err := pool.MapListener(seg.Mem)
-	if err == nil && lay.Server.State.Load() == pool.StateOpen && pool.ProcessAlive(lay.PID) {
-		return fmt.Errorf("notnets: listen %s/%s: address in use by process %d", dir, file, lay.PID)
+	for _, b := range bases {
+		if b == base {
+			continue
+		}
+		in, err := balance.OpenInstance(dir, b, access)
+		if err == nil && in.Open() && pool.ProcessAlive(in.PID) {
+			return in.PID
+		}
 	}
-	return seg.Unlink()
+	return 0
 }
 
 // Dir returns the pool directory the listener is published in.
 func (l *Listener) Dir() string { return l.dir }
 
-// Name returns the listener's name.
-func (l *Listener) Name() string { return l.name }
+// Name returns the service the listener serves.
+func (l *Listener) Name() string { return l.service }
+
+// Instance returns the listener's instance name, <service>+<id>.
+func (l *Listener) Instance() string { return l.name }
+
+// Load returns the load words the instance publishes; the server counts
+// its calls in them. They stay valid after Close.
+func (l *Listener) Load() *pool.Load { return &l.lay.Load }
+
+// Drain tells clients to start no new calls on this instance (its
+// GracefulStop has begun); they see it at their next pick.
+func (l *Listener) Drain() { l.lay.Load.Draining.Store(1) }
 
 // Close removes the listener from the pool. Accepted connections stay open.
 func (l *Listener) Close() error {
@@ -130,7 +169,8 @@ func (l *Listener) Close() error {
 			a.Refuse()
 		}
 		l.seg.Unlink()
-		l.seg.Close()
+		unwatchListener(l)
+		balance.Announce(l.dir, l.access)
 	})
 	return nil
 }
@@ -164,6 +204,8 @@ type Accepted struct {
 	// close with the state still 0 knows it was refused (PROTOCOL.md 10.4
 	// server step 5).
 	hs *net.UnixConn
+	// lis is the listener that accepted the segment.
+	lis *Listener
 }
 
 // settled closes the handshake connection, once the server state has been
@@ -218,6 +260,7 @@ func (l *Listener) Accept() (*Accepted, error) {
 		knock := l.lay.Knock.Load()
 		select {
 		case a := <-l.incoming: // nil channel without a socket: never ready
+			a.lis = l
 			return a, nil
 		default:
 		}
@@ -233,6 +276,7 @@ func (l *Listener) Accept() (*Accepted, error) {
 				// closed, and the connection ends as soon as it is served.
 				s.Free(w)
 				if err == nil {
+					a.lis = l
 					return a, nil
 				}
 				idleSince = time.Now()

@@ -37,8 +37,36 @@ type watched struct {
 // taken before a connection's mapMu, never with any other lock.
 var liveness struct {
 	sync.Mutex
-	conns   map[*conn]*watched
-	running bool
+	conns     map[*conn]*watched
+	listeners map[*Listener]bool // open listeners, whose heartbeat clients read (PROTOCOL.md 10.6)
+	running   bool
+}
+
+// watchListener keeps l's heartbeat until unwatchListener.
+func watchListener(l *Listener) {
+	liveness.Lock()
+	defer liveness.Unlock()
+	if liveness.listeners == nil {
+		liveness.listeners = make(map[*Listener]bool)
+	}
+	liveness.listeners[l] = true
+	startBeat()
+}
+
+// unwatchListener stops l's heartbeat.
+func unwatchListener(l *Listener) {
+	liveness.Lock()
+	defer liveness.Unlock()
+	delete(liveness.listeners, l)
+}
+
+// startBeat starts the beating goroutine if it is not running. The caller
+// holds the liveness lock.
+func startBeat() {
+	if !liveness.running {
+		liveness.running = true
+		go beat()
+	}
 }
 
 // peerAlive reports whether the peer's process, when its pid is known, is
@@ -76,10 +104,7 @@ func watch(c *conn, timeout time.Duration, peerPID int) {
 		liveness.conns = make(map[*conn]*watched)
 	}
 	liveness.conns[c] = w
-	if !liveness.running {
-		liveness.running = true
-		go beat()
-	}
+	startBeat()
 }
 
 // beat runs while any connection is watched.
@@ -138,7 +163,10 @@ func beatOnce(now time.Time) bool {
 			delete(liveness.conns, c)
 		}
 	}
-	running := len(liveness.conns) > 0
+	for l := range liveness.listeners {
+		l.lay.Server.Heartbeat.Add(1) // mapped until l is unreachable
+	}
+	running := len(liveness.conns) > 0 || len(liveness.listeners) > 0
 	liveness.running = running
 	liveness.Unlock()
 	for _, w := range dead {

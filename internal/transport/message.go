@@ -97,6 +97,9 @@ func (c *conn) stage(m *OutMsg) error {
 // inHeapOf reports whether m is raw bytes that already lie in c's heap.
 func (m *OutMsg) inHeapOf(c *conn) bool { return m.block != nil && m.block.c == c }
 
+// InHeap reports whether m (which may be nil) lies in a connection's heap.
+func (m *OutMsg) InHeap() bool { return m != nil && m.block != nil && m.block.c != nil }
+
 // PrepareMsg sizes or marshals v with codec and checks it against maxSend.
 // owner, if not nil, is freed with the message.
 func PrepareMsg(codec encoding.CodecV2, v any, maxSend int, owner Owner) (OutMsg, error) {

@@ -53,6 +53,11 @@ type Server struct {
 	cfg     ServerConfig
 	handler ServerHandler
 	workers *Workers
+	// lis is the listener the connection came through, which keeps its
+	// mapping alive; load is its published load, which the streams count
+	// themselves in (load.go), or nil.
+	lis  *Listener
+	load *pool.Load
 	peer    Identity
 	peerPID int
 
@@ -87,6 +92,10 @@ func NewServer(a *Accepted, cfg ServerConfig, workers *Workers, h ServerHandler)
 		peer:    a.Peer(),
 		peerPID: a.peerPID(),
 		streams: make(map[uint32]*ServerStream),
+		lis:     a.lis,
+	}
+	if a.lis != nil {
+		t.load = &a.lis.lay.Load
 	}
 	t.c = newConn(a.seg, a.lay.Server, a.lay.Client, a.lay.S2C, a.lay.C2S, cfg.Wait)
 	// The client allocated the ring (PROTOCOL.md 3.4), unless it is
@@ -157,6 +166,7 @@ func (t *Server) onClose(err error) {
 	}
 	t.mu.Unlock()
 	for _, st := range streams {
+		t.loadDone(st)
 		st.cancel(err)
 		st.dropQueued() // a stream that never ran is never removed
 		st.call.NeverRan(err)
@@ -327,6 +337,7 @@ func (t *Server) open(h frame.Header, p []byte) error {
 	t.lastID = h.Stream
 	t.streams[h.Stream] = st
 	t.mu.Unlock()
+	t.loadQueued(st)
 	if limit := t.cfg.MaxStreams; limit > 0 && t.openStreams.Load() >= int64(limit) {
 		st.call.Cancel(nil)
 		return fmt.Errorf("stream %d opened beyond the limit of %d concurrent streams (T11)", h.Stream, limit)
@@ -349,6 +360,7 @@ func (t *Server) requestDone(st *ServerStream) {
 
 // remove forgets st once its call is over.
 func (t *Server) remove(st *ServerStream) {
+	t.loadDone(st)
 	st.dropQueued()
 	t.mu.Lock()
 	delete(t.streams, st.id)

@@ -30,6 +30,10 @@ type ServerStream struct {
 	hasDeadline bool
 	closedOut   atomic.Bool // counted out of t.openStreams (closeStream)
 	aborted     atomic.Bool // cancelled: nothing more is sent
+	// queued and running say in which of the instance's published load
+	// words (Load.Queued, Load.InFlight) the stream is counted; each is
+	// cleared by whoever counts the stream out, once (load.go).
+	queued, running atomic.Bool
 
 	hmu        sync.Mutex
 	header     metadata.MD
@@ -51,6 +55,7 @@ var okStatus = status.New(codes.OK, "")
 // run runs the call and removes the stream when it returns.
 func (st *ServerStream) run() {
 	defer st.t.remove(st)
+	st.t.loadRunning(st)
 	st.call.Run()
 }
 

@@ -1,0 +1,81 @@
+//go:build linux
+
+package balance
+
+import (
+	"fmt"
+	"runtime"
+	"runtime/debug"
+
+	"github.com/notnets/notnets/internal/pool"
+)
+
+// Instance is a client's read-only view of one instance's listener: its
+// state and published load, and who made it.
+//
+// The listener stays mapped for as long as the Instance is reachable (a
+// picker may read it while another goroutine drops it), and is unmapped
+// by a cleanup after that.
+type Instance struct {
+	Base  string         // the instance's base name, <service>+<id>
+	Owner pool.FileOwner // the listener file's owner, uid and gid
+	PID   int            // the instance's pid, from its header
+	lay   *pool.ListenerLayout
+}
+
+// OpenInstance maps the listener of the instance base in the pool dir.
+func OpenInstance(dir, base string, a pool.Access) (*Instance, error) {
+	seg, err := pool.OpenIn(dir, pool.ListenerFile(base), pool.ListenerSize, pool.ListenerSize, a)
+	if err != nil {
+		return nil, err
+	}
+	lay, err := pool.MapListener(seg.Mem)
+	if err != nil {
+		seg.Close()
+		return nil, fmt.Errorf("notnets: instance %s: %w", base, err)
+	}
+	in := &Instance{Base: base, Owner: seg.Owner, PID: lay.PID, lay: lay}
+	runtime.AddCleanup(in, func(s *pool.Segment) { s.Close() }, seg)
+	return in, nil
+}
+
+// Open reports whether the instance's listener is open and not draining.
+func (in *Instance) Open() bool {
+	_, _, ok := in.Load()
+	return ok
+}
+
+// Heartbeat returns the instance's listener heartbeat, which it increments
+// every liveness beat while it is open; 0 if the mapping faulted.
+func (in *Instance) Heartbeat() (b uint64) {
+	defer func() {
+		if recover() != nil {
+			b = 0
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	return in.lay.Server.Heartbeat.Load()
+}
+
+// maxLoad bounds a published load, so that load times workers cannot
+// overflow 64 bits whatever a peer writes.
+const maxLoad = 1 << 24
+
+// Load returns the instance's published load (calls in flight plus calls
+// queued) and its workers (at least 1), each bounded, and whether the
+// instance takes calls: open, not draining, and its page readable.
+func (in *Instance) Load() (load, workers uint32, ok bool) {
+	defer func() {
+		if recover() != nil { // its owner truncated the file: SIGBUS
+			load, workers, ok = 0, 0, false
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	l := &in.lay.Load
+	if in.lay.Server.State.Load() != pool.StateOpen || l.Draining.Load() != 0 {
+		return 0, 0, false
+	}
+	load = min(l.InFlight.Load()+l.Queued.Load(), maxLoad)
+	workers = min(max(l.Workers.Load(), 1), maxLoad)
+	return load, workers, true
+}

@@ -1,0 +1,62 @@
+//go:build linux
+
+package pool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"syscall"
+)
+
+// RegistryFile is the name of a pool's registry segment: one page whose
+// generation word every listener increments when it opens or closes, so
+// that clients learn of new and departed instances without reading the
+// directory (PROTOCOL.md 10.7).
+const RegistryFile = "registry"
+
+// KindRegistry is the header kind of the registry segment.
+const KindRegistry = 3
+
+// offGeneration is the offset of the generation word (uint32) in the
+// registry segment, on a line of its own after the header fields.
+const offGeneration = 64
+
+// Registry is a mapped registry segment.
+type Registry struct {
+	seg *Segment
+	// Generation changes whenever an instance of any service in the pool
+	// opens or closes; waiters sleep on it as on a listener's knock word.
+	Generation *atomic.Uint32
+}
+
+// OpenRegistry maps the registry of the pool dir, creating it if it does
+// not exist yet. A registry file of another size, or with a header that
+// is not a registry's, is an error (the file is not removed: it may be
+// another user's, and only CleanIn judges files).
+func OpenRegistry(dir string, a Access) (*Registry, error) {
+	seg, err := CreateIn(dir, RegistryFile, PageSize, a)
+	if err == nil {
+		writeHeader(seg.Mem, KindRegistry, 0, 0, 0)
+		return &Registry{seg: seg, Generation: u32(seg.Mem, offGeneration)}, nil
+	}
+	if !errors.Is(err, syscall.EEXIST) {
+		return nil, err
+	}
+	seg, err = OpenIn(dir, RegistryFile, PageSize, PageSize, a)
+	if err != nil {
+		return nil, err
+	}
+	// A header still all zeros is one its creator is writing right now.
+	if m := binary.LittleEndian.Uint32(seg.Mem[offMagic:]); m != 0 {
+		if _, _, _, err := checkHeader(seg.Mem, KindRegistry); err != nil {
+			seg.Close()
+			return nil, fmt.Errorf("notnets: registry of pool %s: %w", dir, err)
+		}
+	}
+	return &Registry{seg: seg, Generation: u32(seg.Mem, offGeneration)}, nil
+}
+
+// Close unmaps the registry. Nobody may use Generation afterwards.
+func (r *Registry) Close() error { return r.seg.Close() }

@@ -1,0 +1,149 @@
+package notnets
+
+import (
+	"errors"
+	"slices"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/notnets/notnets/internal/balance"
+	"github.com/notnets/notnets/internal/pool"
+	"github.com/notnets/notnets/internal/transport"
+)
+
+// Resolution: a ClientConn reads the pool directory for its service's
+// instances when it starts, each time the registry's generation changes
+// (an instance opened or closed anywhere in the pool: balance.Watch), and
+// when one of its connections fails or cannot be made. It never reads the
+// directory per call.
+
+// resolveNow makes the resolving goroutine read the directory again.
+func (cc *ClientConn) resolveNow() {
+	select {
+	case cc.resolveCh <- struct{}{}:
+	default:
+	}
+}
+
+// resolveLoop reads the directory whenever asked, until Close.
+func (cc *ClientConn) resolveLoop() {
+	for {
+		cc.resolve()
+		select {
+		case <-cc.watchSig:
+		case <-cc.resolveCh:
+		case <-cc.quit:
+			return
+		}
+	}
+}
+
+// resolve reads the directory once: it starts connecting to the new
+// instances it may use, and drops those that left.
+func (cc *ClientConn) resolve() {
+	bases, err := pool.ListInstances(cc.opts.pool, cc.name, cc.opts.access)
+	cc.mu.Lock()
+	known := make(map[string]bool, len(cc.subs))
+	for b := range cc.subs {
+		known[b] = true
+	}
+	cc.mu.Unlock()
+	var found []*balance.Instance
+	var why error
+	for _, b := range bases {
+		if known[b] {
+			continue
+		}
+		in, err := balance.OpenInstance(cc.opts.pool, b, cc.opts.access)
+		if err == nil && cc.instanceGone(in) {
+			continue // closed, or left by a process that died: not an instance
+		}
+		if err == nil {
+			err = cc.trustInstance(in)
+		}
+		if err != nil {
+			why = err
+			continue
+		}
+		found = append(found, in)
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.closed {
+		return
+	}
+	for b, sc := range cc.subs {
+		if err == nil && !slices.Contains(bases, b) {
+			cc.drop(sc)
+		}
+	}
+	for _, in := range found {
+		sc := &subConn{inst: in, addr: &Addr{Pool: cc.opts.pool, Name: cc.name, PID: in.PID, Instance: in.Base}, connecting: true, attempting: true}
+		cc.subs[in.Base] = sc
+		go cc.connectLoop(sc)
+	}
+	switch {
+	case err != nil:
+		cc.lastErr = status.Errorf(codes.Unavailable, "notnets: service %q: %v", cc.name, err)
+	case why != nil && len(cc.subs) == 0:
+		cc.lastErr = instanceError(why)
+	case len(cc.subs) == 0:
+		cc.lastErr = status.Errorf(codes.Unavailable, "notnets: no instance of %q in pool %s", cc.name, cc.opts.pool)
+	}
+	cc.resolved = true
+	cc.updateState()
+	cc.progressed()
+}
+
+// instanceGone reports whether in no longer takes connections: its
+// listener is closed or draining, or (on one host) its process is gone.
+func (cc *ClientConn) instanceGone(in *balance.Instance) bool {
+	if !in.Open() {
+		return true
+	}
+	return !cc.opts.wait.PollOnly && !pool.ProcessAlive(in.PID)
+}
+
+// trustInstance checks the owner of an instance's listener against
+// WithServerUIDs, before anything is sent to it.
+func (cc *ClientConn) trustInstance(in *balance.Instance) error {
+	if u := cc.opts.serverUIDs; u != nil && !slices.Contains(u, in.Owner.UID) {
+		return status.Errorf(codes.PermissionDenied, "notnets: instance %s belongs to uid %d, not one of the server uids %v (WithServerUIDs)", in.Base, in.Owner.UID, u)
+	}
+	return nil
+}
+
+// trustPeer checks the server process of a new connection, as the kernel
+// (or, across hosts, the segment's owner) reports it, against
+// WithServerUIDs and WithServerGIDs.
+func (cc *ClientConn) trustPeer(sc *subConn, id transport.Identity) error {
+	if u := cc.opts.serverUIDs; u != nil && !slices.Contains(u, id.UID) {
+		return status.Errorf(codes.PermissionDenied, "notnets: instance %s runs as uid %d, not one of the server uids %v (WithServerUIDs)", sc.inst.Base, id.UID, u)
+	}
+	if g := cc.opts.serverGIDs; g != nil && !slices.Contains(g, id.GID) && !anyIn(id.Groups, g) {
+		return status.Errorf(codes.PermissionDenied, "notnets: instance %s runs with gid %d, in none of the server gids %v (WithServerGIDs)", sc.inst.Base, id.GID, g)
+	}
+	return nil
+}
+
+func anyIn(have, want []uint32) bool {
+	for _, h := range have {
+		if slices.Contains(want, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// instanceError is the status of an instance that cannot be used:
+// PermissionDenied when the pool's rules refuse its file, else Unavailable.
+func instanceError(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	if errors.Is(err, pool.ErrAccess) {
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}
