@@ -56,8 +56,8 @@ type Server struct {
 	// lis is the listener the connection came through, which keeps its
 	// mapping alive; load is its published load, which the streams count
 	// themselves in (load.go), or nil.
-	lis  *Listener
-	load *pool.Load
+	lis     *Listener
+	load    *pool.Load
 	peer    Identity
 	peerPID int
 
