@@ -93,6 +93,8 @@ type serverOptions struct {
 	stats       statsHandlers // StatsHandler
 	maxStreams  uint32        // MaxConcurrentStreams; 0 for none
 	maxConns    int           // MaxConnections; 0 for none
+
+	grpcOpts []grpc.ServerOption // WithGRPCServerOptions: for ServeGRPC's grpc.Server
 }
 
 type listenOptions struct {
@@ -378,4 +380,18 @@ func MaxSendMsgSize(n int) ServerOption {
 // content subtype the client asked for, as grpc.ForceServerCodecV2 does.
 func ForceServerCodecV2(codec encoding.CodecV2) ServerOption {
 	return serverFunc(func(o *serverOptions) { o.codec = codec })
+}
+
+// WithGRPCServerOptions adds options for the grpc.Server behind
+// Server.ServeGRPC: grpc.Creds(credentials.NewTLS(cfg)) to serve TLS, or
+// keepalive parameters, say. They apply after the options ServeGRPC
+// derives from the server's own, so they win where both set the same
+// thing (grpc.UnknownServiceHandler among them would stop ServeGRPC from
+// serving services registered after its first call). Interceptors added
+// with grpc.ChainUnaryInterceptor or grpc.ChainStreamInterceptor run
+// inside the server's, and one set with grpc.UnaryInterceptor or
+// grpc.StreamInterceptor outside them. They do nothing to calls over the
+// pool.
+func WithGRPCServerOptions(opts ...grpc.ServerOption) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.grpcOpts = append(o.grpcOpts, opts...) })
 }
