@@ -50,6 +50,17 @@
 // grpc-go; GracefulStop tells clients to start no new calls (a GOAWAY
 // frame) and waits for the calls in progress.
 //
+// The same server serves its services to clients outside the pool too,
+// as ordinary gRPC over HTTP/2, with one registration: [Server.ServeGRPC]
+// serves on a net.Listener through a grpc.Server that gets the server's
+// interceptors, stats handlers and limits, and the grpc.ServerOptions of
+// [WithGRPCServerOptions] (grpc.Creds for TLS, say). A handler tells
+// which path a call took by its peer.Addr: a [*Addr] over the pool, the
+// TCP address of the client over HTTP/2. Stop and GracefulStop end both.
+//
+//	go srv.Serve(lis)         // the pool
+//	go srv.ServeGRPC(tcpLis)  // HTTP/2, for grpc.NewClient("host:port", ...)
+//
 // A peer whose process exits costs its calls Unavailable within about
 // 100 ms on one host (unless WithPollOnly); so does a peer whose heartbeat
 // stands still for the liveness timeout ([WithLivenessTimeout], default
@@ -149,7 +160,8 @@
 //
 //   - The target of Dial is a listener name in a pool, not an address:
 //     there are no name resolvers and no load balancing. [Server.Serve]
-//     takes a [*Listener], not a net.Listener.
+//     takes a [*Listener], not a net.Listener ([Server.ServeGRPC] takes
+//     one, for gRPC over HTTP/2).
 //   - Dial connects eagerly: it returns once the server has accepted, and
 //     fails with Unavailable if no listener has the name. Without a
 //     deadline on its context it waits at most the connect timeout

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"net"
 	"os"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
@@ -350,4 +352,60 @@ func ExampleNewClient() {
 	}
 	fmt.Println(r.GetMessage())
 	// Output: Hello world
+}
+
+// pathGreeter greets its caller with the network its call came over.
+type pathGreeter struct{ pb.UnimplementedGreeterServer }
+
+func (pathGreeter) SayHello(ctx context.Context, in *pb.HelloRequest) (*pb.HelloReply, error) {
+	p, _ := peer.FromContext(ctx)
+	return &pb.HelloReply{Message: "Hello " + in.GetName() + " over " + p.Addr.Network()}, nil
+}
+
+// One registration serves clients in the pool and grpc-go clients over
+// HTTP/2 alike: Serve on a notnets Listener, ServeGRPC on a net.Listener
+// (TLS with notnets.WithGRPCServerOptions(grpc.Creds(...))). The handler
+// tells the paths apart by its peer's address.
+func ExampleServer_ServeGRPC() {
+	dir, err := os.MkdirTemp("", "notnets-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	lis, err := notnets.Listen("greeter", notnets.WithPool(dir))
+	if err != nil {
+		log.Fatal(err)
+	}
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := notnets.NewServer()
+	pb.RegisterGreeterServer(srv, pathGreeter{})
+	go srv.Serve(lis)
+	go srv.ServeGRPC(tcp)
+	defer srv.Stop() // stops both
+
+	ctx := context.Background()
+	cc, err := notnets.Dial(ctx, "greeter", notnets.WithPool(dir))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cc.Close()
+	gc, err := grpc.NewClient(tcp.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer gc.Close()
+	for _, conn := range []grpc.ClientConnInterface{cc, gc} {
+		r, err := pb.NewGreeterClient(conn).SayHello(ctx, &pb.HelloRequest{Name: "world"})
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(r.GetMessage())
+	}
+	// Output:
+	// Hello world over notnets
+	// Hello world over tcp
 }

@@ -3,11 +3,20 @@ package notnets_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
@@ -18,6 +27,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -321,6 +331,10 @@ func runServer() {
 	if os.Getenv("NOTNETS_TEST_STATS") != "" {
 		opts = append(opts, notnets.StatsHandler(serverStats))
 	}
+	grpcFile := os.Getenv(grpcAddrFileEnv)
+	if grpcFile != "" && os.Getenv(grpcTLSEnv) != "" {
+		opts = append(opts, notnets.WithGRPCServerOptions(grpc.Creds(selfSignedTLS(grpcFile+".pem"))))
+	}
 	srv := notnets.NewServer(opts...)
 	srv.RegisterService(&benchsvc.RawServiceDesc, struct{}{})
 	pb.RegisterGreeterServer(srv, greeter{})
@@ -333,6 +347,9 @@ func runServer() {
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
+	if grpcFile != "" {
+		serveGRPCOnLoopback(srv, grpcFile) // before "ready": the parent reads the file then
+	}
 	// grpc-go over TCP loopback, for benchmarks that compare.
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -641,3 +658,124 @@ func init() { encoding.RegisterCodecV2(taggedCodec{}) }
 // under -race on the 2-core development machine, before and after the
 // transport moved).
 var bigLiveness = notnets.WithLivenessTimeout(map[bool]time.Duration{true: 60 * time.Second, false: notnets.DefaultLivenessTimeout}[raceEnabled])
+
+// The server process also serves its services as gRPC over HTTP/2
+// (Server.ServeGRPC) on a loopback port when grpcAddrFileEnv names a file:
+// it writes the address there before it reports ready. With grpcTLSEnv
+// set as well it serves TLS, with a certificate of its own for 127.0.0.1
+// whose PEM it writes to the file's name with ".pem" added.
+const (
+	grpcAddrFileEnv = "NOTNETS_TEST_GRPC_ADDR_FILE"
+	grpcTLSEnv      = "NOTNETS_TEST_GRPC_TLS"
+)
+
+// grpcEnv returns the environment setting that makes a server process
+// serve gRPC over HTTP/2 too, with an address file in a directory of t's.
+func grpcEnv(t testing.TB) string {
+	return grpcAddrFileEnv + "=" + filepath.Join(t.TempDir(), "grpc-addr")
+}
+
+// serveGRPCOnLoopback listens on a loopback port, serves srv there with
+// ServeGRPC, and writes the address to path.
+func serveGRPCOnLoopback(srv *notnets.Server, path string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "server: listen for ServeGRPC:", err)
+		os.Exit(2)
+	}
+	go func() {
+		if err := srv.ServeGRPC(ln); err != nil {
+			fmt.Fprintln(os.Stderr, "server: ServeGRPC:", err)
+		}
+	}()
+	if err := writeFileAtomic(path, []byte(ln.Addr().String())); err != nil {
+		fmt.Fprintln(os.Stderr, "server:", err)
+		os.Exit(2)
+	}
+}
+
+// selfSignedTLS makes a key and a self-signed certificate for 127.0.0.1
+// in memory, writes the certificate as PEM to pemPath, and returns the
+// server's TLS credentials.
+func selfSignedTLS(pemPath string) credentials.TransportCredentials {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "server: TLS key:", err)
+		os.Exit(2)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "notnets test server"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "server: TLS certificate:", err)
+		os.Exit(2)
+	}
+	if err := writeFileAtomic(pemPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})); err != nil {
+		fmt.Fprintln(os.Stderr, "server:", err)
+		os.Exit(2)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}})
+}
+
+// writeFileAtomic writes data to a temporary file and renames it to path,
+// so that a reader never sees part of it.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
+	}
+	return nil
+}
+
+// grpcFile returns the address file of a server process started with
+// grpcEnv.
+func (p *serverProc) grpcFile(t testing.TB) string {
+	t.Helper()
+	var path string
+	for _, kv := range p.cmd.Env {
+		if v, ok := strings.CutPrefix(kv, grpcAddrFileEnv+"="); ok {
+			path = v // the last setting wins, as for the process
+		}
+	}
+	if path == "" {
+		t.Fatalf("the server process was started without %s (grpcEnv)", grpcAddrFileEnv)
+	}
+	return path
+}
+
+// grpcAddr returns the loopback address where the server process serves
+// gRPC over HTTP/2.
+func (p *serverProc) grpcAddr(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile(p.grpcFile(t))
+	if err != nil {
+		t.Fatalf("the server process's gRPC address: %v", err)
+	}
+	return string(b)
+}
+
+// grpcCertPool returns a pool that trusts the certificate of a server
+// process started with grpcTLSEnv.
+func (p *serverProc) grpcCertPool(t testing.TB) *x509.CertPool {
+	t.Helper()
+	b, err := os.ReadFile(p.grpcFile(t) + ".pem")
+	if err != nil {
+		t.Fatalf("the server process's TLS certificate: %v", err)
+	}
+	certs := x509.NewCertPool()
+	if !certs.AppendCertsFromPEM(b) {
+		t.Fatalf("no certificate in the server process's PEM %q", b)
+	}
+	return certs
+}

@@ -105,6 +105,8 @@ type serverOptions struct {
 	stats       statsHandlers // StatsHandler
 	maxStreams  uint32        // MaxConcurrentStreams; 0 for none
 	maxConns    int           // MaxConnections; 0 for none
+
+	grpcOpts []grpc.ServerOption // WithGRPCServerOptions: for ServeGRPC's grpc.Server
 }
 
 type listenOptions struct {
@@ -468,4 +470,18 @@ func WithServerUIDs(uids ...uint32) DialOption {
 // the kernel reports it when the connection is made.
 func WithServerGIDs(gids ...uint32) DialOption {
 	return dialFunc(func(o *dialOptions) { o.serverGIDs = append([]uint32{}, gids...) })
+}
+
+// WithGRPCServerOptions adds options for the grpc.Server behind
+// Server.ServeGRPC: grpc.Creds(credentials.NewTLS(cfg)) to serve TLS, or
+// keepalive parameters, say. They apply after the options ServeGRPC
+// derives from the server's own, so they win where both set the same
+// thing (grpc.UnknownServiceHandler among them would stop ServeGRPC from
+// serving services registered after its first call). Interceptors added
+// with grpc.ChainUnaryInterceptor or grpc.ChainStreamInterceptor run
+// inside the server's, and one set with grpc.UnaryInterceptor or
+// grpc.StreamInterceptor outside them. They do nothing to calls over the
+// pool.
+func WithGRPCServerOptions(opts ...grpc.ServerOption) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.grpcOpts = append(o.grpcOpts, opts...) })
 }

@@ -15,7 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// ErrServerStopped is returned by Serve after Stop or GracefulStop.
+// ErrServerStopped is returned by Serve and ServeGRPC after Stop or
+// GracefulStop.
 var ErrServerStopped = errors.New("notnets: the server has been stopped")
 
 var errServerStopping = status.Error(codes.Unavailable, "notnets: server stopped")
@@ -28,7 +29,7 @@ type Server struct {
 	unaryInt  grpc.UnaryServerInterceptor
 	streamInt grpc.StreamServerInterceptor
 
-	// mu guards services, lis, conns, perLis and stopped; cv waits on it.
+	// mu guards services, lis, conns, perLis, stopped and grpc; cv waits on it.
 	// It is taken before any lock of a connection, and never held while
 	// one is closed.
 	mu       sync.Mutex
@@ -38,6 +39,7 @@ type Server struct {
 	conns    map[*serverConn]bool
 	perLis   map[*Listener]int // open connections in conns, by listener (MaxConnections)
 	stopped  bool
+	grpc     *grpcServing // ServeGRPC's grpc.Server, made on its first call
 	draining atomic.Bool
 	serving  sync.WaitGroup
 	workers  *transport.Workers
@@ -136,6 +138,8 @@ func (s *Server) GetServiceInfo() map[string]grpc.ServiceInfo {
 
 // Serve accepts connections on lis and serves them until Stop or
 // GracefulStop, after which it returns nil; lis is closed when it returns.
+// ServeGRPC serves the same services to gRPC clients over HTTP/2 on a
+// net.Listener, and one server may do both at once.
 func (s *Server) Serve(lis *Listener) error {
 	s.mu.Lock()
 	if s.stopped || s.draining.Load() {
@@ -179,8 +183,9 @@ func (s *Server) Serve(lis *Listener) error {
 	}
 }
 
-// Stop closes every listener and connection at once. Calls in progress end:
-// handlers see their contexts cancelled, and clients get Unavailable.
+// Stop closes every listener and connection at once, ServeGRPC's too.
+// Calls in progress end: handlers see their contexts cancelled, and
+// clients get Unavailable.
 func (s *Server) Stop() {
 	s.mu.Lock()
 	s.stopped = true
@@ -188,8 +193,10 @@ func (s *Server) Stop() {
 	conns := s.conns
 	s.conns = make(map[*serverConn]bool)
 	s.perLis = make(map[*Listener]int)
+	g := s.grpc
 	s.cv.Broadcast()
 	s.mu.Unlock()
+	g.stop()
 	for sc := range conns {
 		sc.t.Close(errServerStopping)
 	}
@@ -201,7 +208,8 @@ func (s *Server) Stop() {
 
 // GracefulStop stops accepting connections, tells clients to start no new
 // calls (a GOAWAY frame), waits for the calls in progress to finish, then
-// closes every connection.
+// closes every connection. It drains ServeGRPC's connections (as
+// grpc.Server's GracefulStop does) at the same time as the pool's.
 func (s *Server) GracefulStop() {
 	s.mu.Lock()
 	s.draining.Store(true)
@@ -209,6 +217,7 @@ func (s *Server) GracefulStop() {
 		l.l.Drain() // clients pick it no more, from now on
 	}
 	s.closeListeners()
+	grpcDrained := s.grpc.gracefulStop()
 	conns := make([]*serverConn, 0, len(s.conns))
 	for sc := range s.conns {
 		conns = append(conns, sc)
@@ -222,6 +231,7 @@ func (s *Server) GracefulStop() {
 		s.cv.Wait()
 	}
 	s.mu.Unlock()
+	<-grpcDrained // before Stop, which would cut its calls short
 	s.Stop()
 }
 
