@@ -76,7 +76,7 @@
 // sides must name the same pool. [Listen] creates the directory when it is
 // missing (mode 0700: the pool of one user); [Dial] fails with Unavailable
 // when it is missing. Services that run as different users share a pool through a
-// group: [WithPoolGroup] on both Listen and Dial (directory 02770, files
+// group: [WithPoolGroup] on both Listen and Dial (directory 03770: setgid and sticky; files
 // 0660). A pool directory that is a symbolic link, writable by others, or
 // owned by an unexpected user is refused with an error that says why
 // (PermissionDenied at Dial). Files left by processes that died are removed

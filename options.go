@@ -162,7 +162,7 @@ func (g PoolGroupOption) applyListen(o *listenOptions) { o.group = string(g) }
 
 // WithPoolGroup shares the pool among the members of group (a name or a
 // number), for services that run as different users: the directory is
-// created 02770 with that group, segments 0660, and a pool whose group is
+// created 03770 (setgid, sticky) with that group, segments 0660, and a pool whose group is
 // another, or that others can write, is refused. Without it a pool belongs
 // to one user (0700 and 0600) and a directory that its group can write is
 // refused. See docs/SECURITY.md.

@@ -150,8 +150,8 @@ func TestGroupPool(t *testing.T) {
 	group := fmt.Sprint(testGroup)
 	serveWho(t, dir, "shared", []ListenOption{WithPoolGroup(group)})
 	var st syscall.Stat_t
-	if err := syscall.Stat(dir, &st); err != nil || st.Mode&0o7777 != 0o2770 || st.Gid != testGroup {
-		t.Fatalf("shared pool directory: mode %o gid %d (%v), want 2770 and gid %d", st.Mode&0o7777, st.Gid, err, testGroup)
+	if err := syscall.Stat(dir, &st); err != nil || st.Mode&0o7777 != 0o3770 || st.Gid != testGroup {
+		t.Fatalf("shared pool directory: mode %o gid %d (%v), want 3770 and gid %d", st.Mode&0o7777, st.Gid, err, testGroup)
 	}
 	// The server learns the caller's own uid and gid from the kernel
 	// (SO_PEERCRED on the handshake socket), with a verified pid.

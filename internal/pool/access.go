@@ -19,8 +19,10 @@ import (
 // By default (the zero Access) a pool belongs to one user: the directory
 // is 0700 and owned by that user (or root), files are 0600. With a Group,
 // services running as different users share it through that group: the
-// directory is 02770 (setgid, so that every file in it gets the group),
-// its group is the Group and its owner a member of it; files are 0660.
+// directory is 03770 (setgid, so that every file in it gets the group,
+// and sticky, as /tmp is, so that a member can remove or rename only its
+// own files: no member can take down or replace another's listener), its
+// group is the Group and its owner a member of it; files are 0660.
 // Nothing else may write the directory, and a directory that breaks these
 // rules is refused with an error that says which (as ssh does for ~/.ssh).
 type Access struct {
@@ -53,7 +55,7 @@ func (a Access) shared() bool { return a.Shared }
 // dirMode is the mode of a pool directory.
 func (a Access) dirMode() uint32 {
 	if a.shared() {
-		return 0o2770
+		return 0o3770
 	}
 	return 0o700
 }
@@ -93,6 +95,9 @@ func (a Access) checkDir(dir string, st *unix.Stat_t) error {
 	}
 	if int(st.Gid) != a.Group {
 		return fmt.Errorf("%w: %s belongs to group %d, not the pool group %d", ErrAccess, dir, st.Gid, a.Group)
+	}
+	if st.Mode&unix.S_ISVTX == 0 {
+		return fmt.Errorf("%w: %s is shared by group %d but not sticky (mode %04o): a member could remove another's listener; chmod +t it", ErrAccess, dir, a.Group, st.Mode&0o7777)
 	}
 	if euid := uint32(os.Geteuid()); st.Uid != euid && st.Uid != 0 && !memberOf(st.Uid, a.Group) {
 		return fmt.Errorf("%w: %s is owned by uid %d, who is neither this user (uid %d), root, nor a member of the pool group %d", ErrAccess, dir, st.Uid, euid, a.Group)
@@ -165,7 +170,7 @@ func (a Access) ProtectSocket(dirFD int, name string) error {
 }
 
 // Prepare creates dir for a listener if it does not exist (mode 0700, or
-// 02770 with the group for a shared pool) and checks it as CheckDir does.
+// 03770 with the group for a shared pool) and checks it as CheckDir does.
 func Prepare(dir string, a Access) error {
 	if dir == "" {
 		return errors.New("notnets: empty pool directory")
@@ -184,8 +189,23 @@ func Prepare(dir string, a Access) error {
 		}
 	case !errors.Is(err, unix.EEXIST):
 		return fmt.Errorf("notnets: create pool directory %s: %w", dir, err)
+	default:
+		stickyOwn(dir, a)
 	}
 	return CheckDir(dir, a)
+}
+
+// stickyOwn adds the sticky bit to an existing shared pool directory that
+// this user owns and that lacks it (a pool made before the bit was
+// required). Anything else is left for CheckDir to judge.
+func stickyOwn(dir string, a Access) {
+	var st unix.Stat_t
+	if !a.shared() || unix.Lstat(dir, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return
+	}
+	if st.Mode&unix.S_ISVTX == 0 && st.Uid == uint32(os.Geteuid()) {
+		unix.Chmod(dir, st.Mode&0o7777|unix.S_ISVTX)
+	}
 }
 
 // OpenDir opens the pool directory dir, checked as CheckDir does, and

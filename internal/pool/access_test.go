@@ -24,7 +24,7 @@ func TestGroupAccess(t *testing.T) {
 }
 
 // TestSharedPoolModes prepares a shared pool and creates a segment in it:
-// directory 02770 with the group, file 0660 with the group, whatever the
+// directory 03770 with the group, file 0660 with the group, whatever the
 // umask.
 func TestSharedPoolModes(t *testing.T) {
 	withUmask(t, 0o077)
@@ -38,8 +38,8 @@ func TestSharedPoolModes(t *testing.T) {
 		t.Fatal(err)
 	}
 	var st syscall.Stat_t
-	if err := syscall.Stat(dir, &st); err != nil || st.Mode&0o7777 != 0o2770 || int(st.Gid) != gid {
-		t.Fatalf("directory mode %o gid %d (%v), want 2770 and %d", st.Mode&0o7777, st.Gid, err, gid)
+	if err := syscall.Stat(dir, &st); err != nil || st.Mode&0o7777 != 0o3770 || int(st.Gid) != gid {
+		t.Fatalf("directory mode %o gid %d (%v), want 3770 and %d", st.Mode&0o7777, st.Gid, err, gid)
 	}
 	seg, err := CreateIn(dir, "seg", PageSize, a)
 	if err != nil {
