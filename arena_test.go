@@ -730,7 +730,7 @@ func TestReplyStandsOverALateDeadline(t *testing.T) {
 	})
 	s.cancel(context.DeadlineExceeded)
 	var out Bytes
-	if err := s.recvUnary(&out); err != nil || out.Len() != 64<<10 {
+	if err := s.recvUnary(&out, false); err != nil || out.Len() != 64<<10 {
 		t.Fatalf("recvUnary after a late deadline: %v, %d bytes; want the reply", err, out.Len())
 	}
 	out.Free()

@@ -2,6 +2,7 @@ package notnets
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/notnets/notnets/internal/frame"
@@ -44,14 +45,36 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	}
 	s, err := cc.start(ctx, method, ci, unaryDesc, &msg)
 	msg.Free()
-	if err == errUseFallback { // the last instance went just now
-		return cc.invokeFallback(ctx, method, args, reply, opts...)
+	for tries := 1; ; tries++ {
+		if err == errUseFallback { // the last instance went just now
+			return cc.invokeFallback(ctx, method, args, reply, opts...)
+		}
+		if err != nil {
+			return err
+		}
+		if err = s.recvUnary(reply, tries < maxUnprocessedRetries); err != errUnprocessed {
+			return err
+		}
+		// The instance closed before it read the request (a graceful stop
+		// racing the pick): send it again, as grpc-go retries a stream
+		// its server refused.
+		if msg, err = prepareMsg(ci.codec, args, ci.maxSend); err != nil {
+			return err
+		}
+		reported := true
+		s, err = cc.attempt(s.ctx, method, ci, unaryDesc, &msg, s.begin, &reported)
+		msg.Free()
 	}
-	if err != nil {
-		return err
-	}
-	return s.recvUnary(reply)
 }
+
+// maxUnprocessedRetries bounds the attempts of a unary call whose request
+// its server never read: what a server's shared memory says cannot make a
+// call go round for ever.
+const maxUnprocessedRetries = 5
+
+// errUnprocessed says that a unary call's connection closed before its
+// server read the request: the call may go again.
+var errUnprocessed = errors.New("notnets: request not read before the connection closed")
 
 // NewStream starts a streaming call. It implements grpc.ClientConnInterface.
 func (cc *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
@@ -98,8 +121,14 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 		return nil, cc.notStarted(ctx, ci, time.Time{}, err)
 	}
 	ctx, begin := cc.beginStats(ctx, method, ci, desc)
-	sh := cc.opts.stats
 	reported := false // OutHeader and OutPayload, once even if the call starts again
+	return cc.attempt(ctx, method, ci, desc, msg, begin, &reported)
+}
+
+// attempt starts the call on a connection: on the next one when nothing
+// went out on the first (transport.ErrTryAnother).
+func (cc *ClientConn) attempt(ctx context.Context, method string, ci *callInfo, desc *grpc.StreamDesc, msg *transport.OutMsg, begin time.Time, reported *bool) (*clientStream, error) {
+	sh := cc.opts.stats
 	for {
 		s, ctxMD, err := cc.prepareStream(ctx, method, ci, desc, msg, begin)
 		if err == transport.ErrTryAnother {
@@ -108,7 +137,7 @@ func (cc *ClientConn) start(ctx context.Context, method string, ci *callInfo, de
 		if err != nil {
 			return nil, err
 		}
-		sent, err := s.send(sh, ctxMD, msg, &reported)
+		sent, err := s.send(sh, ctxMD, msg, reported)
 		switch {
 		case err == nil:
 			return s, nil

@@ -94,11 +94,15 @@ func (s *clientStream) end(err error, useStatus, keep bool) {
 }
 
 // recvUnary waits for the reply and status of a unary call.
-func (s *clientStream) recvUnary(reply any) (err error) {
+func (s *clientStream) recvUnary(reply any, retry bool) (err error) {
 	if err := s.ts.WaitStatus(); err != nil {
 		// The reply may have come as the deadline passed: then it stands,
 		// and the cancel does nothing.
 		s.cancel(err)
+	}
+	if retry && s.ts.Unprocessed() && s.ctx.Err() == nil {
+		s.ts.Settle() // the call goes on as another attempt: no End yet
+		return errUnprocessed
 	}
 	defer func() { s.doneWith(err) }()
 	m, n, st := s.ts.TakeReply()

@@ -110,3 +110,25 @@ func itoa(n int) string {
 // authInfoOf is the AuthInfo of the peer that created seg and claims to be
 // pid.
 func authInfoOf(seg *pool.Segment, pid int) AuthInfo { return authInfo(transport.IdentityOf(seg, pid)) }
+
+// ConnectedInstances returns how many instances cc has a usable
+// connection to, for tests in package notnets_test.
+func ConnectedInstances(cc *ClientConn) int {
+	n := 0
+	for _, e := range cc.pickable() {
+		if e.Usable() {
+			n++
+		}
+	}
+	return n
+}
+
+// Helpers of the security tests, for tests in package notnets_test.
+var (
+	NeedRoot       = needRoot
+	OpenBase       = openBase
+	CopyExecutable = copyExecutable
+)
+
+// TestGroup is the gid of the shared pools in the security tests.
+const TestGroup = testGroup

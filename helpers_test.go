@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,8 +120,14 @@ func startServer(t testing.TB, env ...string) *serverProc {
 // startServerIn starts the test server in a child process on the pool dir.
 func startServerIn(t testing.TB, dir string, env ...string) *serverProc {
 	t.Helper()
-	p := &serverProc{pool: dir}
-	p.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	return startServerCmd(t, dir, exec.Command(os.Args[0], "-test.run=^$"), env...)
+}
+
+// startServerCmd starts the test server with cmd (the test binary, maybe
+// as another user) on the pool dir.
+func startServerCmd(t testing.TB, dir string, cmd *exec.Cmd, env ...string) *serverProc {
+	t.Helper()
+	p := &serverProc{pool: dir, cmd: cmd}
 	p.cmd.Env = append(append(os.Environ(), roleEnv+"=server", "NOTNETS_POOL="+p.pool), env...)
 	p.cmd.Stderr = os.Stderr
 	var err error
@@ -304,6 +311,9 @@ func runServer() {
 	if os.Getenv("NOTNETS_TEST_POLLONLY") != "" {
 		lopts = append(lopts, notnets.WithPollOnly()) // the slots, as across hosts
 	}
+	if g := os.Getenv("NOTNETS_TEST_GROUP"); g != "" {
+		lopts = append(lopts, notnets.WithPoolGroup(g))
+	}
 	lis, err := notnets.Listen(listenName, lopts...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "server:", err)
@@ -390,6 +400,8 @@ func runServer() {
 			// OS threads, goroutines and open connections.
 			threads, waits, hubs := procThreads()
 			fmt.Println(threads, waits, hubs, runtime.NumGoroutine(), srv.ConnCount())
+		case "served":
+			fmt.Println(workServed.Load())
 		case "services":
 			var names []string
 			for name := range srv.GetServiceInfo() {
@@ -454,6 +466,32 @@ func mdValue(ctx context.Context, key string) string {
 		return v[0]
 	}
 	return ""
+}
+
+// workServed counts the "work" calls this server process has answered.
+var workServed atomic.Int64
+
+// work waits for the duration d (a time.ParseDuration string), times
+// $NOTNETS_TEST_SLOWDOWN if set, without using the CPU (as a handler that
+// calls another service does), counts the call, and answers with this
+// process's pid.
+func work(ctx context.Context, d string) (*testpb.SimpleResponse, error) {
+	wait, err := time.ParseDuration(d)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "work %q: %v", d, err)
+	}
+	if k, err := strconv.Atoi(os.Getenv("NOTNETS_TEST_SLOWDOWN")); err == nil {
+		wait *= time.Duration(k)
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	workServed.Add(1)
+	return body(strconv.Itoa(os.Getpid())), nil
 }
 
 func body(s string) *testpb.SimpleResponse {
@@ -528,6 +566,8 @@ func (s *semantics) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*t
 			return nil, status.Errorf(codes.Internal, "AuthInfo is %T", p.AuthInfo)
 		}
 		return body(fmt.Sprintf("%d %d %d %v", a.UID, a.GID, a.PID, a.PIDVerified)), nil
+	case "work":
+		return work(ctx, mdValue(ctx, "x-id"))
 	case "block":
 		return nil, s.block(ctx)
 	case "started":

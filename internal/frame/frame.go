@@ -72,7 +72,11 @@ const (
 	// FlagEndStream on a client MESSAGE or HEADERS frame means the client
 	// sends nothing more on the stream (a half-close).
 	FlagEndStream Flags = 2
-	knownFlags          = FlagMore | FlagEndStream
+	// FlagRefused on a server TRAILERS frame means the server did not run
+	// the call and will not: the client may send it again (PROTOCOL.md
+	// 10.8), as HTTP/2's REFUSED_STREAM allows.
+	FlagRefused Flags = 4
+	knownFlags        = FlagMore | FlagEndStream | FlagRefused
 )
 
 // HeaderSize is the size of a frame header.
@@ -116,6 +120,9 @@ func Parse(rec []byte) (Header, []byte, error) {
 	}
 	if h.Flags&^knownFlags != 0 {
 		return h, nil, fmt.Errorf("%v frame with unknown flags %#x", h.Type, byte(h.Flags))
+	}
+	if h.Flags&FlagRefused != 0 && (h.Type != TypeTrailers || h.Flags != FlagRefused) {
+		return h, nil, fmt.Errorf("%v frame with flags %#x: REFUSED goes alone on TRAILERS", h.Type, byte(h.Flags))
 	}
 	if h.Flags == FlagMore|FlagEndStream {
 		return h, nil, fmt.Errorf("%v frame ends the stream in the middle of a message", h.Type)

@@ -179,6 +179,11 @@ func (p *Producer) fits(size uint64) bool {
 // Unpublished reports whether records were reserved since the last Publish.
 func (p *Producer) Unpublished() bool { return p.next != p.published }
 
+// Reserved returns the ring position just after the last reserved record:
+// once the consumer's head reaches it, every record reserved so far has
+// been consumed.
+func (p *Producer) Reserved() uint64 { return p.next }
+
 // Publish makes every reserved record visible to the consumer.
 func (p *Producer) Publish() {
 	p.published = p.next

@@ -240,11 +240,28 @@ func (t *Client) onClose(err error) {
 		s.dropQueued()
 	}
 	st := status.Convert(err)
+	head, headOK := t.peerHead()
 	for _, s := range streams {
+		if headOK && s.sentEnd != 0 && head < s.sentEnd {
+			// The server released the ring only up to before this
+			// request: it never read it (PROTOCOL.md 10.8).
+			s.unprocessed.Store(true)
+		}
 		s.finish(st, nil)
 	}
 	t.events.Lost(t, err)
 	t.events.Closed()
+}
+
+// peerHead returns how far the server has consumed the client-to-server
+// ring, if the segment is still mapped.
+func (t *Client) peerHead() (uint64, bool) {
+	t.c.mapMu.RLock()
+	defer t.c.mapMu.RUnlock()
+	if t.c.unmapped {
+		return 0, false
+	}
+	return t.c.peer.Head.Load(), true
 }
 
 // onGoAway handles the server's GOAWAY: calls in progress go on; new ones
@@ -382,6 +399,7 @@ func (t *Client) NewStream(s *ClientStream, hdr *frame.RequestHeaders, msg *OutM
 		s.quota -= msg.size
 		err = t.c.writeMsg(ctx, s.id, frame.FlagEndStream, msg)
 		s.halfClosed = true
+		s.sentEnd = t.c.out.Reserved()
 	}
 	t.c.unlock()
 	if err != nil {

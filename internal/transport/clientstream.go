@@ -32,6 +32,13 @@ type ClientStream struct {
 	st        *status.Status // the final status, once the stream is over
 	endedHere bool           // st came from this side (deadline, cancel, local error)
 
+	// sentEnd is the outgoing ring's position after the request of a
+	// unary call (0 for other calls); unprocessed is set when the
+	// connection closed before the server had consumed up to it: the
+	// server never read the request, and the call may go again.
+	sentEnd     uint64
+	unprocessed atomic.Bool
+
 	// Used only by the caller's goroutine(s).
 	halfClosed bool
 	orphaned   atomic.Bool // in t.orphans
@@ -145,6 +152,10 @@ func (s *ClientStream) EndedHere() bool {
 	defer s.mu.Unlock()
 	return s.endedHere
 }
+
+// Unprocessed reports whether the stream is a unary call whose connection
+// closed before the server read its request.
+func (s *ClientStream) Unprocessed() bool { return s.unprocessed.Load() }
 
 // WaitStatus waits until the stream has its final status.
 func (s *ClientStream) WaitStatus() error { return s.wait(func() bool { return s.st != nil }) }
@@ -341,6 +352,9 @@ func (s *ClientStream) onEnd(h frame.Header, p []byte) error {
 	}
 	if f := s.t.events.InTrailer; f != nil && h.Type == frame.TypeTrailers {
 		f(s, fs.MD.Copy(), len(p))
+	}
+	if h.Type == frame.TypeTrailers && h.Flags&frame.FlagRefused != 0 && s.sentEnd != 0 {
+		s.unprocessed.Store(true) // the server did not run it (10.8)
 	}
 	s.finish(st, fs.MD)
 	s.t.releaseSlot(s)

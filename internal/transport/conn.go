@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -232,10 +233,17 @@ func (c *conn) writeData(ctx context.Context, stream uint32, flags frame.Flags, 
 
 // drain hands every frame published in the incoming ring to onFrame and
 // returns how many it handled. The caller holds pollMu. On a protocol
-// violation it fails the connection and returns false.
+// violation it fails the connection and returns false; once the
+// connection is closed it consumes nothing more and returns false.
 func (c *conn) drain() (int, bool) {
 	n := 0
 	for {
+		if c.closed.Load() {
+			// Nothing more is consumed once closed: a peer reads the
+			// head to tell which of its requests were never read
+			// (PROTOCOL.md 10.8).
+			return n, false
+		}
 		rec, err := c.in.Next()
 		if err != nil {
 			c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: %v", err))
@@ -264,6 +272,9 @@ func (c *conn) drain() (int, bool) {
 			c.pendingRef.Free() // nobody wanted the message
 			c.pendingRef = nil
 		}
+		if err == errLeaveUnread {
+			return n, false // closed under the frame's handler
+		}
 		c.in.Release()
 		if err != nil {
 			c.fail(status.Errorf(codes.Internal, "notnets: connection closed on a protocol violation: %v", err))
@@ -272,6 +283,10 @@ func (c *conn) drain() (int, bool) {
 		n++
 	}
 }
+
+// errLeaveUnread, from a frame handler, says that the connection closed
+// before the frame could be handled: drain stops without consuming it.
+var errLeaveUnread = errors.New("notnets: connection closed before the frame was handled")
 
 // poll drains the ring if no other goroutine is doing so. It reports
 // false once the connection is closed.

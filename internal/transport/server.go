@@ -56,10 +56,14 @@ type Server struct {
 	// lis is the listener the connection came through, which keeps its
 	// mapping alive; load is its published load, which the streams count
 	// themselves in (load.go), or nil.
-	lis     *Listener
-	load    *pool.Load
-	peer    Identity
-	peerPID int
+	lis  *Listener
+	load *pool.Load
+	// goneAway is set when GOAWAY is sent: streams opened after it are
+	// refused (refuse), so that GracefulStop never closes a connection
+	// under a call it took.
+	goneAway atomic.Bool
+	peer     Identity
+	peerPID  int
 
 	mu      sync.Mutex
 	streams map[uint32]*ServerStream
@@ -138,6 +142,7 @@ func (t *Server) WaitClosed() { t.c.waitReleased() }
 
 // GoAway tells the client to start no new calls.
 func (t *Server) GoAway(reason string) {
+	t.goneAway.Store(true) // streams opened from now on are refused
 	if t.c.lock(context.Background()) != nil {
 		return
 	}
@@ -335,6 +340,11 @@ func (t *Server) open(h frame.Header, p []byte) error {
 		return fmt.Errorf("new stream %d is not above the last stream %d (T1)", h.Stream, t.lastID)
 	}
 	t.lastID = h.Stream
+	if t.goneAway.Load() {
+		t.mu.Unlock()
+		st.call.Cancel(nil)
+		return t.refuse(h.Stream)
+	}
 	t.streams[h.Stream] = st
 	t.mu.Unlock()
 	t.loadQueued(st)
@@ -347,6 +357,22 @@ func (t *Server) open(h frame.Header, p []byte) error {
 		st.started = true
 		t.workers.submit(st.run)
 	}
+	return nil
+}
+
+// refuse ends a stream opened after GOAWAY without running it: TRAILERS
+// with FlagRefused tell the client it may send the call again elsewhere
+// (PROTOCOL.md 10.8). What else the client sent on the stream is for a
+// stream already ended, and ignored (T2).
+func (t *Server) refuse(id uint32) error {
+	if t.c.lock(context.Background()) != nil {
+		// Closing: the frame stays unconsumed, so the client sees that
+		// the request was never read (10.8).
+		return errLeaveUnread
+	}
+	defer t.c.unlock()
+	fs := frame.Status{Code: uint32(codes.Unavailable), Message: "notnets: stream refused: the server is going away"}
+	t.c.writeFrame(context.Background(), frame.TypeTrailers, frame.FlagRefused, id, 0, &fs)
 	return nil
 }
 
