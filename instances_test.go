@@ -107,14 +107,14 @@ func runCallers(c testgrpc.TestServiceClient, callers, per int, d string, record
 func TestLeastRequestAvoidsASlowInstance(t *testing.T) {
 	dir := testPool(t)
 	procs := []*serverProc{startServerIn(t, dir), startServerIn(t, dir), startServerIn(t, dir, "NOTNETS_TEST_SLOWDOWN=2")}
-	shares := func(b notnets.Balancing) []int {
+	shares := func(b notnets.Balancing, per int) []int {
 		cc := newServiceClient(t, dir, 3, notnets.WithBalancing(b))
 		before := make([]int, 3)
 		for i, p := range procs {
 			before[i] = p.served(t)
 		}
 		var failed atomic.Int64
-		runCallers(semanticsClient(cc), 8, 60, "2ms", func(_ int, _ *peer.Peer, err error) {
+		runCallers(semanticsClient(cc), 8, per, "2ms", func(_ int, _ *peer.Peer, err error) {
 			if err != nil {
 				failed.Add(1)
 				t.Error(err)
@@ -127,11 +127,14 @@ func TestLeastRequestAvoidsASlowInstance(t *testing.T) {
 		t.Logf("%v: fast, fast, slow served %v", b, got)
 		return got
 	}
-	got := shares(notnets.LeastRequest)
-	if slow := float64(got[2]); slow > 0.75*float64(min(got[0], got[1])) {
+	// Power of two choices gives a 2x slower instance about 27 % of the
+	// calls against about 36 % for each fast one (0.75 of their share, on
+	// the development machine); asserted loosely.
+	got := shares(notnets.LeastRequest, 120)
+	if slow := float64(got[2]); slow > 0.85*float64(min(got[0], got[1])) {
 		t.Errorf("least request: the slow instance served %d calls, the fast ones %d and %d; want clearly fewer", got[2], got[0], got[1])
 	}
-	got = shares(notnets.RoundRobin)
+	got = shares(notnets.RoundRobin, 60)
 	for i, n := range got {
 		if n < 150 || n > 170 { // 480 calls over 3
 			t.Errorf("round robin: instance %d served %d of 480 calls, want 160 (±10)", i, n)
