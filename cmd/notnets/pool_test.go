@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"os"
 	"os/exec"
@@ -26,17 +27,10 @@ func TestPoolLsAndClean(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lis.Close()
+	live := lis.Addr().(*notnets.Addr).Instance // live+<id>
 	// A listener whose process has exited: the segment of a child that
 	// listened, then was killed without closing it.
-	child := exec.Command(os.Args[0], "pool-listen-and-hang", dir)
-	out, _ := child.StdoutPipe()
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 6)
-	if _, err := out.Read(buf); err != nil || string(buf) != "ready\n" {
-		t.Fatalf("child: %q %v", buf, err)
-	}
+	child, dead := startInstance(t, dir, "dead")
 	child.Process.Kill()
 	child.Wait()
 
@@ -49,22 +43,22 @@ func TestPoolLsAndClean(t *testing.T) {
 		return string(b)
 	}
 	ls := run("ls")
-	for _, want := range []string{"live.listener", "live.sock", "dead.listener", "dead.sock", "is gone", "is alive"} {
+	for _, want := range []string{live + ".listener", live + ".sock", dead + ".listener", dead + ".sock", "is gone", "is alive"} {
 		if !strings.Contains(ls, want) {
 			t.Errorf("pool ls does not mention %q:\n%s", want, ls)
 		}
 	}
 	// The killed listener left its socket too: it goes with its listener.
-	if got := run("clean"); !strings.Contains(got, "removed dead.listener") || !strings.Contains(got, "removed dead.sock") ||
+	if got := run("clean"); !strings.Contains(got, "removed "+dead+".listener") || !strings.Contains(got, "removed "+dead+".sock") ||
 		!strings.Contains(got, "2 stale files removed") {
 		t.Errorf("pool clean said:\n%s", got)
 	}
-	for _, name := range []string{"dead.listener", "dead.sock"} {
+	for _, name := range []string{dead + ".listener", dead + ".sock"} {
 		if _, err := os.Lstat(filepath.Join(dir, name)); !os.IsNotExist(err) {
 			t.Errorf("%s still there: %v", name, err)
 		}
 	}
-	for _, name := range []string{"live.listener", "live.sock"} {
+	for _, name := range []string{live + ".listener", live + ".sock", pool.RegistryFile} {
 		if _, err := os.Lstat(filepath.Join(dir, name)); err != nil {
 			t.Errorf("%s removed: %v", name, err)
 		}
@@ -76,6 +70,32 @@ func TestPoolLsAndClean(t *testing.T) {
 		t.Fatalf("Dial after clean: %v", err)
 	}
 	cc.Close()
+}
+
+// startInstance starts a child process that listens as an instance of
+// service in the pool dir (and serves nothing), and returns it and the
+// instance's base name once it listens. The test kills it at the end, if
+// the caller has not.
+func startInstance(t *testing.T, dir, service string) (*exec.Cmd, string) {
+	t.Helper()
+	child := exec.Command(os.Args[0], "pool-listen-and-hang", dir, service)
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		child.Process.Kill()
+		child.Wait()
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	base, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "ready ")
+	if err != nil || !ok {
+		t.Fatalf("child: %q %v", line, err)
+	}
+	return child, base
 }
 
 // deadPID is a pid no process has: above the kernel's pid_max.
