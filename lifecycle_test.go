@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
+	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/transport"
 )
 
@@ -403,5 +404,98 @@ func TestUndecodableMessagesReturnWindow(t *testing.T) {
 	}
 	if reply.Message != fmt.Sprint(n) {
 		t.Fatalf("handler counted %s undecodable messages, want %d", reply.Message, n)
+	}
+}
+
+// blockGreeter's SayHello tells started that it runs, then waits for
+// release (or its context).
+type blockGreeter struct {
+	pb.UnimplementedGreeterServer
+	started chan struct{}
+	release chan struct{}
+}
+
+func (g blockGreeter) SayHello(ctx context.Context, in *pb.HelloRequest) (*pb.HelloReply, error) {
+	g.started <- struct{}{}
+	select {
+	case <-g.release:
+		return &pb.HelloReply{Message: "Hello " + in.GetName()}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// TestGracefulStopKeepsListenerWhileDraining: while GracefulStop waits for
+// a call in flight, the instance's listener file stays in the pool,
+// closed and marked draining with its call counted, and no new client
+// connects to it; once the call ends, GracefulStop removes the file.
+func TestGracefulStopKeepsListenerWhileDraining(t *testing.T) {
+	dir := t.TempDir()
+	lis, err := Listen("drain", WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := lis.Addr().(*Addr).Instance
+	g := blockGreeter{started: make(chan struct{}, 1), release: make(chan struct{})}
+	srv := NewServer()
+	pb.RegisterGreeterServer(srv, g)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	defer srv.Stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cc, err := Dial(ctx, "drain", WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	called := make(chan error, 1)
+	go func() {
+		_, err := pb.NewGreeterClient(cc).SayHello(ctx, &pb.HelloRequest{Name: "x"})
+		called <- err
+	}()
+	<-g.started
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+
+	var info pool.ListenerInfo
+	waitUntil(t, 10*time.Second, "the listener reads closed and draining", func() bool {
+		info, err = pool.ReadListener(dir, base, pool.OwnerOnly)
+		return err == nil && info.State == pool.StateClosed && info.Draining == 1
+	})
+	if info.InFlight != 1 {
+		t.Errorf("draining listener counts %d calls in flight, want 1", info.InFlight)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, pool.SockFile(base))); !os.IsNotExist(err) {
+		t.Errorf("the draining instance's socket is still there: %v", err)
+	}
+	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+	if cc2, err := Dial(dctx, "drain", WithPool(dir)); status.Code(err) != codes.Unavailable {
+		t.Errorf("Dial of a service whose one instance drains = %v, want Unavailable", err)
+		if err == nil {
+			cc2.Close()
+		}
+	}
+	dcancel()
+	select {
+	case <-stopped:
+		t.Fatal("GracefulStop returned with a call in flight")
+	default:
+	}
+	// Still there, for as long as the call runs.
+	if info, err := pool.ReadListener(dir, base, pool.OwnerOnly); err != nil || info.Draining != 1 || info.InFlight != 1 {
+		t.Errorf("the listener during GracefulStop, a call in flight: %+v, %v; want it draining with the call", info, err)
+	}
+	close(g.release)
+	if err := <-called; err != nil {
+		t.Errorf("the call in flight: %v", err)
+	}
+	<-stopped
+	if err := <-served; err != nil {
+		t.Errorf("Serve after GracefulStop: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, pool.ListenerFile(base))); !os.IsNotExist(err) {
+		t.Errorf("the listener file outlives GracefulStop: %v", err)
 	}
 }

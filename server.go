@@ -29,13 +29,14 @@ type Server struct {
 	unaryInt  grpc.UnaryServerInterceptor
 	streamInt grpc.StreamServerInterceptor
 
-	// mu guards services, lis, conns, perLis, stopped and grpc; cv waits on it.
+	// mu guards services, lis, retired, conns, perLis, stopped and grpc; cv waits on it.
 	// It is taken before any lock of a connection, and never held while
 	// one is closed.
 	mu       sync.Mutex
 	cv       *sync.Cond // signalled when a connection goes idle or away
 	services map[string]*serviceInfo
 	lis      map[*Listener]bool
+	retired  map[*Listener]bool // stopped by GracefulStop, removed from the pool by Stop
 	conns    map[*serverConn]bool
 	perLis   map[*Listener]int // open connections in conns, by listener (MaxConnections)
 	stopped  bool
@@ -73,6 +74,7 @@ func NewServer(opts ...ServerOption) *Server {
 		streamInt: chainStreamServer(o.stream),
 		services:  make(map[string]*serviceInfo),
 		lis:       make(map[*Listener]bool),
+		retired:   make(map[*Listener]bool),
 		conns:     make(map[*serverConn]bool),
 		perLis:    make(map[*Listener]int),
 		workers:   transport.NewWorkers(),
@@ -151,7 +153,7 @@ func (s *Server) Serve(lis *Listener) error {
 	s.serving.Add(1)
 	s.mu.Unlock()
 	defer s.serving.Done()
-	defer lis.Close()
+	defer s.closeUnlessRetired(lis)
 	for {
 		a, err := lis.l.Accept()
 		if err != nil {
@@ -209,14 +211,18 @@ func (s *Server) Stop() {
 // GracefulStop stops accepting connections, tells clients to start no new
 // calls (a GOAWAY frame), waits for the calls in progress to finish, then
 // closes every connection. It drains ServeGRPC's connections (as
-// grpc.Server's GracefulStop does) at the same time as the pool's.
+// grpc.Server's GracefulStop does) at the same time as the pool's. Its
+// listeners stay in the pool, marked draining (no client connects to
+// them), until it returns, so that those who look at the pool (notnets
+// pool ls) see the instance and its calls in flight until they end.
 func (s *Server) GracefulStop() {
 	s.mu.Lock()
 	s.draining.Store(true)
 	for l := range s.lis {
 		l.l.Drain() // clients pick it no more, from now on
+		l.l.Stop()  // and connect to it no more; s.Stop removes its file
+		s.retired[l] = true
 	}
-	s.closeListeners()
 	grpcDrained := s.grpc.gracefulStop()
 	conns := make([]*serverConn, 0, len(s.conns))
 	for sc := range s.conns {
@@ -244,9 +250,26 @@ func (s *Server) allIdle() bool {
 	return true
 }
 
+// closeListeners closes the listeners Serve serves and those GracefulStop
+// stopped. The caller holds mu.
 func (s *Server) closeListeners() {
 	for l := range s.lis {
 		l.Close()
+	}
+	for l := range s.retired {
+		l.Close()
+	}
+	clear(s.retired)
+}
+
+// closeUnlessRetired closes lis, whose Serve returns, unless GracefulStop
+// keeps it in the pool until its calls end.
+func (s *Server) closeUnlessRetired(lis *Listener) {
+	s.mu.Lock()
+	retired := s.retired[lis]
+	s.mu.Unlock()
+	if !retired {
+		lis.Close()
 	}
 }
 

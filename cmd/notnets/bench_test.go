@@ -24,11 +24,16 @@ func TestMain(m *testing.M) {
 				os.Exit(1)
 			}
 			os.Exit(0)
-		case "pool-listen-and-hang":
-			if _, err := notnets.Listen("dead", notnets.WithPool(os.Args[2])); err != nil {
+		case "pool-listen-and-hang": // DIR [SERVICE]: an instance of SERVICE ("dead"), never served
+			service := "dead"
+			if len(os.Args) > 3 {
+				service = os.Args[3]
+			}
+			lis, err := notnets.Listen(service, notnets.WithPool(os.Args[2]))
+			if err != nil {
 				os.Exit(1)
 			}
-			os.Stdout.WriteString("ready\n")
+			os.Stdout.WriteString("ready " + lis.Addr().(*notnets.Addr).Instance + "\n")
 			select {}
 		case "pool":
 			if err := poolCmd(os.Args[2:]); err != nil {

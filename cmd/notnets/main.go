@@ -1,7 +1,7 @@
 // Command notnets is the notnets tool.
 //
 //	notnets bench [flags]          measure notnets against grpc-go, side by side (see -h)
-//	notnets pool [-dir DIR] ls     list a pool's files and which are stale
+//	notnets pool [-dir DIR] ls     list a pool's services, their instances and load, and its files
 //	notnets pool [-dir DIR] clean  remove the stale ones
 package main
 
@@ -45,7 +45,8 @@ commands:
            a bare ring ping-pong, with the server in another process, and
            print latency percentiles, throughput and CPU per call side by side
            (notnets bench -h lists its flags)
-  pool     ls: list a pool's files and which are stale (left by processes
-           that died); clean: remove the stale ones
+  pool     ls: list a pool's services, each instance's state, owner and
+           load, and the pool's files and which are stale (left by
+           processes that died); clean: remove the stale ones
 `)
 }

@@ -1,11 +1,19 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"os/user"
+	"sort"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/notnets/notnets/internal/pool"
 )
@@ -15,13 +23,23 @@ func poolCmd(args []string) error {
 	fs := flag.NewFlagSet("pool", flag.ContinueOnError)
 	dir := fs.String("dir", pool.DefaultDir(), "pool directory ($NOTNETS_POOL, else /dev/shm/notnets-<uid>)")
 	group := fs.String("group", "", "the pool's group (name or number), as given to WithPoolGroup; empty for a pool of one user")
+	filesOnly := fs.Bool("files", false, "ls: list only the pool's files (the FILES table alone)")
+	beat := fs.Bool("beat", false, fmt.Sprintf("ls: read each instance's heartbeat twice, %v apart, and call one whose heartbeat stood still stale", beatWait))
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `usage: notnets pool [-dir DIR] [-group GROUP] ls|clean
+		fmt.Fprint(fs.Output(), `usage: notnets pool [-dir DIR] [-group GROUP] ls [-files] [-beat] | clean
 
-  ls      list the pool's files: listeners and their sockets, connection
-          segments being announced, and which of them are stale (left by
+  ls      list the pool's services: the registry's generation, each
+          service with its instances, and each instance's id, pid, owner,
+          state (open, draining, closed, or stale and why), calls in
+          flight and queued, workers and heartbeat; then the pool's files:
+          listeners and their sockets, connection segments being
+          announced, the registry, and which of them are stale (left by
           processes that died)
   clean   remove the stale files
+
+ls reads the pool without mapping anything (pread of each listener), so it
+changes nothing. Every value it shows but the owners comes from shared
+memory that the instances write: a number, not a promise.
 
 The pool directory is checked as Listen and Dial check it, and refused if
 it is a symbolic link, writable by others (or by its group, unless -group
@@ -29,12 +47,22 @@ names it), or owned by someone other than this user or root: run the
 command as the pool's user. Files are removed relative to the directory
 that was checked, never through a link.
 
-flags:
+flags (before or after the command):
 `)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	cmd := fs.Arg(0)
+	if fs.NArg() > 1 { // flags after the command
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() > 0 {
+			fs.Usage()
+			return fmt.Errorf("unexpected arguments %q", fs.Args())
+		}
 	}
 	access := pool.OwnerOnly
 	if *group != "" {
@@ -44,29 +72,249 @@ flags:
 		}
 		access = a
 	}
-	switch fs.Arg(0) {
+	switch cmd {
 	case "ls", "":
 		entries, err := pool.ScanIn(*dir, access)
 		if err != nil {
 			return err
 		}
-		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintf(tw, "NAME\tKIND\tSIZE\tAGE\tSTALE\tWHY\n")
-		for _, e := range entries {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%v\t%v\t%s\n", e.Name, e.Kind, e.Size, time.Since(e.Modified).Round(time.Second), e.Stale, e.Why)
+		if !*filesOnly {
+			if err := lsServices(os.Stdout, *dir, access, entries, *beat); err != nil {
+				return err
+			}
+			fmt.Println()
+			fmt.Println("FILES")
 		}
-		return tw.Flush()
+		return lsFiles(os.Stdout, entries)
 	case "clean":
 		removed, err := pool.CleanIn(*dir, access)
 		if err != nil {
 			return err
 		}
 		for _, e := range removed {
-			fmt.Printf("removed %s (%s)\n", e.Name, e.Why)
+			fmt.Printf("removed %s (%s)\n", shown(e.Name), e.Why)
 		}
 		fmt.Printf("%d stale files removed from %s\n", len(removed), *dir)
 		return nil
 	}
 	fs.Usage()
-	return fmt.Errorf("unknown pool command %q", fs.Arg(0))
+	return fmt.Errorf("unknown pool command %q", cmd)
+}
+
+// lsFiles prints the table of the pool's files.
+func lsFiles(w io.Writer, entries []pool.Entry) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "NAME\tKIND\tSIZE\tAGE\tSTALE\tWHY\n")
+	for _, e := range entries {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%v\t%v\t%s\n", shown(e.Name), e.Kind, e.Size, time.Since(e.Modified).Round(time.Second), e.Stale, e.Why)
+	}
+	return tw.Flush()
+}
+
+// beatWait is how long ls -beat watches the heartbeats. The listener page
+// holds a counter, not a time (the instance adds 1 every 100 ms while its
+// listener is in the pool), so the age of the last beat can only be seen
+// by watching the counter move, which costs a wait: ls stays instant by
+// default and shows the counter as it is, and -beat waits once, for every
+// instance at the same time. Three beats' worth, so that a tick a little
+// late on a busy host does not read as a heart that stopped. A heartbeat
+// that stood still tells what the pid check cannot: a process that was
+// stopped (SIGSTOP), or a dead instance whose pid another process now has.
+const beatWait = 300 * time.Millisecond
+
+// instance is one listener file of the pool, as ls shows it.
+type instance struct {
+	base        string // <service>+<id>, or <name>
+	service, id string // id "-" for a listener named before instances, <name>.listener
+	file        pool.Entry
+	info        pool.ListenerInfo
+	err         error  // reading the listener failed
+	beat        string // the HEARTBEAT column
+	state, why  string // the STATE and WHY columns
+	counts      bool   // its load counts in its service's sums: open or draining
+}
+
+// lsServices prints the registry's generation, a line per service and a
+// line per instance.
+func lsServices(w io.Writer, dir string, a pool.Access, entries []pool.Entry, beat bool) error {
+	switch gen, err := pool.ReadGeneration(dir, a); {
+	case err == nil:
+		fmt.Fprintf(w, "pool %s: registry generation %d\n", dir, gen)
+	case errors.Is(err, unix.ENOENT):
+		fmt.Fprintf(w, "pool %s: no registry yet (no instance has started)\n", dir)
+	default:
+		fmt.Fprintf(w, "pool %s: registry unreadable: %v\n", dir, err)
+	}
+	var ins []*instance
+	for _, e := range entries {
+		base, ok := strings.CutSuffix(e.Name, pool.ListenerSuffix)
+		if e.Kind != "listener" || !ok {
+			continue
+		}
+		service, id, ok := pool.ParseInstance(base)
+		if !ok {
+			if pool.ValidName(base) != nil {
+				continue // not a name notnets gives: in the files only
+			}
+			service, id = base, "-"
+		}
+		in := &instance{base: base, service: service, id: id, file: e}
+		in.info, in.err = pool.ReadListener(dir, base, a)
+		in.beat = strconv.FormatUint(in.info.Heartbeat, 10)
+		ins = append(ins, in)
+	}
+	if beat && len(ins) > 0 {
+		time.Sleep(beatWait) // the measurement itself, not a synchronization
+		for _, in := range ins {
+			if in.err != nil {
+				continue
+			}
+			now, err := pool.ReadListener(dir, in.base, a)
+			switch {
+			case err != nil || now.PID != in.info.PID:
+				in.beat += " (gone)"
+			case now.Heartbeat == in.info.Heartbeat:
+				in.beat += " (stopped)"
+			default:
+				// Untrusted words: an unsigned difference, never a panic.
+				in.beat += fmt.Sprintf(" (+%d)", now.Heartbeat-in.info.Heartbeat)
+			}
+		}
+	}
+	for _, in := range ins {
+		in.state, in.why, in.counts = instanceState(in)
+	}
+	sort.Slice(ins, func(i, j int) bool {
+		if ins[i].service != ins[j].service {
+			return ins[i].service < ins[j].service
+		}
+		return ins[i].id < ins[j].id
+	})
+	if len(ins) == 0 {
+		fmt.Fprintln(w, "no services")
+		return nil
+	}
+
+	// One line per service. Sums in 64 bits: each word is at most 2^32-1.
+	type sums struct {
+		instances, open, draining, stale int
+		inFlight, queued                 uint64
+	}
+	var order []string
+	by := map[string]*sums{}
+	for _, in := range ins {
+		s := by[in.service]
+		if s == nil {
+			s = &sums{}
+			by[in.service] = s
+			order = append(order, in.service)
+		}
+		s.instances++
+		switch {
+		case in.state == "open":
+			s.open++
+		case in.state == "draining":
+			s.draining++
+		case in.state == "stale":
+			s.stale++
+		}
+		if in.counts {
+			s.inFlight += uint64(in.info.InFlight)
+			s.queued += uint64(in.info.Queued)
+		}
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "SERVICE\tINSTANCES\tOPEN\tDRAINING\tSTALE\tIN-FLIGHT\tQUEUED\n")
+	for _, name := range order {
+		s := by[name]
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\n", name, s.instances, s.open, s.draining, s.stale, s.inFlight, s.queued)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "SERVICE\tINSTANCE\tPID\tOWNER\tSTATE\tIN-FLIGHT\tQUEUED\tWORKERS\tHEARTBEAT\tWHY\n")
+	owners := map[uint32]string{}
+	for _, in := range ins {
+		pid, owner, load := "-", "-", [3]string{"-", "-", "-"}
+		if in.info.Owner.Ino != 0 { // the file was opened
+			owner = ownerName(owners, in.info.Owner.UID)
+		}
+		if in.err == nil {
+			pid = strconv.Itoa(in.info.PID)
+			load = [3]string{strconv.FormatUint(uint64(in.info.InFlight), 10),
+				strconv.FormatUint(uint64(in.info.Queued), 10), strconv.FormatUint(uint64(in.info.Workers), 10)}
+		} else {
+			in.beat = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", in.service, in.id, pid, owner, in.state, load[0], load[1], load[2], in.beat)
+		if in.why != "" { // else no padding at the end of the line
+			fmt.Fprintf(tw, "\t%s", in.why)
+		}
+		fmt.Fprintln(tw)
+	}
+	return tw.Flush()
+}
+
+// instanceState returns the STATE and WHY columns of in, and whether its
+// load counts in its service's sums. Stale first: the scan's verdict (its
+// process is gone, or its header unreadable for long) is also clean's;
+// then what the listener page says.
+func instanceState(in *instance) (state, why string, counts bool) {
+	switch {
+	case in.file.Stale:
+		return "stale", in.file.Why, false
+	case errors.Is(in.err, pool.ErrAccess):
+		return "refused", in.err.Error(), false // clients refuse it too
+	case in.err != nil:
+		return "unreadable", in.err.Error(), false
+	}
+	st := in.info.State
+	live := st == pool.StateOpen || st == pool.StateClosed && in.info.Draining != 0
+	if live && strings.HasSuffix(in.beat, "(stopped)") {
+		return "stale", fmt.Sprintf("no heartbeat in %v though process %d exists (stopped, or its pid reused)", beatWait, in.info.PID), false
+	}
+	switch {
+	case in.info.Draining != 0 && (st == pool.StateOpen || st == pool.StateClosed):
+		// Clients start no call on it; GracefulStop keeps the file until
+		// its calls have ended.
+		return "draining", "", true
+	case st == pool.StateOpen:
+		return "open", "", true
+	case st == pool.StateClosed:
+		return "closed", "", false
+	case st == pool.StateNew:
+		return "starting", "", false
+	}
+	return "unknown", fmt.Sprintf("state word %d", st), false
+}
+
+// ownerName returns the name of the user uid, or its number if it has
+// none, caching both in names.
+func ownerName(names map[uint32]string, uid uint32) string {
+	if n, ok := names[uid]; ok {
+		return n
+	}
+	n := strconv.FormatUint(uint64(uid), 10)
+	if u, err := user.LookupId(n); err == nil && u.Username != "" {
+		n = shown(u.Username)
+	}
+	names[uid] = n
+	return n
+}
+
+// shown returns s as ls prints it: as it is if it is printable ASCII
+// without spaces, else quoted with Go escapes, so that a file name (which
+// any user of a shared pool can choose) can neither break the table nor
+// send control sequences to the terminal.
+func shown(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f || c == '"' || c == '\\' {
+			return strconv.QuoteToASCII(s)
+		}
+	}
+	return s
 }

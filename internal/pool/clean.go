@@ -18,7 +18,7 @@ import (
 // Entry describes one file of a pool.
 type Entry struct {
 	Name     string
-	Kind     string // "listener", "connection", "socket" or "other"
+	Kind     string // "listener", "connection", "socket", "registry" or "other"
 	Size     int64
 	Modified time.Time
 	PID      int    // the creator's pid from the segment header (a socket: its listener's), 0 if unknown
@@ -58,9 +58,11 @@ func Scan(dir string) ([]Entry, error) { return ScanIn(dir, OwnerOnly) }
 //
 // Stale are: a listener or connection segment whose creator's process is
 // gone, or whose header is still unreadable after a minute; a connection
-// segment announced more than ten minutes ago; and a listener's socket,
-// <name>.sock, whose listener file is gone or stale and on which no
-// process listens (a connect(2) to it is refused). The socket is
+// segment announced more than ten minutes ago; a registry file that is
+// not a registry a minute after its creation (one that is, is never
+// stale); and a listener's socket, <name>.sock (an instance's:
+// <service>+<id>.sock), whose listener file is gone or stale and on which
+// no process listens (a connect(2) to it is refused). The socket is
 // probed, rather than looked up in /proc/net/unix, because that table
 // shows the address a socket was bound with (the reference listener binds
 // /proc/self/fd/N/<name>.sock, not the pool's path) and only the sockets
@@ -164,8 +166,10 @@ func judgeAt(dfd int, dir, name string) (Entry, error) {
 		e.Kind = "listener"
 	case strings.HasPrefix(name, ConnPrefix):
 		e.Kind = "connection"
-	case isSock && ValidName(base) == nil:
-		e.Kind = "socket"
+	case isSock && (ValidName(base) == nil || ValidInstance(base) == nil):
+		e.Kind = "socket" // <service>+<id>.sock, or a <name>.sock of old
+	case name == RegistryFile:
+		e.Kind = "registry"
 	}
 	switch {
 	case (e.Kind == "listener" || e.Kind == "connection") && e.typ == unix.S_IFREG:
@@ -176,6 +180,8 @@ func judgeAt(dfd int, dir, name string) (Entry, error) {
 			lis = &l
 		}
 		judgeSocket(dfd, dir, &e, lis)
+	case e.Kind == "registry" && e.typ == unix.S_IFREG:
+		judgeRegistry(dfd, &e)
 	default:
 		e.Kind, e.Why = "other", "not a notnets file; left alone"
 	}
@@ -200,6 +206,27 @@ func judge(dfd int, e *Entry) {
 		e.PID, e.Stale, e.Why = pid, true, fmt.Sprintf("announced %v ago and never taken", age.Round(time.Second))
 	default:
 		e.PID, e.Why = pid, fmt.Sprintf("process %d is alive", pid)
+	}
+}
+
+// judgeRegistry judges the registry file e. A registry that clients can
+// map is never stale, whoever made it: it has no owner process, and
+// clients waiting on its generation word would not see a new one. One
+// they cannot map (a bad header or size, a minute after its creation)
+// only makes them poll; removing it lets the next Listen make a good one.
+func judgeRegistry(dfd int, e *Entry) {
+	age := time.Since(e.Modified)
+	_, err := headerPID(dfd, e.Name, KindRegistry)
+	if err == nil && e.Size != PageSize {
+		err = fmt.Errorf("size %d, want %d", e.Size, PageSize)
+	}
+	switch {
+	case err != nil && age > staleUnreadable:
+		e.Stale, e.Why = true, fmt.Sprintf("unusable registry (%v), %v old", err, age.Round(time.Second))
+	case err != nil:
+		e.Why = fmt.Sprintf("unreadable registry (%v), being created?", err)
+	default:
+		e.Why = "the pool's registry of instances"
 	}
 }
 

@@ -225,6 +225,11 @@ func TestStaleSockets(t *testing.T) {
 	deadSocket(t, filepath.Join(dir, "dead.sock")) // stale listener file
 	mk("live.listener", os.Getpid())
 	deadSocket(t, filepath.Join(dir, "live.sock")) // live listener file: not probed, kept
+	// Instances' sockets, <service>+<id>.sock, are judged the same way.
+	mk("svc+0123456789abcdef.listener", deadPID)
+	deadSocket(t, filepath.Join(dir, "svc+0123456789abcdef.sock"))
+	mk("svc+fedcba9876543210.listener", os.Getpid())
+	deadSocket(t, filepath.Join(dir, "svc+fedcba9876543210.sock"))
 	// Somebody listens, though its listener file is gone: kept.
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "orphan.sock"), Net: "unix"})
 	if err != nil {
@@ -255,6 +260,8 @@ func TestStaleSockets(t *testing.T) {
 		"gone.sock": {"socket", true}, "dead.listener": {"listener", true}, "dead.sock": {"socket", true},
 		"live.listener": {"listener", false}, "live.sock": {"socket", false}, "orphan.sock": {"socket", false},
 		"file.sock": {"other", false}, ".hidden.sock": {"other", false},
+		"svc+0123456789abcdef.listener": {"listener", true}, "svc+0123456789abcdef.sock": {"socket", true},
+		"svc+fedcba9876543210.listener": {"listener", false}, "svc+fedcba9876543210.sock": {"socket", false},
 	}
 	if len(entries) != len(want) {
 		t.Fatalf("Scan found %d entries, want %d: %+v", len(entries), len(want), entries)
@@ -276,14 +283,47 @@ func TestStaleSockets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(removed) != 3 {
-		t.Errorf("Clean removed %+v, want gone.sock, dead.listener and dead.sock", removed)
+	if len(removed) != 5 {
+		t.Errorf("Clean removed %+v, want gone.sock, dead.listener, dead.sock and svc+0123456789abcdef's two", removed)
 	}
 	for name, w := range want {
 		_, err := os.Lstat(filepath.Join(dir, name))
 		if gone := errors.Is(err, os.ErrNotExist); gone != w.stale {
 			t.Errorf("%s: removed %v, want %v", name, gone, w.stale)
 		}
+	}
+}
+
+// TestScanRegistry: the pool's registry is listed as such and never
+// removed; a file of that name that is no registry a minute after it was
+// made is stale.
+func TestScanRegistry(t *testing.T) {
+	dir := t.TempDir()
+	reg, err := OpenRegistry(dir, OwnerOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Close()
+	old := time.Now().Add(-2 * staleUnreadable)
+	os.Chtimes(filepath.Join(dir, RegistryFile), old, old)
+	entries, err := Scan(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Kind != "registry" || entries[0].Stale {
+		t.Fatalf("Scan of a pool with a registry: %+v, want one registry, not stale", entries)
+	}
+	// Not a registry: stale once old, not while it may be being written.
+	if err := os.WriteFile(filepath.Join(dir, RegistryFile), make([]byte, PageSize), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := Scan(dir); len(entries) != 1 || entries[0].Kind != "registry" || entries[0].Stale {
+		t.Errorf("a new, still blank registry: %+v, want not stale", entries)
+	}
+	os.Chtimes(filepath.Join(dir, RegistryFile), old, old)
+	removed, err := Clean(dir)
+	if err != nil || len(removed) != 1 || removed[0].Name != RegistryFile {
+		t.Errorf("Clean of an old blank registry: %+v, %v; want it removed", removed, err)
 	}
 }
 

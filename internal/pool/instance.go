@@ -6,8 +6,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 )
 
 // Instances. A service name may be served by any number of server
@@ -111,4 +114,78 @@ func loadAt(mem []byte, off int) Load {
 		Workers:  u32(mem, off+ctlWorkers),
 		Draining: u32(mem, off+ctlDraining),
 	}
+}
+
+// ListenerInfo is one reading of a listener segment, for tools that show
+// a pool (notnets pool ls). Every value but Owner comes from a file that
+// other processes write: a caller bounds what it makes of them.
+type ListenerInfo struct {
+	Owner     FileOwner // the file's owner and identity, as fstat says
+	PID       int       // the creator's pid, from the header
+	State     uint32    // the server control block's state word: StateNew, StateOpen, StateClosed, or anything
+	Heartbeat uint64    // the server control block's heartbeat
+	// The load words (Load) as read.
+	InFlight, Queued, Workers, Draining uint32
+}
+
+// ReadListener reads the listener segment of base (an instance,
+// <service>+<id>, or an older <name>) in the pool dir, as OpenIn would
+// open it: relative to the checked directory, refusing a symbolic link,
+// a file that is not regular or that the pool's access rules say nobody
+// of the pool made (the error wraps ErrAccess; Owner is set), and a
+// header that is not a listener's. Unlike OpenIn it maps nothing: it
+// reads a copy of the file with pread(2) on a read-only descriptor, so
+// it can write nothing, and a file truncated meanwhile is a short read,
+// not a SIGBUS. The copy is not one atomic snapshot: a word being written
+// as the kernel copies it may read torn, which is fine for showing, not
+// for deciding.
+func ReadListener(dir, base string, a Access) (ListenerInfo, error) {
+	var info ListenerInfo
+	buf, owner, err := readSegment(dir, ListenerFile(base), ListenerSize, a)
+	info.Owner = owner
+	if err != nil {
+		return info, err
+	}
+	lay, err := MapListener(buf) // a view of the private copy
+	if err != nil {
+		return info, fmt.Errorf("notnets: listener %s: %w", base, err)
+	}
+	info.PID = lay.PID
+	info.State, info.Heartbeat = lay.Server.State.Load(), lay.Server.Heartbeat.Load()
+	info.InFlight, info.Queued = lay.Load.InFlight.Load(), lay.Load.Queued.Load()
+	info.Workers, info.Draining = lay.Load.Workers.Load(), lay.Load.Draining.Load()
+	return info, nil
+}
+
+// readSegment reads the whole segment file name of the pool dir, which
+// must be size bytes, with pread(2), checked as OpenIn checks it.
+func readSegment(dir, name string, size int, a Access) ([]byte, FileOwner, error) {
+	path := filepath.Join(dir, name)
+	dfd, err := openDir(dir, a)
+	if err != nil {
+		return nil, FileOwner{}, err
+	}
+	defer unix.Close(dfd)
+	// O_NONBLOCK: a FIFO put in its place must not block the reader.
+	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, FileOwner{}, fmt.Errorf("notnets: open segment %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, FileOwner{}, fmt.Errorf("notnets: stat segment %s: %w", path, err)
+	}
+	owner := ownerOf(&st)
+	if err := a.checkFile(path, &st); err != nil {
+		return nil, owner, err
+	}
+	if st.Size != int64(size) {
+		return nil, owner, fmt.Errorf("notnets: segment %s has size %d, want %d bytes", path, st.Size, size)
+	}
+	buf := make([]byte, size)
+	if n, err := unix.Pread(fd, buf, 0); err != nil || n != size {
+		return nil, owner, fmt.Errorf("notnets: read segment %s: %d of %d bytes (%v)", path, n, size, err)
+	}
+	return buf, owner, nil
 }

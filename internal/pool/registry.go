@@ -60,3 +60,18 @@ func OpenRegistry(dir string, a Access) (*Registry, error) {
 
 // Close unmaps the registry. Nobody may use Generation afterwards.
 func (r *Registry) Close() error { return r.seg.Close() }
+
+// ReadGeneration reads the generation of the registry of the pool dir
+// without mapping or creating it (as ReadListener reads a listener): for
+// tools that show a pool. The error wraps ENOENT when the pool has no
+// registry yet.
+func ReadGeneration(dir string, a Access) (uint32, error) {
+	buf, _, err := readSegment(dir, RegistryFile, PageSize, a)
+	if err != nil {
+		return 0, err
+	}
+	if _, _, _, err := checkHeader(buf, KindRegistry); err != nil {
+		return 0, fmt.Errorf("notnets: registry of pool %s: %w", dir, err)
+	}
+	return binary.LittleEndian.Uint32(buf[offGeneration:]), nil
+}

@@ -43,10 +43,11 @@ type Listener struct {
 	hsConns    map[*net.UnixConn]bool // handshakes in progress, to end at Close
 	hsClosed   bool
 
-	closeOnce sync.Once
-	done      chan struct{}
-	mu        sync.Mutex // held by Accept while it touches the segment
-	claimed   [pool.Slots]claimSeen
+	closeOnce  sync.Once // Stop
+	unlinkOnce sync.Once // the rest of Close
+	done       chan struct{}
+	mu         sync.Mutex // held by Accept while it touches the segment
+	claimed    [pool.Slots]claimSeen
 }
 
 // ListenConfig is how a listener is published.
@@ -153,8 +154,25 @@ func (l *Listener) Load() *pool.Load { return &l.lay.Load }
 // GracefulStop has begun); they see it at their next pick.
 func (l *Listener) Drain() { l.lay.Load.Draining.Store(1) }
 
-// Close removes the listener from the pool. Accepted connections stay open.
+// Close removes the listener from the pool (Stop, then its file goes).
+// Accepted connections stay open.
 func (l *Listener) Close() error {
+	l.Stop()
+	l.unlinkOnce.Do(func() {
+		l.seg.Unlink()
+		unwatchListener(l)
+		balance.Announce(l.dir, l.access)
+	})
+	return nil
+}
+
+// Stop makes the listener take no more connections: Accept returns
+// ErrListenerClosed, its socket goes, and its state word says closed, so
+// that no client connects to it. Its file stays in the pool, with its
+// load words and heartbeat, until Close: a server draining its calls
+// (GracefulStop) stays visible, as draining, to those who look at the
+// pool (notnets pool ls), until the calls end.
+func (l *Listener) Stop() {
 	l.closeOnce.Do(func() {
 		close(l.done)
 		l.stopCreds()
@@ -168,11 +186,8 @@ func (l *Listener) Close() error {
 			a := <-l.incoming
 			a.Refuse()
 		}
-		l.seg.Unlink()
-		unwatchListener(l)
 		balance.Announce(l.dir, l.access)
 	})
-	return nil
 }
 
 // checkFresh checks that a connection segment is as a client leaves it
