@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +38,12 @@ type benchConfig struct {
 	quiet       bool
 	settle      time.Duration
 	loads       []load
+	// instances are the counts of server instances to measure, each
+	// interleaved with the others in every round; handlerWait and
+	// handlerSlots what the servers' echo handlers do (handler.serve).
+	instances    []int
+	handlerWait  time.Duration
+	handlerSlots int
 }
 
 // load is how the callers pace their calls: closed loop, each caller
@@ -136,6 +144,35 @@ pacing (-gap and -rate exclude each other):
   the client's CPU; JSON: client_wait_us_per_call). With several gaps or
   rates the plots include latency and CPU per call against the gap or rate.
 
+instances (-instances LIST, e.g. 1,2,3):
+  The command starts as many server processes as the largest count. For
+  each count N, the first N of them are the N instances of one notnets
+  service, which the notnets client balances over (its default,
+  least_request); grpc-go's client uses its round_robin balancer over the
+  same N processes' TCP (or Unix socket) addresses, given by a manual
+  resolver. Every count is measured in every round, interleaved with the
+  others, and ratios compare transports at the same count. When a count
+  above 1 is measured, grpc-go uses round_robin at every count, 1
+  included; otherwise it dials the one address directly (pick_first).
+  floor, floor-spin, wake and memcpy involve no instances: they run once,
+  in the first count's rows, against the first server process. CPU per
+  call counts every server process. Each result says how many of its
+  calls each instance served (JSON: instance_calls; the text's "by
+  instance" column, in percent).
+  -handler-wait D makes every echo handler wait D without computing, as
+  a handler waiting for a backend does. A wait alone sets no capacity: an
+  instance runs any number of handlers at once. -handler-slots K lets at
+  most K handlers of an instance wait at once (the others queue for a
+  slot inside the handler, counted as in flight), so that an instance
+  serves at most K/D calls a second and more instances serve more, even
+  on a machine with few cores. The wait blocks the handler's thread in
+  nanosleep(2) with 1 us of timer slack: it lasts D plus the kernel's
+  wake-up, and its measured mean is in the "wait" column (JSON:
+  handler_wait_us). The sleep and wake-up cost the server some CPU,
+  counted in cpu/call. (A Go timer or time.Sleep under 1 ms waits about
+  1 ms in an otherwise idle process: the runtime polls with millisecond
+  timeouts.)
+
 flags:
 `)
 		fs.PrintDefaults()
@@ -153,6 +190,9 @@ flags:
 	settle := fs.Duration("settle", 0, "pause before each transport's turn, so that the previous transport's pollers and goroutines go idle")
 	gaps := fs.String("gap", "0", "closed loop: busy-wait before each call, comma-separated durations (e.g. 0,50us,150us,1ms)")
 	rates := fs.String("rate", "0", "open loop: calls per second, comma-separated; 0 for the closed loop")
+	instances := fs.String("instances", "1", "server instances per service, comma-separated counts (e.g. 1,2,3); see above")
+	handlerWait := fs.Duration("handler-wait", 0, "wait in each echo handler, e.g. 200us (nanosleep: this plus the kernel's wake-up; the report gives the measured mean)")
+	handlerSlots := fs.Int("handler-slots", 0, "handlers per instance that wait at once (with -handler-wait; the others queue for a slot); 0 for no limit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -192,7 +232,38 @@ flags:
 		return nil, err
 	}
 	cfg.loads = loads
+	if cfg.instances, err = parseInstances(*instances); err != nil {
+		return nil, err
+	}
+	cfg.handlerWait, cfg.handlerSlots = *handlerWait, *handlerSlots
+	switch {
+	case cfg.handlerWait < 0:
+		return nil, fmt.Errorf("bad -handler-wait %v", cfg.handlerWait)
+	case cfg.handlerSlots < 0:
+		return nil, fmt.Errorf("bad -handler-slots %d", cfg.handlerSlots)
+	case cfg.handlerSlots > 0 && cfg.handlerWait == 0:
+		return nil, errors.New("-handler-slots limits the handlers' waits: it needs -handler-wait")
+	}
 	return cfg, nil
+}
+
+// maxInstances bounds -instances: each instance is a server process.
+const maxInstances = 64
+
+// parseInstances parses -instances: distinct counts of instances.
+func parseInstances(list string) ([]int, error) {
+	var counts []int
+	for _, s := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > maxInstances {
+			return nil, fmt.Errorf("bad instance count %q (want 1 to %d)", s, maxInstances)
+		}
+		if contains(counts, n) {
+			return nil, fmt.Errorf("instance count %d given twice", n)
+		}
+		counts = append(counts, n)
+	}
+	return counts, nil
 }
 
 // parseLoads parses -gap and -rate into the loads to measure.
@@ -224,7 +295,7 @@ func parseLoads(gaps, rates string) ([]load, error) {
 	return gapLoads, nil
 }
 
-func contains(list []string, s string) bool {
+func contains[T comparable](list []T, s T) bool {
 	for _, x := range list {
 		if x == s {
 			return true
@@ -277,6 +348,15 @@ type Result struct {
 	P999Ratio float64 `json:"p999_ratio_vs_grpc_tcp,omitempty"`
 	TputRatio float64 `json:"throughput_ratio_vs_grpc_tcp,omitempty"` // this one's calls/s over grpc-tcp's
 	CPURatio  float64 `json:"cpu_ratio_vs_grpc_tcp,omitempty"`
+	// Instances is how many server instances served the calls (for the
+	// floors, wake and memcpy: the count of the rows they run in), and
+	// InstanceCalls how many of the timed calls each one's handlers
+	// served, in the order of the report's ServerPIDs (absent where no
+	// handler runs). HandlerWaitUS is the mean time the handlers really
+	// waited with -handler-wait (nanosleep and its wake-up).
+	Instances     int     `json:"instances"`
+	InstanceCalls []int64 `json:"instance_calls,omitempty"`
+	HandlerWaitUS float64 `json:"handler_wait_us,omitempty"`
 
 	load    load
 	hist    *hdrhistogram.Histogram
@@ -284,6 +364,8 @@ type Result struct {
 	cpuSelf time.Duration
 	cpuPeer time.Duration
 	cpuWait time.Duration // busy-wait of the callers, in wall time
+	waitNS  int64         // the handlers' waits, in all
+	waits   int64
 }
 
 // Report is everything one run of `notnets bench` measured.
@@ -292,7 +374,16 @@ type Report struct {
 	Go      string    `json:"go"`
 	Started time.Time `json:"started"`
 	Rounds  int       `json:"rounds"`
-	Results []*Result `json:"results"`
+	// ServerPIDs are the server processes, the instances in order;
+	// Instances the counts measured; GRPCBalancing grpc-go's policy
+	// (round_robin when a count is above 1, else pick_first).
+	// HandlerWait and HandlerSlots are -handler-wait and -handler-slots.
+	ServerPIDs    []int     `json:"server_pids"`
+	Instances     []int     `json:"instances"`
+	GRPCBalancing string    `json:"grpc_balancing"`
+	HandlerWait   string    `json:"handler_wait,omitempty"`
+	HandlerSlots  int       `json:"handler_slots,omitempty"`
+	Results       []*Result `json:"results"`
 }
 
 func bench(args []string) error {
@@ -303,12 +394,22 @@ func bench(args []string) error {
 		}
 		return err
 	}
-	env, err := startBenchServer()
+	env, err := startBenchServers(cfg)
 	if err != nil {
 		return err
 	}
 	defer env.close()
-	rep := &Report{Machine: machine(), Go: runtime.Version(), Started: time.Now(), Rounds: cfg.rounds}
+	rep := &Report{Machine: machine(), Go: runtime.Version(), Started: time.Now(), Rounds: cfg.rounds,
+		Instances: cfg.instances, GRPCBalancing: "pick_first", HandlerSlots: cfg.handlerSlots}
+	for _, s := range env.servers {
+		rep.ServerPIDs = append(rep.ServerPIDs, s.info.PID)
+	}
+	if env.roundRobin {
+		rep.GRPCBalancing = "round_robin"
+	}
+	if cfg.handlerWait > 0 {
+		rep.HandlerWait = cfg.handlerWait.String()
+	}
 	bar := newBar(cfg)
 	for _, c := range cfg.concurrency {
 		for _, size := range cfg.sizes {
@@ -328,7 +429,7 @@ func bench(args []string) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
-	printReport(os.Stdout, rep, env.cmd.Process.Pid)
+	printReport(os.Stdout, rep)
 	if cfg.outDir != "" {
 		files, err := plotReport(cfg.outDir, rep)
 		if err != nil {
@@ -343,7 +444,7 @@ func newBar(cfg *benchConfig) *progressbar.ProgressBar {
 	if cfg.quiet || !term.IsTerminal(int(os.Stderr.Fd())) {
 		return nil
 	}
-	segments := len(cfg.concurrency) * len(cfg.sizes) * cfg.rounds * len(cfg.loads) * len(cfg.transports)
+	segments := len(cfg.concurrency) * len(cfg.sizes) * cfg.rounds * len(cfg.loads) * len(cfg.instances) * len(cfg.transports)
 	return progressbar.NewOptions(segments,
 		progressbar.OptionSetWriter(os.Stderr),
 		progressbar.OptionSetDescription("measuring"),
@@ -353,70 +454,84 @@ func newBar(cfg *benchConfig) *progressbar.ProgressBar {
 }
 
 // measure runs every transport at one size and concurrency, at every
-// load, in rounds: in each round every load, and at each load every
-// transport, takes a turn. It returns the results load by load.
+// load and instance count, in rounds: in each round every load, at each
+// load every count, and at each count every transport, takes a turn. It
+// returns the results load by load, and within a load count by count.
 func (e *benchEnv) measure(cfg *benchConfig, size, conc int, bar *progressbar.ProgressBar) ([]*Result, error) {
 	defer e.closeConns()
 	payload := make([]byte, size)
 	for i := range payload {
 		payload[i] = 'a' + byte(i%26)
 	}
-	trs := make([]*transport, len(cfg.transports))
-	for i, name := range cfg.transports {
-		if singleCaller(name) && conc > 1 {
-			continue
-		}
-		tr, err := e.transport(name, conc)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		trs[i] = tr
-		for j := 0; j < cfg.warmup; j++ {
-			if _, err := tr.callers[0](payload); err != nil {
-				return nil, fmt.Errorf("%s warm-up: %w", name, err)
+	// trs[c][i] is transport i at instance count c; the single-caller
+	// references involve no instances and run at the first count only.
+	trs := make([][]*transport, len(cfg.instances))
+	for c, k := range cfg.instances {
+		trs[c] = make([]*transport, len(cfg.transports))
+		for i, name := range cfg.transports {
+			if singleCaller(name) && (conc > 1 || c > 0) {
+				continue
+			}
+			tr, err := e.transport(name, conc, k)
+			if err != nil {
+				return nil, fmt.Errorf("%s with %d instance(s): %w", name, k, err)
+			}
+			trs[c][i] = tr
+			for j := 0; j < cfg.warmup; j++ {
+				if _, err := tr.callers[0](payload); err != nil {
+					return nil, fmt.Errorf("%s warm-up: %w", name, err)
+				}
+			}
+			if err := tr.idle(); err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
 			}
 		}
-		if err := tr.idle(); err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
 	}
-	results := make([][]*Result, len(cfg.loads))
+	results := make([][][]*Result, len(cfg.loads))
 	for l, ld := range cfg.loads {
-		results[l] = make([]*Result, len(cfg.transports))
-		for i, name := range cfg.transports {
-			if trs[i] != nil {
-				results[l][i] = &Result{Transport: name, Size: size, Concurrency: conc, load: ld,
-					GapUS: float64(ld.gap) / 1e3, RatePerSec: ld.rate,
-					hist: hdrhistogram.New(1, int64(100*time.Second), 3)}
+		results[l] = make([][]*Result, len(cfg.instances))
+		for c, k := range cfg.instances {
+			results[l][c] = make([]*Result, len(cfg.transports))
+			for i, name := range cfg.transports {
+				if trs[c][i] != nil {
+					results[l][c][i] = &Result{Transport: name, Size: size, Concurrency: conc, load: ld,
+						GapUS: float64(ld.gap) / 1e3, RatePerSec: ld.rate, Instances: k,
+						InstanceCalls: make([]int64, k),
+						hist:          hdrhistogram.New(1, int64(100*time.Second), 3)}
+				}
 			}
 		}
 	}
 	for r := 0; r < cfg.rounds; r++ {
 		for l, ld := range cfg.loads {
-			for i, tr := range trs {
-				if tr == nil {
-					continue
-				}
-				if err := e.segment(cfg, results[l][i], tr, payload, ld); err != nil {
-					return nil, fmt.Errorf("%s: %w", cfg.transports[i], err)
-				}
-				if bar != nil {
-					bar.Add(1)
+			for c, k := range cfg.instances {
+				for i, tr := range trs[c] {
+					if tr == nil {
+						continue
+					}
+					if err := e.segment(cfg, results[l][c][i], tr, payload, ld); err != nil {
+						return nil, fmt.Errorf("%s with %d instance(s): %w", cfg.transports[i], k, err)
+					}
+					if bar != nil {
+						bar.Add(1)
+					}
 				}
 			}
 		}
 	}
 	var all []*Result
 	for l := range results {
-		var atLoad []*Result
-		for _, res := range results[l] {
-			if res != nil {
-				res.finish()
-				atLoad = append(atLoad, res)
+		for c := range results[l] {
+			var group []*Result
+			for _, res := range results[l][c] {
+				if res != nil {
+					res.finish()
+					group = append(group, res)
+				}
 			}
+			ratios(group)
+			all = append(all, group...)
 		}
-		ratios(atLoad)
-		all = append(all, atLoad...)
 	}
 	return all, nil
 }
@@ -434,7 +549,7 @@ func (e *benchEnv) segment(cfg *benchConfig, res *Result, tr *transport, payload
 	if err := tr.ready(payload); err != nil {
 		return err
 	}
-	peer0, err := e.peerCPU()
+	peer0, err := e.peerStats()
 	if err != nil {
 		return err
 	}
@@ -496,11 +611,18 @@ func (e *benchEnv) segment(cfg *benchConfig, res *Result, tr *transport, payload
 	wg.Wait()
 	res.elapsed += time.Since(start)
 	res.cpuSelf += selfCPU() - self0
-	peer1, err := e.peerCPU()
+	peer1, err := e.peerStats()
 	if err != nil {
 		return err
 	}
-	res.cpuPeer += peer1 - peer0
+	for j := range peer1 {
+		res.cpuPeer += time.Duration(peer1[j].CPUUS-peer0[j].CPUUS) * time.Microsecond
+		res.waitNS += peer1[j].WaitNS - peer0[j].WaitNS
+		res.waits += peer1[j].Waits - peer0[j].Waits
+		if j < len(res.InstanceCalls) {
+			res.InstanceCalls[j] += peer1[j].Calls - peer0[j].Calls
+		}
+	}
 	for g := range cs {
 		if errs[g] != nil {
 			return errs[g]
@@ -529,6 +651,9 @@ func waitUntil(t time.Time) time.Duration {
 
 func (r *Result) finish() {
 	us := func(ns int64) float64 { return float64(ns) / 1e3 }
+	if !slices.ContainsFunc(r.InstanceCalls, func(n int64) bool { return n > 0 }) {
+		r.InstanceCalls = nil // no handler runs (floor, wake, memcpy)
+	}
 	r.Calls = r.hist.TotalCount()
 	if r.Calls == 0 {
 		return
@@ -543,6 +668,9 @@ func (r *Result) finish() {
 	r.ClientCPUUS = float64(max(r.cpuSelf-r.cpuWait, 0).Nanoseconds()) / 1e3 / float64(r.Calls)
 	r.ClientWaitUS = float64(r.cpuWait.Nanoseconds()) / 1e3 / float64(r.Calls)
 	r.ServerCPUUS = float64(r.cpuPeer.Nanoseconds()) / 1e3 / float64(r.Calls)
+	if r.waits > 0 {
+		r.HandlerWaitUS = float64(r.waitNS) / 1e3 / float64(r.waits)
+	}
 }
 
 // ratios sets each result's ratios to grpc-tcp's, among results of one
@@ -590,19 +718,36 @@ func machine() string {
 	return fmt.Sprintf("%d cores, %s, %s/%s", runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH)
 }
 
-// benchEnv is the server process and the connections to it.
+// benchEnv is the server processes and the connections to them.
 type benchEnv struct {
-	cmd     *exec.Cmd
-	stdin   *bufio.Writer
-	stdinC  interface{ Close() error }
-	stdout  *bufio.Scanner
-	info    serverInfo
+	// servers are the instances in order: the first N serve the notnets
+	// service of N instances (serviceName), and grpc-go's client for N
+	// instances balances over their addresses.
+	servers []*benchProc
 	pool    string
 	udsDir  string
-	closers []func()
+	// roundRobin: grpc-go's clients use round_robin over the servers'
+	// addresses (a count above 1 is measured), else dial the first's.
+	roundRobin bool
+	closers    []func()
 }
 
-func startBenchServer() (*benchEnv, error) {
+// benchProc is one bench server process.
+type benchProc struct {
+	cmd    *exec.Cmd
+	stdin  *bufio.Writer
+	stdinC interface{ Close() error }
+	stdout *bufio.Scanner
+	info   serverInfo
+}
+
+// serviceName is the notnets service that n instances serve.
+func serviceName(n int) string { return fmt.Sprintf("bench-x%d", n) }
+
+// startBenchServers starts as many bench server processes as the largest
+// instance count: server i is an instance of the service of every count
+// above i.
+func startBenchServers(cfg *benchConfig) (*benchEnv, error) {
 	base := "/dev/shm"
 	if _, err := os.Stat(base); err != nil {
 		base = ""
@@ -611,89 +756,130 @@ func startBenchServer() (*benchEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	udsDir, err := os.MkdirTemp("", "notnets-bench-uds-")
-	if err != nil {
+	e := &benchEnv{pool: pool, roundRobin: slices.Max(cfg.instances) > 1}
+	if e.udsDir, err = os.MkdirTemp("", "notnets-bench-uds-"); err != nil {
+		e.close()
 		return nil, err
 	}
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, err
-	}
-	e := &benchEnv{pool: pool, udsDir: udsDir}
-	e.cmd = exec.Command(exe, "bench-server", "-pool", pool, "-uds-dir", udsDir)
-	e.cmd.Stderr = os.Stderr
-	w, err := e.cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	r, err := e.cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := e.cmd.Start(); err != nil {
-		return nil, err
-	}
-	e.stdin, e.stdinC, e.stdout = bufio.NewWriter(w), w, bufio.NewScanner(r)
-	line, err := e.readLine()
-	if err == nil {
-		err = json.Unmarshal([]byte(line), &e.info)
-	}
-	if err != nil {
 		e.close()
-		return nil, fmt.Errorf("bench server did not start: %v", err)
+		return nil, err
+	}
+	for i := range slices.Max(cfg.instances) {
+		var names []string
+		for _, n := range cfg.instances {
+			if n > i {
+				names = append(names, serviceName(n))
+			}
+		}
+		cmd := exec.Command(exe, "bench-server", "-pool", pool, "-uds", filepath.Join(e.udsDir, fmt.Sprintf("bench-%d.sock", i)),
+			"-services", strings.Join(names, ","), "-handler-wait", cfg.handlerWait.String(), "-handler-slots", strconv.Itoa(cfg.handlerSlots))
+		s, err := startProc(cmd)
+		if s != nil {
+			e.servers = append(e.servers, s)
+		}
+		if err != nil {
+			e.close()
+			return nil, err
+		}
+	}
+	for _, s := range e.servers {
+		line, err := s.readLine()
+		if err == nil {
+			err = json.Unmarshal([]byte(line), &s.info)
+		}
+		if err != nil {
+			e.close()
+			return nil, fmt.Errorf("bench server did not start: %v", err)
+		}
 	}
 	return e, nil
 }
 
-func (e *benchEnv) readLine() (string, error) {
-	if !e.stdout.Scan() {
-		if err := e.stdout.Err(); err != nil {
+// startProc starts a bench server with pipes to its stdin and stdout.
+func startProc(cmd *exec.Cmd) (*benchProc, error) {
+	cmd.Stderr = os.Stderr
+	w, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	r, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &benchProc{cmd: cmd, stdin: bufio.NewWriter(w), stdinC: w, stdout: bufio.NewScanner(r)}, nil
+}
+
+func (s *benchProc) readLine() (string, error) {
+	if !s.stdout.Scan() {
+		if err := s.stdout.Err(); err != nil {
 			return "", err
 		}
 		return "", errors.New("bench server exited")
 	}
-	return e.stdout.Text(), nil
+	return s.stdout.Text(), nil
 }
 
 // command sends one line to the server and returns its answer.
-func (e *benchEnv) command(cmd string) (string, error) {
-	fmt.Fprintln(e.stdin, cmd)
-	if err := e.stdin.Flush(); err != nil {
+func (s *benchProc) command(cmd string) (string, error) {
+	fmt.Fprintln(s.stdin, cmd)
+	if err := s.stdin.Flush(); err != nil {
 		return "", err
 	}
-	return e.readLine()
+	return s.readLine()
 }
 
-// peerCPU returns the CPU time the server process has used.
-func (e *benchEnv) peerCPU() (time.Duration, error) {
-	line, err := e.command("rusage")
-	if err != nil {
-		return 0, err
+// close ends the server: it closes its stdin, and kills it if it has not
+// exited 10 s later.
+func (s *benchProc) close() {
+	s.stdinC.Close()
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		s.cmd.Process.Kill()
+		<-done
 	}
-	var user, sys int64
-	if _, err := fmt.Sscan(line, &user, &sys); err != nil {
-		return 0, fmt.Errorf("bench server rusage %q: %v", line, err)
+}
+
+// command sends one line to the first server, which serves the floors and
+// the wake reference, and returns its answer.
+func (e *benchEnv) command(cmd string) (string, error) {
+	return e.servers[0].command(cmd)
+}
+
+// peerStats returns every server's CPU time and handler counts, in order.
+func (e *benchEnv) peerStats() ([]serverStats, error) {
+	sts := make([]serverStats, len(e.servers))
+	for i, s := range e.servers {
+		line, err := s.command("stats")
+		if err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal([]byte(line), &sts[i]); err != nil {
+			return nil, fmt.Errorf("bench server stats %q: %v", line, err)
+		}
 	}
-	return time.Duration(user+sys) * time.Microsecond, nil
+	return sts, nil
 }
 
 func (e *benchEnv) close() {
 	e.closeConns()
-	if e.stdinC != nil {
-		e.stdinC.Close()
+	for _, s := range e.servers {
+		s.stdinC.Close() // all at once: each exits when its stdin closes
 	}
-	if e.cmd.Process != nil {
-		done := make(chan struct{})
-		go func() { e.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			e.cmd.Process.Kill()
-			<-done
-		}
+	for _, s := range e.servers {
+		s.close()
 	}
 	os.RemoveAll(e.pool)
-	os.RemoveAll(e.udsDir)
+	if e.udsDir != "" {
+		os.RemoveAll(e.udsDir)
+	}
 }
 
 // caller makes one echo call with the payload. It returns 0 and the

@@ -137,6 +137,117 @@ func TestParseBenchFlags(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(cfg.transports, []string{"floor", "floor-spin", "wake"}) {
 		t.Errorf("transports %v, %v", cfg, err)
 	}
+	cfg, err = parseBenchFlags([]string{"-instances", "1, 2,3", "-handler-wait", "200us", "-handler-slots", "4"})
+	if err != nil || !reflect.DeepEqual(cfg.instances, []int{1, 2, 3}) || cfg.handlerWait != 200*time.Microsecond || cfg.handlerSlots != 4 {
+		t.Errorf("instances, handler wait and slots: %+v, %v", cfg, err)
+	}
+	if cfg, err := parseBenchFlags(nil); err != nil || !reflect.DeepEqual(cfg.instances, []int{1}) || cfg.handlerWait != 0 || cfg.handlerSlots != 0 {
+		t.Errorf("defaults: %+v, %v", cfg, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		err  string
+	}{
+		{[]string{"-instances", "0"}, "bad instance count"},
+		{[]string{"-instances", "1,,2"}, "bad instance count"},
+		{[]string{"-instances", "65"}, "bad instance count"},
+		{[]string{"-instances", "two"}, "bad instance count"},
+		{[]string{"-instances", "2,1,2"}, "given twice"},
+		{[]string{"-handler-wait", "-1ms"}, "bad -handler-wait"},
+		{[]string{"-handler-wait", "1ms", "-handler-slots", "-1"}, "bad -handler-slots"},
+		{[]string{"-handler-slots", "2"}, "needs -handler-wait"},
+	} {
+		if _, err := parseBenchFlags(tc.args); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%q: error %v, want one containing %q", tc.args, err, tc.err)
+		}
+	}
+}
+
+// TestBenchInstances runs a short bench of the balanced transports with
+// one and two instances whose handlers wait, and checks from the servers'
+// own counts that every instance served calls, and only those of its
+// count.
+func TestBenchInstances(t *testing.T) {
+	rep, _ := runBenchJSON(t, "-transports", "grpc-tcp,grpc-uds,notnets,notnets-raw", "-instances", "1,2", "-c", "4",
+		"-n", "200", "-rounds", "2", "-handler-wait", "50us", "-handler-slots", "2")
+	if len(rep.ServerPIDs) != 2 || rep.ServerPIDs[0] == rep.ServerPIDs[1] || !reflect.DeepEqual(rep.Instances, []int{1, 2}) ||
+		rep.GRPCBalancing != "round_robin" || rep.HandlerWait != (50*time.Microsecond).String() || rep.HandlerSlots != 2 {
+		t.Errorf("report: server pids %v, instances %v, grpc balancing %q, handler wait %q, slots %d; want 2 pids, [1 2], round_robin, 50µs, 2",
+			rep.ServerPIDs, rep.Instances, rep.GRPCBalancing, rep.HandlerWait, rep.HandlerSlots)
+	}
+	if len(rep.Results) != 8 {
+		t.Fatalf("%d results, want 8 (4 transports at 2 counts)", len(rep.Results))
+	}
+	for i, r := range rep.Results {
+		id := fmt.Sprintf("%s with %d instance(s)", r.Transport, r.Instances)
+		if want := 1 + i/4; r.Instances != want {
+			t.Errorf("result %d is %s, want %d instance(s): counts in turn, transports within", i, id, want)
+		}
+		if r.Calls != 200 || r.TputRatio <= 0 || r.P50US <= 0 {
+			t.Errorf("%s: %d calls, throughput ratio %g, p50 %g us", id, r.Calls, r.TputRatio, r.P50US)
+		}
+		if r.HandlerWaitUS < 50 {
+			t.Errorf("%s: handlers waited %g us on average, less than the 50 us asked", id, r.HandlerWaitUS)
+		}
+		if len(r.InstanceCalls) != r.Instances {
+			t.Errorf("%s: calls by instance %v", id, r.InstanceCalls)
+			continue
+		}
+		var sum int64
+		for j, n := range r.InstanceCalls {
+			sum += n
+			if n == 0 {
+				t.Errorf("%s: instance %d (pid %d) served none of the calls: %v", id, j, rep.ServerPIDs[j], r.InstanceCalls)
+			}
+			// round_robin: every other call, whatever the loads.
+			if strings.HasPrefix(r.Transport, "grpc") && n < r.Calls/(2*int64(r.Instances)) {
+				t.Errorf("%s: round_robin gave instance %d only %d calls: %v", id, j, n, r.InstanceCalls)
+			}
+		}
+		if sum != r.Calls {
+			t.Errorf("%s: the instances served %d calls (%v), the client made %d", id, sum, r.InstanceCalls, r.Calls)
+		}
+	}
+}
+
+// TestPrintReportInstances checks the text report of a run with two
+// instance counts: the instance, wait and share columns.
+func TestPrintReportInstances(t *testing.T) {
+	rep := &Report{Machine: "m", Go: "go", Rounds: 1, ServerPIDs: []int{10, 11}, Instances: []int{1, 2},
+		GRPCBalancing: "round_robin", HandlerWait: "200µs", HandlerSlots: 4}
+	for _, k := range []int{1, 2} {
+		for _, name := range []string{"grpc-tcp", "notnets"} {
+			calls := []int64{100}
+			if k == 2 {
+				calls = []int64{25, 75}
+			}
+			rep.Results = append(rep.Results, &Result{Transport: name, Size: 16, Concurrency: 16, Calls: 100,
+				AvgUS: 300, P50US: 250, P99US: 400, P999US: 500, MaxUS: 600, CallsPerSec: 5000 * float64(k), TputRatio: 1,
+				Instances: k, InstanceCalls: calls, HandlerWaitUS: 226})
+		}
+	}
+	var b strings.Builder
+	printReport(&b, rep)
+	out := b.String()
+	for _, want := range []string{"servers in 2 other processes (pids 10, 11)", "grpc-go round_robin", "handlers wait 200µs",
+		"at most 4 at once per instance", "per transport and instance count", "inst", "wait", "by instance %"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in the report:\n%s", want, out)
+		}
+	}
+	rows := 0
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 3 && (f[0] == "grpc-tcp" || f[0] == "notnets") && f[1] == "0" {
+			rows++
+			if inst, share := f[2], f[len(f)-1]; !(inst == "1" && share == "100" || inst == "2" && share == "25/75") || !strings.Contains(line, "226us") {
+				t.Errorf("row %q: want instances 1 and 100 or 2 and 25/75, and the wait 226us", line)
+			}
+		}
+	}
+	if rows != 4 {
+		t.Errorf("%d rows, want 4:\n%s", rows, out)
+	}
 }
 
 // runBenchJSON runs bench -json in a child process with args and returns

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -11,30 +14,42 @@ import (
 	"gonum.org/v1/plot/vg"
 )
 
-// plotReport draws a latency CDF for every size, concurrency and load
-// (gap or rate); when several sizes were measured, latency against size;
-// and when several loads were, latency and CPU per call against the load
-// for every size and concurrency. It returns the files.
+// plotReport draws a latency CDF for every size, concurrency, load (gap
+// or rate) and instance count; when several sizes were measured, latency
+// against size; when several loads were, latency and CPU per call
+// against the load for every size, concurrency and instance count; and
+// when several instance counts were, calls per second against the count
+// for every size, concurrency and load. It returns the files.
 func plotReport(dir string, rep *Report) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	type key struct {
-		size, conc int
-		load       load
+		size, conc, inst int
+		load             load
 	}
 	groups := map[key][]*Result{}
 	var order []key
 	sizes := map[int]bool{}
 	loads := map[load]bool{}
+	counts := map[int]bool{}
 	for _, r := range rep.Results {
-		k := key{r.Size, r.Concurrency, r.load}
+		k := key{r.Size, r.Concurrency, r.Instances, r.load}
 		if groups[k] == nil {
 			order = append(order, k)
 		}
 		groups[k] = append(groups[k], r)
 		sizes[r.Size] = true
 		loads[r.load] = true
+		counts[r.Instances] = true
+	}
+	// instFile names an instance count in a file name, when several were
+	// measured.
+	instFile := func(n int) string {
+		if len(counts) > 1 {
+			return fmt.Sprintf("-i%d", n)
+		}
+		return ""
 	}
 	var files []string
 	for _, k := range order {
@@ -42,6 +57,7 @@ func plotReport(dir string, rep *Report) ([]string, error) {
 		if len(loads) > 1 {
 			name += "-" + loadFile(k.load)
 		}
+		name += instFile(k.inst)
 		f := filepath.Join(dir, name+".png")
 		if err := plotCDF(f, groups[k]); err != nil {
 			return nil, err
@@ -56,10 +72,10 @@ func plotReport(dir string, rep *Report) ([]string, error) {
 		files = append(files, f)
 	}
 	if len(loads) > 1 {
-		byPair := map[[2]int][]*Result{}
-		var pairs [][2]int
+		byPair := map[[3]int][]*Result{}
+		var pairs [][3]int
 		for _, r := range rep.Results {
-			k := [2]int{r.Size, r.Concurrency}
+			k := [3]int{r.Size, r.Concurrency, r.Instances}
 			if byPair[k] == nil {
 				pairs = append(pairs, k)
 			}
@@ -70,7 +86,7 @@ func plotReport(dir string, rep *Report) ([]string, error) {
 			if byPair[k][0].load.rate > 0 || byPair[k][len(byPair[k])-1].load.rate > 0 {
 				axis = "rate"
 			}
-			suffix := fmt.Sprintf("vs-%s-%s-c%d.png", axis, fileSize(k[0]), k[1])
+			suffix := fmt.Sprintf("vs-%s-%s-c%d%s.png", axis, fileSize(k[0]), k[1], instFile(k[2]))
 			fl, fc := filepath.Join(dir, "latency-"+suffix), filepath.Join(dir, "cpu-"+suffix)
 			if err := plotLoads(fl, byPair[k], false); err != nil {
 				return nil, err
@@ -81,7 +97,84 @@ func plotReport(dir string, rep *Report) ([]string, error) {
 			files = append(files, fl, fc)
 		}
 	}
+	if len(counts) > 1 {
+		type key struct {
+			size, conc int
+			load       load
+		}
+		byLoad := map[key][]*Result{}
+		var keys []key
+		for _, r := range rep.Results {
+			k := key{r.Size, r.Concurrency, r.load}
+			if byLoad[k] == nil {
+				keys = append(keys, k)
+			}
+			byLoad[k] = append(byLoad[k], r)
+		}
+		for _, k := range keys {
+			name := fmt.Sprintf("calls-vs-instances-%s-c%d", fileSize(k.size), k.conc)
+			if len(loads) > 1 {
+				name += "-" + loadFile(k.load)
+			}
+			f := filepath.Join(dir, name+".png")
+			if err := plotInstances(f, byLoad[k]); err != nil {
+				return nil, err
+			}
+			files = append(files, f)
+		}
+	}
 	return files, nil
+}
+
+// plotInstances draws, for results of one size, concurrency and load,
+// every transport's calls per second against the instance count.
+func plotInstances(file string, results []*Result) error {
+	r0 := results[0]
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("calls per second against server instances, payload %s, %d caller(s)", sizeName(r0.Size), r0.Concurrency)
+	switch {
+	case r0.load.rate > 0:
+		p.Title.Text += fmt.Sprintf(", open loop at %d calls/s", r0.load.rate)
+	case r0.load.gap > 0:
+		p.Title.Text += ", gap " + gapName(r0.load.gap)
+	}
+	p.X.Label.Text = "instances"
+	p.Y.Label.Text = "calls per second"
+	p.Y.Min = 0 // scaling reads as the slope from the origin
+	var ticks []plot.Tick
+	for _, r := range results {
+		if !slices.ContainsFunc(ticks, func(t plot.Tick) bool { return t.Value == float64(r.Instances) }) {
+			ticks = append(ticks, plot.Tick{Value: float64(r.Instances), Label: strconv.Itoa(r.Instances)})
+		}
+	}
+	p.X.Tick.Marker = plot.ConstantTicks(ticks)
+	p.Add(plotter.NewGrid())
+	byTransport := map[string]plotter.XYs{}
+	var names []string
+	for _, r := range results {
+		if r.Calls == 0 || r.InstanceCalls == nil { // no instances behind it
+			continue
+		}
+		if byTransport[r.Transport] == nil {
+			names = append(names, r.Transport)
+		}
+		byTransport[r.Transport] = append(byTransport[r.Transport], plotter.XY{X: float64(r.Instances), Y: r.CallsPerSec})
+	}
+	for i, name := range names {
+		xys := byTransport[name]
+		slices.SortFunc(xys, func(a, b plotter.XY) int { return cmp.Compare(a.X, b.X) })
+		ls, pts, err := plotter.NewLinePoints(xys)
+		if err != nil {
+			return err
+		}
+		ls.Color, pts.Color = plotutil.Color(i), plotutil.Color(i)
+		ls.Width = vg.Points(1.5)
+		pts.Shape = plotutil.Shape(i)
+		p.Add(ls, pts)
+		p.Legend.Add(name, ls, pts)
+	}
+	p.Legend.Top, p.Legend.Left = true, true
+	return p.Save(8*vg.Inch, 5*vg.Inch, file)
 }
 
 // loadFile names a load in a file name: gap50us, rate2000.
@@ -158,7 +251,7 @@ func plotSizes(file string, results []*Result) error {
 	byTransport := map[string][]*Result{}
 	var names []string
 	for _, r := range results {
-		if r.Concurrency != results[0].Concurrency || r.load != results[0].load {
+		if r.Concurrency != results[0].Concurrency || r.load != results[0].load || r.Instances != results[0].Instances {
 			continue
 		}
 		if byTransport[r.Transport] == nil {

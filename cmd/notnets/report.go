@@ -3,39 +3,89 @@ package main
 import (
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 )
 
 // printReport prints one table per concurrency and size, a row per
-// transport and load (gap or rate), load by load.
-func printReport(w io.Writer, rep *Report, serverPID int) {
+// transport, instance count and load (gap or rate): load by load, and
+// within a load count by count.
+func printReport(w io.Writer, rep *Report) {
 	loadCol, open := "gap", false
+	instCol, waitCol := false, false
 	for _, r := range rep.Results {
 		if r.RatePerSec > 0 {
 			loadCol, open = "rate", true
 		}
+		instCol = instCol || r.Instances > 1
+		waitCol = waitCol || r.HandlerWaitUS > 0
 	}
-	fmt.Fprintf(w, "notnets bench: helloworld echo (Greeter.SayHello), server in another process (pid %d)\n", serverPID)
+	fmt.Fprint(w, "notnets bench: helloworld echo (Greeter.SayHello), ")
+	if len(rep.ServerPIDs) == 1 {
+		fmt.Fprintf(w, "server in another process (pid %d)\n", rep.ServerPIDs[0])
+	} else {
+		pids := make([]string, len(rep.ServerPIDs))
+		for i, pid := range rep.ServerPIDs {
+			pids[i] = strconv.Itoa(pid)
+		}
+		fmt.Fprintf(w, "servers in %d other processes (pids %s), the first N the instances at N\n", len(pids), strings.Join(pids, ", "))
+	}
 	fmt.Fprintf(w, "machine: %s, %s; calls interleaved in %d rounds\n", rep.Machine, rep.Go, rep.Rounds)
+	if instCol {
+		fmt.Fprintf(w, "balancing: notnets least_request (its default), grpc-go %s over the instances' addresses\n", rep.GRPCBalancing)
+	}
+	if rep.HandlerWait != "" {
+		fmt.Fprintf(w, "handlers wait %s in nanosleep (measured mean in the wait column)", rep.HandlerWait)
+		if rep.HandlerSlots > 0 {
+			fmt.Fprintf(w, ", at most %d at once per instance", rep.HandlerSlots)
+		}
+		fmt.Fprintln(w)
+	}
 	var group []*Result
 	flush := func() {
 		if len(group) == 0 {
 			return
 		}
-		r0 := group[0]
+		r0, rl := group[0], group[len(group)-1]
 		per := "transport"
-		if group[len(group)-1].load != r0.load {
+		if rl.load != r0.load {
 			per += " and " + loadCol
+		}
+		if rl.Instances != r0.Instances {
+			per += " and instance count"
 		}
 		fmt.Fprintf(w, "\npayload %s, %d caller(s) on one connection, %d calls per %s\n", sizeName(r0.Size), r0.Concurrency, r0.Calls, per)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "transport\t%s\tavg\t", loadCol)
-		fmt.Fprintln(tw, "p50\tp99\tp99.9\tmax\tcalls/s\tMB/s\tcpu/call\t\tavg vs tcp\tp99.9 vs tcp\tcalls/s vs tcp\tcpu vs tcp\t")
+		fmt.Fprintf(tw, "transport\t%s\t", loadCol)
+		if instCol {
+			fmt.Fprint(tw, "inst\t")
+		}
+		fmt.Fprint(tw, "avg\tp50\tp99\tp99.9\tmax\tcalls/s\tMB/s\tcpu/call\t")
+		if waitCol {
+			fmt.Fprint(tw, "wait\t")
+		}
+		fmt.Fprint(tw, "\tavg vs tcp\tp99.9 vs tcp\tcalls/s vs tcp\tcpu vs tcp\t")
+		if instCol {
+			fmt.Fprint(tw, "by instance %\t")
+		}
+		fmt.Fprintln(tw)
 		for _, r := range group {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.1f\t%s\t\t%s\t%s\t%s\t%s\t\n", r.Transport, r.load,
+			fmt.Fprintf(tw, "%s\t%s\t", r.Transport, r.load)
+			if instCol {
+				fmt.Fprintf(tw, "%d\t", r.Instances)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f\t%.1f\t%s\t",
 				us(r.AvgUS), us(r.P50US), us(r.P99US), us(r.P999US), us(r.MaxUS),
-				r.CallsPerSec, r.MBPerSec, us(r.ClientCPUUS+r.ServerCPUUS),
-				ratio(r.AvgRatio), ratio(r.P999Ratio), ratio(r.TputRatio), ratio(r.CPURatio))
+				r.CallsPerSec, r.MBPerSec, us(r.ClientCPUUS+r.ServerCPUUS))
+			if waitCol {
+				fmt.Fprintf(tw, "%s\t", orDash(r.HandlerWaitUS, us))
+			}
+			fmt.Fprintf(tw, "\t%s\t%s\t%s\t%s\t", ratio(r.AvgRatio), ratio(r.P999Ratio), ratio(r.TputRatio), ratio(r.CPURatio))
+			if instCol {
+				fmt.Fprintf(tw, "%s\t", shares(r.InstanceCalls))
+			}
+			fmt.Fprintln(tw)
 		}
 		tw.Flush()
 		group = nil
@@ -48,6 +98,12 @@ func printReport(w io.Writer, rep *Report, serverPID int) {
 	}
 	flush()
 	fmt.Fprintln(w, "\nratios: grpc-tcp's latency or CPU over the transport's, or the transport's calls/s over grpc-tcp's (above 1x: better than grpc-tcp)")
+	if instCol {
+		fmt.Fprintln(w, "inst: server instances serving the calls, ratios against grpc-tcp at the same count; by instance: each one's share of the calls, in percent; cpu/call counts every server process")
+	}
+	if waitCol {
+		fmt.Fprintln(w, "wait: the handlers' measured mean wait (-handler-wait plus the kernel's wake-up), outside any wait for a slot")
+	}
 	if open {
 		fmt.Fprintln(w, "rate: open loop, calls scheduled at that rate; latency counted from each call's scheduled time")
 	} else if len(rep.Results) > 0 {
@@ -59,6 +115,31 @@ func printReport(w io.Writer, rep *Report, serverPID int) {
 			break
 		}
 	}
+}
+
+// shares writes how calls were shared among instances, in percent:
+// "34/33/33"; "-" for none.
+func shares(calls []int64) string {
+	var total int64
+	for _, n := range calls {
+		total += n
+	}
+	if total == 0 {
+		return "-"
+	}
+	parts := make([]string, len(calls))
+	for i, n := range calls {
+		parts[i] = strconv.FormatInt((100*n+total/2)/total, 10)
+	}
+	return strings.Join(parts, "/")
+}
+
+// orDash formats v, or writes "-" for 0.
+func orDash(v float64, format func(float64) string) string {
+	if v == 0 {
+		return "-"
+	}
+	return format(v)
 }
 
 func us(v float64) string {

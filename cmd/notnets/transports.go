@@ -7,6 +7,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/notnets/notnets"
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
@@ -15,8 +18,9 @@ import (
 )
 
 // transport returns conc callers of transport name that share one
-// connection, made for this measurement and closed at its end.
-func (e *benchEnv) transport(name string, conc int) (*transport, error) {
+// connection (one client; for notnets and grpc-go, to n instances), made
+// for this measurement and closed at its end.
+func (e *benchEnv) transport(name string, conc, n int) (*transport, error) {
 	switch name {
 	case "floor", "floor-spin":
 		c, err := e.floor(name)
@@ -43,29 +47,29 @@ func (e *benchEnv) transport(name string, conc int) (*transport, error) {
 		}
 		return &transport{callers: []caller{call}}, nil
 	}
-	cs, err := e.callers(name, conc)
+	cs, err := e.callers(name, conc, n)
 	if err != nil {
 		return nil, err
 	}
 	return &transport{callers: cs}, nil
 }
 
-func (e *benchEnv) callers(name string, conc int) ([]caller, error) {
+// callers returns conc callers of transport name on one client of n
+// instances, once every instance has answered it.
+func (e *benchEnv) callers(name string, conc, n int) ([]caller, error) {
 	switch name {
 	case "grpc-tcp", "grpc-uds":
-		target := e.info.TCP
-		if name == "grpc-uds" {
-			target = "unix://" + e.info.UDS
-		}
-		cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)))
+		cc, err := e.grpcClient(name, n)
 		if err != nil {
 			return nil, err
 		}
 		e.closers = append(e.closers, func() { cc.Close() })
+		if err := reachAll(cc, n); err != nil {
+			return nil, err
+		}
 		return greeterCallers(cc, conc), nil
 	case "notnets", "notnets-raw", "notnets-busy-spin", "notnets-park-only":
-		listener, idle := e.info.Listener, notnets.IdleAdaptive
+		listener, idle := serviceName(n), notnets.IdleAdaptive
 		switch name {
 		case "notnets-busy-spin":
 			listener, idle = listener+"-busy-spin", notnets.IdleBusySpin
@@ -80,6 +84,9 @@ func (e *benchEnv) callers(name string, conc int) ([]caller, error) {
 			return nil, err
 		}
 		e.closers = append(e.closers, func() { cc.Close() })
+		if err := reachAll(cc, n); err != nil {
+			return nil, err
+		}
 		if name == "notnets-raw" {
 			return rawCallers(cc, conc), nil
 		}
@@ -95,6 +102,60 @@ func (e *benchEnv) callers(name string, conc int) ([]caller, error) {
 		}}, nil
 	}
 	return nil, fmt.Errorf("unknown transport %q", name)
+}
+
+// grpcClient returns a grpc-go client of the first n servers over TCP
+// (grpc-tcp) or their Unix sockets (grpc-uds): with e.roundRobin, its
+// round_robin balancer over their addresses, given by a manual resolver;
+// else a client of the first server's address.
+func (e *benchEnv) grpcClient(name string, n int) (*grpc.ClientConn, error) {
+	addr := func(s *benchProc) string {
+		if name == "grpc-uds" {
+			return "unix://" + s.info.UDS
+		}
+		return s.info.TCP
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg))}
+	if !e.roundRobin {
+		return grpc.NewClient(addr(e.servers[0]), opts...)
+	}
+	var addrs []resolver.Address
+	for _, s := range e.servers[:n] {
+		addrs = append(addrs, resolver.Address{Addr: addr(s)})
+	}
+	r := manual.NewBuilderWithScheme("notnets-bench")
+	r.InitialState(resolver.State{Addresses: addrs})
+	opts = append(opts, grpc.WithResolvers(r), grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
+	return grpc.NewClient(r.Scheme()+":///"+serviceName(n), opts...)
+}
+
+// reachAll makes calls on cc until n distinct servers have answered, so
+// that no measurement starts while the client is still connecting to an
+// instance (notnets.Dial returns once one is connected; grpc-go's
+// round_robin connects to every address in the background). It gives up
+// after 10 s.
+func reachAll(cc grpc.ClientConnInterface, n int) error {
+	client := pb.NewGreeterClient(cc)
+	seen := map[string]bool{}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(seen) < n {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d instances answered within 10 s", len(seen), n)
+		}
+		var p peer.Peer
+		if _, err := client.SayHello(background, &pb.HelloRequest{Name: "reach"}, grpc.Peer(&p)); err != nil {
+			return err
+		}
+		switch a := p.Addr.(type) {
+		case *notnets.Addr:
+			seen[a.Instance] = true
+		case nil:
+		default:
+			seen[a.String()] = true
+		}
+	}
+	return nil
 }
 
 // floor opens a floor connection (floor-spin: both sides spinning).
