@@ -54,8 +54,8 @@ func Pick[C Candidate](p *Picker, cs []C) int {
 	case n == 0:
 		return -1
 	case n == 1:
-		if cs[0].Usable() {
-			return 0
+		if _, _, ok := load(cs[0]); ok {
+			return 0 // a lone instance that drains takes no new call either
 		}
 		return -1
 	}

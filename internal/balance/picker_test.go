@@ -78,8 +78,7 @@ func TestLeastLoadWeighsWorkers(t *testing.T) {
 
 // A candidate that is not usable, or whose instance takes no calls, is
 // never picked, however little loaded; with none usable Pick returns -1.
-// A lone candidate is judged by Usable alone (Pick reads no load when
-// there is no choice to make), so it is not tried with Load's ok false.
+// A lone candidate is judged the same way: one that drains takes no call.
 func TestPickSkipsUnusable(t *testing.T) {
 	for _, policy := range []Policy{LeastLoad, RoundRobin, PickFirst} {
 		t.Run(policy.String(), func(t *testing.T) {
@@ -93,6 +92,7 @@ func TestPickSkipsUnusable(t *testing.T) {
 				{"one of three usable", []*fake{{unusable: true}, {closed: true}, {load: 50, workers: 1}}, []int{0, 0, nPicks, 0}},
 				{"two of three usable", []*fake{{load: 1, workers: 1}, {unusable: true}, {load: 1, workers: 1}}, []int{-1, 0, -1, 0}},
 				{"only one, unusable", []*fake{{unusable: true}}, []int{0, nPicks}},
+				{"only one, draining", []*fake{{closed: true}}, []int{0, nPicks}},
 				{"none usable", []*fake{{unusable: true}, {closed: true}, {unusable: true, closed: true}}, []int{0, 0, 0, nPicks}},
 				{"none at all", nil, []int{nPicks}},
 			} {
