@@ -41,6 +41,19 @@
 //	defer cc.Close()
 //	r, err := pb.NewGreeterClient(cc).SayHello(ctx, &pb.HelloRequest{Name: "world"})
 //
+// # Services, instances and fallback
+//
+// Each [Listen] of a name starts one more instance of that service; a
+// [ClientConn] connects to every live instance and balances its calls by
+// the load each publishes in the pool ([WithBalancing]; least request by
+// default), sees instances come and go within a wake-up, and sends no new
+// call to one that drains. [WithExclusive] makes Listen refuse a second
+// instance. [WithFallback] sends calls over a grpc.ClientConn while the
+// pool has no instance of the service, and [Server.ServeGRPC] serves the
+// same registrations over HTTP/2, so one code path reaches a service
+// wherever it runs. [WithServerUIDs] and [WithServerGIDs] keep a client to
+// instances of trusted users.
+//
 // Options follow grpc-go's names: [UnaryInterceptor],
 // [ChainUnaryInterceptor], [MaxRecvMsgSize], [StatsHandler] and
 // [MaxConcurrentStreams] for a server; [WithChainUnaryInterceptor],
@@ -158,12 +171,14 @@
 //
 // # Differences from grpc-go
 //
-//   - The target of Dial is a listener name in a pool, not an address:
-//     there are no name resolvers and no load balancing. [Server.Serve]
+//   - The target of Dial is a service name in a pool, not an address
+//     ([NewClient] also takes host:port and dns:/// targets, whose host
+//     names the service); the pool is the resolver, and balancing is by
+//     the load instances publish, not by grpc-go's balancers. [Server.Serve]
 //     takes a [*Listener], not a net.Listener ([Server.ServeGRPC] takes
 //     one, for gRPC over HTTP/2).
 //   - Dial connects eagerly: it returns once the server has accepted, and
-//     fails with Unavailable if no listener has the name. Without a
+//     fails with Unavailable if no instance has the name. Without a
 //     deadline on its context it waits at most the connect timeout
 //     ([WithConnectTimeout]). After that, while a lost connection is being
 //     replaced, calls fail fast with Unavailable, or wait with

@@ -409,3 +409,96 @@ func ExampleServer_ServeGRPC() {
 	// Hello world over notnets
 	// Hello world over tcp
 }
+
+// Two instances of one service, and a client that takes them in turn.
+// Each Listen of a name starts another instance; they are usually server
+// processes of their own, here two listeners of one server. The client
+// sees each instance it is connected to in its calls' peer address.
+func ExampleWithBalancing() {
+	dir, err := os.MkdirTemp("", "notnets-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	srv := notnets.NewServer()
+	pb.RegisterGreeterServer(srv, exampleGreeter{})
+	defer srv.Stop()
+	for range 2 {
+		lis, err := notnets.Listen("greeter", notnets.WithPool(dir))
+		if err != nil {
+			log.Fatal(err)
+		}
+		go srv.Serve(lis)
+	}
+
+	cc, err := notnets.NewClient("greeter", notnets.WithPool(dir), notnets.WithBalancing(notnets.RoundRobin))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cc.Close()
+	ctx := context.Background()
+	c := pb.NewGreeterClient(cc)
+	calls := map[string]int{}
+	for range 20 {
+		// The first call waits until the client has tried every instance
+		// it found in the pool.
+		var p peer.Peer
+		if _, err := c.SayHello(ctx, &pb.HelloRequest{Name: "world"}, grpc.Peer(&p)); err != nil {
+			log.Fatal(err)
+		}
+		calls[p.Addr.(*notnets.Addr).Instance]++
+	}
+	fmt.Println("instances that served calls:", len(calls))
+	// Output: instances that served calls: 2
+}
+
+// A client of a service that may not be in the pool: while no instance of
+// "greeter" is, its calls go over gRPC on the network (here a grpc-go
+// server on loopback TCP); once one is, they go through the pool.
+func ExampleWithFallback() {
+	dir, err := os.MkdirTemp("", "notnets-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	remote := grpc.NewServer()
+	pb.RegisterGreeterServer(remote, exampleGreeter{})
+	go remote.Serve(tcp)
+	defer remote.Stop()
+
+	cc, err := notnets.NewClient("greeter", notnets.WithPool(dir),
+		notnets.WithFallback(tcp.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cc.Close()
+	c := pb.NewGreeterClient(cc)
+	ctx := context.Background()
+	var p peer.Peer
+	if _, err := c.SayHello(ctx, &pb.HelloRequest{Name: "world"}, grpc.Peer(&p)); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("no instance in the pool: over", p.Addr.Network())
+
+	lis, err := notnets.Listen("greeter", notnets.WithPool(dir))
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := notnets.NewServer()
+	pb.RegisterGreeterServer(srv, exampleGreeter{})
+	go srv.Serve(lis)
+	defer srv.Stop()
+	for p.Addr.Network() != "notnets" { // the client sees the instance within a wake-up
+		if _, err := c.SayHello(ctx, &pb.HelloRequest{Name: "world"}, grpc.Peer(&p)); err != nil {
+			log.Fatal(err)
+		}
+	}
+	fmt.Println("an instance in the pool: over", p.Addr.Network())
+	// Output:
+	// no instance in the pool: over tcp
+	// an instance in the pool: over notnets
+}
