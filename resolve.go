@@ -97,7 +97,9 @@ func (cc *ClientConn) resolve() {
 }
 
 // instanceGone reports whether in no longer takes connections: its
-// listener is closed or draining, or (on one host) its process is gone.
+// listener is closed or draining, or (on one host) its process is gone
+// (PROTOCOL.md F9; the name and header were checked by ListInstances and
+// OpenInstance).
 func (cc *ClientConn) instanceGone(in *balance.Instance) bool {
 	if !in.Open() {
 		return true

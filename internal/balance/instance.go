@@ -62,7 +62,8 @@ func (in *Instance) Heartbeat() (b uint64) {
 const maxLoad = 1 << 24
 
 // Load returns the instance's published load (calls in flight plus calls
-// queued) and its workers (at least 1), each bounded, and whether the
+// queued) and its workers (at least 1), each bounded (PROTOCOL.md F10),
+// and whether the
 // instance takes calls: open, not draining, and its page readable.
 func (in *Instance) Load() (load, workers uint32, ok bool) {
 	defer func() {

@@ -130,6 +130,11 @@ func (w *watcher) follow(reg *pool.Registry) (alive bool) {
 	}()
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	seen := reg.Generation.Load()
+	// An instance may have announced itself between a subscriber's read
+	// of the directory and this first load: read it again.
+	if alive, _ := w.notify(); !alive {
+		return false
+	}
 	for {
 		alive, poll := w.subscribed()
 		if !alive {

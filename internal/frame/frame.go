@@ -122,7 +122,7 @@ func Parse(rec []byte) (Header, []byte, error) {
 		return h, nil, fmt.Errorf("%v frame with unknown flags %#x", h.Type, byte(h.Flags))
 	}
 	if h.Flags&FlagRefused != 0 && (h.Type != TypeTrailers || h.Flags != FlagRefused) {
-		return h, nil, fmt.Errorf("%v frame with flags %#x: REFUSED goes alone on TRAILERS", h.Type, byte(h.Flags))
+		return h, nil, fmt.Errorf("%v frame with flags %#x: REFUSED goes alone on TRAILERS (H8)", h.Type, byte(h.Flags))
 	}
 	if h.Flags == FlagMore|FlagEndStream {
 		return h, nil, fmt.Errorf("%v frame ends the stream in the middle of a message", h.Type)

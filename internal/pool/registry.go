@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // RegistryFile is the name of a pool's registry segment: one page whose
@@ -48,15 +49,29 @@ func OpenRegistry(dir string, a Access) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
-	// A header still all zeros is one its creator is writing right now.
-	if m := binary.LittleEndian.Uint32(seg.Mem[offMagic:]); m != 0 {
-		if _, _, _, err := checkHeader(seg.Mem, KindRegistry); err != nil {
+	// PROTOCOL.md F8. A header still all zeros, or half written (the magic
+	// goes first), is
+	// one its creator is writing right now: look again for a moment.
+	for try := 0; ; try++ {
+		if binary.LittleEndian.Uint32(seg.Mem[offMagic:]) == 0 {
+			break // being written; the generation word is usable already
+		}
+		_, _, _, err := checkHeader(seg.Mem, KindRegistry)
+		if err == nil {
+			break
+		}
+		if try == registryTries {
 			seg.Close()
 			return nil, fmt.Errorf("notnets: registry of pool %s: %w", dir, err)
 		}
+		time.Sleep(time.Millisecond)
 	}
 	return &Registry{seg: seg, Generation: u32(seg.Mem, offGeneration)}, nil
 }
+
+// registryTries is how many times OpenRegistry looks again at a registry
+// header that does not check: its creator writes it within microseconds.
+const registryTries = 5
 
 // Close unmaps the registry. Nobody may use Generation afterwards.
 func (r *Registry) Close() error { return r.seg.Close() }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/frame"
+	"github.com/notnets/notnets/internal/pool"
 )
 
 // ClientTransport is what the gRPC face needs of one client connection, in
@@ -241,6 +242,7 @@ func (t *Client) onClose(err error) {
 	}
 	st := status.Convert(err)
 	head, headOK := t.peerHead()
+	headOK = headOK && t.serverStopped()
 	for _, s := range streams {
 		if headOK && s.sentEnd != 0 && head < s.sentEnd {
 			// The server released the ring only up to before this
@@ -251,6 +253,21 @@ func (t *Client) onClose(err error) {
 	}
 	t.events.Lost(t, err)
 	t.events.Closed()
+}
+
+// serverStopped reports whether the server consumes nothing more from
+// this connection: it stored its closed state (after which it reads no
+// frame, PROTOCOL.md 10.8), or, on one host, its process is gone. A
+// connection this side closed on its own (a liveness timeout) may still
+// be read by a server that is only slow.
+func (t *Client) serverStopped() bool {
+	t.c.mapMu.RLock()
+	closed := !t.c.unmapped && t.c.peer.State.Load() == pool.StateClosed
+	t.c.mapMu.RUnlock()
+	if closed {
+		return true
+	}
+	return !t.c.wait.PollOnly && t.server.PID != 0 && !pool.ProcessAlive(t.server.PID)
 }
 
 // peerHead returns how far the server has consumed the client-to-server

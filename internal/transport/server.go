@@ -62,8 +62,11 @@ type Server struct {
 	// refused (refuse), so that GracefulStop never closes a connection
 	// under a call it took.
 	goneAway atomic.Bool
-	peer     Identity
-	peerPID  int
+	// closedStreams is set, under mu, by onClose once it has taken the
+	// streams to end: open registers none after that.
+	closedStreams bool
+	peer          Identity
+	peerPID       int
 
 	mu      sync.Mutex
 	streams map[uint32]*ServerStream
@@ -169,6 +172,7 @@ func (t *Server) onClose(err error) {
 	for _, st := range t.streams {
 		streams = append(streams, st)
 	}
+	t.closedStreams = true // open adds no stream after this snapshot
 	t.mu.Unlock()
 	for _, st := range streams {
 		t.loadDone(st)
@@ -339,6 +343,11 @@ func (t *Server) open(h frame.Header, p []byte) error {
 		st.call.Cancel(nil)
 		return fmt.Errorf("new stream %d is not above the last stream %d (T1)", h.Stream, t.lastID)
 	}
+	if t.closedStreams {
+		t.mu.Unlock()
+		st.call.Cancel(nil)
+		return errLeaveUnread // closed: the request stays unread (10.8)
+	}
 	t.lastID = h.Stream
 	if t.goneAway.Load() {
 		t.mu.Unlock()
@@ -353,9 +362,16 @@ func (t *Server) open(h frame.Header, p []byte) error {
 		return fmt.Errorf("stream %d opened beyond the limit of %d concurrent streams (T11)", h.Stream, limit)
 	}
 	t.openStreams.Add(1)
-	if !st.call.Unary() || st.closed {
+	switch {
+	case !st.call.Unary():
 		st.started = true
 		t.workers.submit(st.run)
+	case st.closed:
+		// A unary call whose HEADERS carried END_STREAM: its request is
+		// empty and complete. It runs after drain has released the
+		// record, as every unary call does, so that a request that was
+		// not consumed never ran (10.8).
+		t.requestDone(st)
 	}
 	return nil
 }
