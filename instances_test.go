@@ -193,8 +193,11 @@ func TestInstanceKilledDuringCalls(t *testing.T) {
 		if pid == fresh.cmd.Process.Pid {
 			break
 		}
-		if time.Since(ready) > 5*time.Second {
-			t.Fatalf("the new instance got no call within 5 s")
+		// The issue asks for 200 ms; 17 ms was measured on the 2-core
+		// development machine. The bound leaves room for a loaded CI
+		// machine running -race.
+		if time.Since(ready) > time.Second {
+			t.Fatalf("the new instance got no call within 1 s of being ready")
 		}
 	}
 	t.Logf("the new instance got its first call %v after it was ready", time.Since(ready))
