@@ -44,15 +44,19 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 		return cc.requestFailed(ctx, method, ci, err)
 	}
 	s, err := cc.start(ctx, method, ci, unaryDesc, &msg)
+	if err == errUseFallback { // the last instance went just now
+		err = cc.invokeFallback(ctx, method, args, reply, opts...)
+		msg.Free() // after: a Bytes request is still whole for the fallback
+		return err
+	}
 	msg.Free()
+	// A Bytes request is emptied once sent: it cannot go again.
+	_, given := args.(*Bytes)
 	for tries := 1; ; tries++ {
-		if err == errUseFallback { // the last instance went just now
-			return cc.invokeFallback(ctx, method, args, reply, opts...)
-		}
 		if err != nil {
 			return err
 		}
-		if err = s.recvUnary(reply, tries < maxUnprocessedRetries); err != errUnprocessed {
+		if err = s.recvUnary(reply, !given && tries < maxUnprocessedRetries); err != errUnprocessed {
 			return err
 		}
 		// The instance closed before it read the request (a graceful stop
@@ -64,6 +68,9 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 		reported := true
 		s, err = cc.attempt(s.ctx, method, ci, unaryDesc, &msg, s.begin, &reported)
 		msg.Free()
+		if err == errUseFallback {
+			return cc.invokeFallback(ctx, method, args, reply, opts...)
+		}
 	}
 }
 
@@ -152,6 +159,9 @@ func (cc *ClientConn) attempt(ctx context.Context, method string, ci *callInfo, 
 // transport.ErrTryAnother have ended the call.
 func (cc *ClientConn) prepareStream(ctx context.Context, method string, ci *callInfo, desc *grpc.StreamDesc, msg *transport.OutMsg, begin time.Time) (*clientStream, metadata.MD, error) {
 	e, err := cc.pick(ctx, ci.waitForReady, msg)
+	if err == errUseFallback {
+		return nil, nil, err // the call goes on over the fallback: not ended
+	}
 	if err != nil {
 		return nil, nil, cc.notStarted(ctx, ci, begin, err)
 	}

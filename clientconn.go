@@ -58,10 +58,12 @@ type ClientConn struct {
 	// mu guards the fields below; it is taken before any lock of a
 	// connection, and never held while a connection is closed.
 	mu       sync.Mutex
-	subs     map[string]*subConn // by instance, every instance being used
-	ready    chan struct{}       // closed when snap gains an instance
-	lastErr  error               // why the last attempt to reach an instance failed
-	resolved bool                // the directory has been read once
+	subs     map[string]*subConn                // by instance, every instance being used
+	live     map[transport.ClientTransport]bool // every connection not yet closed, used or not
+	ready    chan struct{}                      // closed when snap gains an instance
+	lastErr  error                              // why the last attempt to reach an instance failed
+	resolved bool                               // the directory has been read once
+	settled  bool                               // firstSettled has been true once
 	closed   bool
 	quit     chan struct{} // closed by Close
 	life     context.Context
@@ -150,6 +152,7 @@ func newClientConn(name string, opts []DialOption, lazy bool) (*ClientConn, erro
 		watchSig:  make(chan struct{}, 1),
 		resolveCh: make(chan struct{}, 1),
 		subs:      make(map[string]*subConn),
+		live:      make(map[transport.ClientTransport]bool),
 		ready:     make(chan struct{}),
 		quit:      make(chan struct{}),
 		state:     connectivity.Connecting,
@@ -252,6 +255,9 @@ func (cc *ClientConn) waitFirst(ctx context.Context) error {
 // directory has been read and every instance found has had a first try.
 // The caller holds cc.mu.
 func (cc *ClientConn) firstSettled() bool {
+	if cc.settled {
+		return true // instances found later never hold calls up
+	}
 	if !cc.resolved {
 		return false
 	}
@@ -260,6 +266,7 @@ func (cc *ClientConn) firstSettled() bool {
 			return false
 		}
 	}
+	cc.settled = true
 	return true
 }
 
@@ -398,6 +405,11 @@ func backoffDelay(cfg backoff.Config, retries int) time.Duration {
 	return time.Duration(max(d, 0))
 }
 
+// maxRecheck bounds how long a call looks again, every millisecond, at
+// connected instances none of which takes calls (one failed or drains and
+// is about to be dropped); after that it is treated as having none.
+const maxRecheck = 50 * time.Millisecond
+
 // errUseFallback says that a call goes over the fallback client: no
 // instance in the pool is connected.
 var errUseFallback = errors.New("notnets: no instance connected; use the fallback")
@@ -408,8 +420,13 @@ var errUseFallback = errors.New("notnets: no instance connected; use the fallbac
 // fallback. A request already in an instance's heap goes to that
 // instance.
 func (cc *ClientConn) pick(ctx context.Context, waitForReady bool, msg *transport.OutMsg) (*pickEntry, error) {
+	var rechecking time.Time
 	for {
-		es := cc.pickable()
+		sp := cc.snap.Load()
+		var es []*pickEntry
+		if sp != nil {
+			es = *sp
+		}
 		if msg.InHeap() {
 			// Alloc'd in one instance's heap: it goes there, uncopied.
 			for _, e := range es {
@@ -423,7 +440,14 @@ func (cc *ClientConn) pick(ctx context.Context, waitForReady bool, msg *transpor
 		}
 		cc.mu.Lock()
 		ready, closed, why, progress, settled := cc.ready, cc.closed, cc.lastErr, cc.progress, cc.firstSettled()
+		changedMeanwhile := cc.snap.Load() != sp
 		cc.mu.Unlock()
+		if changedMeanwhile {
+			continue // published between the two reads: pick again
+		}
+		if len(es) > 0 && rechecking.IsZero() {
+			rechecking = time.Now()
+		}
 		if closed {
 			return nil, ErrClientConnClosing
 		}
@@ -433,7 +457,7 @@ func (cc *ClientConn) pick(ctx context.Context, waitForReady bool, msg *transpor
 		var recheck <-chan time.Time
 		var changed <-chan struct{}
 		switch {
-		case len(es) > 0:
+		case len(es) > 0 && time.Since(rechecking) < maxRecheck:
 			recheck = time.After(time.Millisecond)
 		case !settled:
 			// The pool is being read, or its instances' first
@@ -488,10 +512,15 @@ func (cc *ClientConn) Close() error {
 	cc.endLife()
 	var ts []transport.ClientTransport
 	for _, sc := range cc.subs {
-		sc.removed = true
-		if sc.t != nil {
-			ts = append(ts, sc.t)
+		if !sc.removed {
+			sc.removed = true
+			close(sc.gone)
 		}
+	}
+	// Connections dropped from subs (their instance drains) or told
+	// GOAWAY may still carry calls: they close too.
+	for t := range cc.live {
+		ts = append(ts, t)
 	}
 	cc.subs = map[string]*subConn{}
 	cc.snap.Store(nil)

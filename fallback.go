@@ -19,7 +19,7 @@ func (cc *ClientConn) useFallback() bool {
 		return false
 	}
 	for _, e := range cc.pickable() {
-		if e.Usable() {
+		if e.Usable() && e.inst.Open() {
 			return false
 		}
 	}

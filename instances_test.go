@@ -114,7 +114,7 @@ func TestLeastRequestAvoidsASlowInstance(t *testing.T) {
 			before[i] = p.served(t)
 		}
 		var failed atomic.Int64
-		runCallers(semanticsClient(cc), 8, per, "2ms", func(_ int, _ *peer.Peer, err error) {
+		runCallers(semanticsClient(cc), 8, per, "5ms", func(_ int, _ *peer.Peer, err error) {
 			if err != nil {
 				failed.Add(1)
 				t.Error(err)

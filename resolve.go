@@ -79,7 +79,7 @@ func (cc *ClientConn) resolve() {
 		}
 	}
 	for _, in := range found {
-		sc := &subConn{inst: in, addr: &Addr{Pool: cc.opts.pool, Name: cc.name, PID: in.PID, Instance: in.Base}, connecting: true, attempting: true}
+		sc := &subConn{inst: in, addr: &Addr{Pool: cc.opts.pool, Name: cc.name, PID: in.PID, Instance: in.Base}, connecting: true, attempting: true, gone: make(chan struct{})}
 		cc.subs[in.Base] = sc
 		go cc.connectLoop(sc)
 	}

@@ -261,7 +261,7 @@ func TestServerEndForUnaryCancelledEarly(t *testing.T) {
 	if _, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "second call's End", func() bool { return rec.count("End") >= 1 })
+	waitUntil(t, 10*time.Second, "second call's End", func() bool { return rec.count("End") >= 2 })
 	if rec.count("InHeader") != 2 || rec.count("Begin") != 2 || rec.count("End") != 2 {
 		t.Errorf("server events %q: every stream with InHeader (and a TagRPC) for a known method should get Begin and End", rec.String())
 	}

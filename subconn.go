@@ -26,6 +26,7 @@ type subConn struct {
 	attempting bool                      // connectLoop is in an attempt (not in backoff)
 	tries      int                       // attempts that have ended
 	removed    bool                      // the instance left the pool, or the ClientConn closed
+	gone       chan struct{}             // closed when removed is set
 }
 
 // connectLoop connects to the instance of sc, waiting between tries as
@@ -33,8 +34,14 @@ type subConn struct {
 // leaves the pool or the ClientConn closes.
 func (cc *ClientConn) connectLoop(sc *subConn) {
 	for retries := 0; ; retries++ {
-		if retries > 0 && !cc.backoff(retries) {
-			return
+		if retries > 0 {
+			ok, reset := cc.backoff(sc, retries)
+			if !ok {
+				return
+			}
+			if reset {
+				retries = 1 // the next waits start again from the base delay
+			}
 		}
 		cc.mu.Lock()
 		sc.attempting = true
@@ -49,9 +56,10 @@ func (cc *ClientConn) connectLoop(sc *subConn) {
 	}
 }
 
-// backoff waits before the retries'th try, and reports false if the
-// ClientConn closed meanwhile. ResetConnectBackoff cuts the wait short.
-func (cc *ClientConn) backoff(retries int) bool {
+// backoff waits before the retries'th try of sc, and reports false if the
+// ClientConn closed or sc was dropped meanwhile, and whether
+// ResetConnectBackoff cut the wait short.
+func (cc *ClientConn) backoff(sc *subConn, retries int) (ok, reset bool) {
 	cc.mu.Lock()
 	now := cc.retryNow
 	cc.mu.Unlock()
@@ -59,11 +67,13 @@ func (cc *ClientConn) backoff(retries int) bool {
 	defer wait.Stop()
 	select {
 	case <-wait.C:
+		return true, false
 	case <-now:
+		return true, true
+	case <-sc.gone:
 	case <-cc.quit:
-		return false
 	}
-	return true
+	return false, false
 }
 
 // connected records the outcome of an attempt to connect sc, and reports
@@ -105,6 +115,13 @@ func (cc *ClientConn) connected(sc *subConn, t transport.ClientTransport, err er
 		return false
 	}
 	sc.t, sc.connecting = t, false
+	cc.live[t] = true
+	go func() {
+		<-t.Done()
+		cc.mu.Lock()
+		delete(cc.live, t)
+		cc.mu.Unlock()
+	}()
 	sc.addr.PID = t.Peer().PID
 	sc.entry = &pickEntry{t: t, inst: sc.inst, addr: sc.addr}
 	cc.lastErr = nil
@@ -116,6 +133,9 @@ func (cc *ClientConn) connected(sc *subConn, t transport.ClientTransport, err er
 // takes no new calls; the calls on it finish (a draining server closes it
 // when they have). The caller holds cc.mu.
 func (cc *ClientConn) drop(sc *subConn) {
+	if !sc.removed {
+		close(sc.gone)
+	}
 	sc.removed, sc.connecting = true, false
 	if cc.subs[sc.inst.Base] == sc {
 		delete(cc.subs, sc.inst.Base)

@@ -10,7 +10,8 @@ import (
 	"github.com/notnets/notnets/internal/pool"
 )
 
-// Instance is a client's read-only view of one instance's listener: its
+// Instance is a client's read-only view (mapped PROT_READ) of one
+// instance's listener: its
 // state and published load, and who made it.
 //
 // The listener stays mapped for as long as the Instance is reachable (a
@@ -25,11 +26,15 @@ type Instance struct {
 
 // OpenInstance maps the listener of the instance base in the pool dir.
 func OpenInstance(dir, base string, a pool.Access) (*Instance, error) {
-	seg, err := pool.OpenIn(dir, pool.ListenerFile(base), pool.ListenerSize, pool.ListenerSize, a)
+	seg, err := pool.OpenReadOnlyIn(dir, pool.ListenerFile(base), pool.ListenerSize, pool.ListenerSize, a)
 	if err != nil {
 		return nil, err
 	}
-	lay, err := pool.MapListener(seg.Mem)
+	var lay *pool.ListenerLayout
+	err = pool.Guard("listener "+base, func() (err error) {
+		lay, err = pool.MapListener(seg.Mem)
+		return err
+	})
 	if err != nil {
 		seg.Close()
 		return nil, fmt.Errorf("notnets: instance %s: %w", base, err)

@@ -53,12 +53,16 @@ func OpenRegistry(dir string, a Access) (*Registry, error) {
 	// goes first), is
 	// one its creator is writing right now: look again for a moment.
 	for try := 0; ; try++ {
-		if binary.LittleEndian.Uint32(seg.Mem[offMagic:]) == 0 {
-			break // being written; the generation word is usable already
-		}
-		_, _, _, err := checkHeader(seg.Mem, KindRegistry)
-		if err == nil {
-			break
+		var zero bool
+		err := Guard("registry", func() error {
+			if zero = binary.LittleEndian.Uint32(seg.Mem[offMagic:]) == 0; zero {
+				return nil
+			}
+			_, _, _, err := checkHeader(seg.Mem, KindRegistry)
+			return err
+		})
+		if err == nil || zero {
+			break // checked, or being written: the generation word is usable already
 		}
 		if try == registryTries {
 			seg.Close()

@@ -51,7 +51,15 @@ func Create(dir, name string, size int) (*Segment, error) {
 // segment, whose heaps must stay sparse until used, is made by
 // CreateConn.
 func CreateIn(dir, name string, size int, a Access) (*Segment, error) {
-	return CreateSparseIn(dir, name, size, a, Range{0, size})
+	return createIn(dir, name, size, a, a.fileMode(), Range{0, size})
+}
+
+// CreateListenerIn makes a listener segment as CreateIn does, but only
+// its owner may write it (mode 0640 in a shared pool, 0600 in a private
+// one); OpenPeersWrite opens it to the pool's users if they must write its
+// slots.
+func CreateListenerIn(dir, name string, size int, a Access) (*Segment, error) {
+	return createIn(dir, name, size, a, a.fileMode()&^0o020, Range{0, size})
 }
 
 // CreateSparseIn makes a new segment file as CreateIn does, but allocates
@@ -61,13 +69,17 @@ func CreateIn(dir, name string, size int, a Access) (*Segment, error) {
 // whoever writes elsewhere must Reserve the range first (this Segment,
 // or the peer's own Segment of the same file).
 func CreateSparseIn(dir, name string, size int, a Access, alloc ...Range) (*Segment, error) {
+	return createIn(dir, name, size, a, a.fileMode(), alloc...)
+}
+
+func createIn(dir, name string, size int, a Access, mode uint32, alloc ...Range) (*Segment, error) {
 	path := filepath.Join(dir, name)
 	dfd, err := openDir(dir, a)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(dfd)
-	fd, err := unix.Openat(dfd, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, a.fileMode())
+	fd, err := unix.Openat(dfd, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 	if err != nil {
 		return nil, fmt.Errorf("notnets: create segment %s: %w", path, err)
 	}
@@ -82,7 +94,7 @@ func CreateSparseIn(dir, name string, size int, a Access, alloc ...Range) (*Segm
 		if err := unix.Fchown(fd, -1, a.Group); err != nil {
 			return fail("give group to", err)
 		}
-		if err := unix.Fchmod(fd, a.fileMode()); err != nil {
+		if err := unix.Fchmod(fd, mode); err != nil {
 			return fail("set the mode of", err)
 		}
 	}
@@ -135,13 +147,28 @@ func Open(dir, name string, minSize, maxSize int) (*Segment, error) {
 // non-regular files, files smaller than minSize or larger than maxSize,
 // and files the pool's access rules say nobody of the pool made.
 func OpenIn(dir, name string, minSize, maxSize int, a Access) (*Segment, error) {
+	return openIn(dir, name, minSize, maxSize, a, true)
+}
+
+// OpenReadOnlyIn maps the existing segment at dir/name for reading only,
+// as OpenIn checks it: for a listener whose file only its server may
+// write (ListenerMode).
+func OpenReadOnlyIn(dir, name string, minSize, maxSize int, a Access) (*Segment, error) {
+	return openIn(dir, name, minSize, maxSize, a, false)
+}
+
+func openIn(dir, name string, minSize, maxSize int, a Access, write bool) (*Segment, error) {
+	flags, prot := unix.O_RDWR, unix.PROT_READ|unix.PROT_WRITE
+	if !write {
+		flags, prot = unix.O_RDONLY, unix.PROT_READ
+	}
 	path := filepath.Join(dir, name)
 	dfd, err := openDir(dir, a)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(dfd)
-	fd, err := unix.Openat(dfd, name, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := unix.Openat(dfd, name, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("notnets: open segment %s: %w", path, err)
 	}
@@ -159,12 +186,28 @@ func OpenIn(dir, name string, minSize, maxSize int, a Access) (*Segment, error) 
 	if st.Size < int64(minSize) || st.Size > int64(maxSize) {
 		return fail(fmt.Errorf("notnets: segment %s has size %d, want %d to %d bytes", path, st.Size, minSize, maxSize))
 	}
-	mem, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := unix.Mmap(fd, 0, int(st.Size), prot, unix.MAP_SHARED)
 	if err != nil {
 		return fail(fmt.Errorf("notnets: map segment %s: %w", path, err))
 	}
 	return &Segment{Path: path, Mem: mem, Owner: ownerOf(&st), dir: dir, name: name, access: a,
 		res: newReserver(fd, len(mem), "segment "+path)}, nil
+}
+
+// OpenPeersWrite lets the pool's other users write the segment's file
+// (mode 0660 in a shared pool): for a listener whose clients use its
+// slots. A listener is created writable by its owner only (0640 in a
+// shared pool), so that no other member can truncate the file under the
+// server, which writes its load words and heartbeat there, nor its
+// clients' reads (PROTOCOL.md 3.2).
+func (s *Segment) OpenPeersWrite() error {
+	if !s.access.shared() {
+		return nil
+	}
+	if err := unix.Fchmod(s.FD(), s.access.fileMode()); err != nil {
+		return fmt.Errorf("notnets: let the pool's users write %s: %w", s.Path, err)
+	}
+	return nil
 }
 
 // Unlink removes the segment's file from the pool. Mappings stay valid.

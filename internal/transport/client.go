@@ -241,8 +241,11 @@ func (t *Client) onClose(err error) {
 		s.dropQueued()
 	}
 	st := status.Convert(err)
+	// The server's state (or its death) first, then its head: a server
+	// that stored its closed state consumes nothing more (10.8).
+	stopped := t.serverStopped()
 	head, headOK := t.peerHead()
-	headOK = headOK && t.serverStopped()
+	headOK = headOK && stopped
 	for _, s := range streams {
 		if headOK && s.sentEnd != 0 && head < s.sentEnd {
 			// The server released the ring only up to before this

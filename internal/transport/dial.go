@@ -22,7 +22,10 @@ import (
 // It also returns what it knows of the server, from its listener.
 func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayout, Identity, error) {
 	name := o.Name
-	lseg, err := pool.OpenIn(o.Pool, pool.ListenerFile(name), pool.ListenerSize, pool.ListenerSize, o.Access)
+	// Read only: a listener taking connections through its socket is
+	// writable by its server alone (3.2); the slots' path opens it again
+	// for writing below.
+	lseg, err := pool.OpenReadOnlyIn(o.Pool, pool.ListenerFile(name), pool.ListenerSize, pool.ListenerSize, o.Access)
 	if errors.Is(err, pool.ErrAccess) {
 		return nil, nil, Identity{}, status.Error(codes.PermissionDenied, err.Error())
 	}
@@ -30,9 +33,9 @@ func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayou
 		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: no listener %q in pool %s: %v", name, o.Pool, err)
 	}
 	defer lseg.Close()
-	lis, err := pool.MapListener(lseg.Mem)
+	lis, err := mapListener(lseg, name)
 	if err != nil {
-		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
+		return nil, nil, Identity{}, err
 	}
 	server := identityOf(lseg, lis.PID) // while the server has its listener mapped
 	if server.Mismatch {
@@ -45,6 +48,17 @@ func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayou
 		// Its slots are not read: someone removed the socket, or this
 		// client is poll-only and cannot use it.
 		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: listener %q takes connections only through its socket %s, which this client cannot use (removed, or WithPollOnly)", name, sockName(name))
+	}
+	wseg, err := pool.OpenIn(o.Pool, pool.ListenerFile(name), pool.ListenerSize, pool.ListenerSize, o.Access)
+	if err != nil {
+		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: open the slots of listener %q: %v", name, err)
+	}
+	defer wseg.Close()
+	if wseg.Owner.Dev != lseg.Owner.Dev || wseg.Owner.Ino != lseg.Owner.Ino {
+		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: listener %q was replaced while connecting", name)
+	}
+	if lis, err = mapListener(wseg, name); err != nil {
+		return nil, nil, Identity{}, err
 	}
 	if lis.Server.State.Load() != pool.StateOpen {
 		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
@@ -77,6 +91,20 @@ func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayou
 	}
 	seg.Unlink()
 	return seg, lay, server, nil
+}
+
+// mapListener validates the listener segment seg, whose file its owner
+// can truncate under us (pool.Guard).
+func mapListener(seg *pool.Segment, name string) (*pool.ListenerLayout, error) {
+	var lis *pool.ListenerLayout
+	err := pool.Guard("listener "+name, func() (err error) {
+		lis, err = pool.MapListener(seg.Mem)
+		return err
+	})
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
+	}
+	return lis, nil
 }
 
 // createError is the status of a failure to create a connection segment:

@@ -79,7 +79,8 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 	if err != nil {
 		return nil, err
 	}
-	seg, err := pool.CreateIn(dir, pool.ListenerFile(base), pool.ListenerSize, access)
+	// Writable by this server only, unless clients need the slots.
+	seg, err := pool.CreateListenerIn(dir, pool.ListenerFile(base), pool.ListenerSize, access)
 	if err != nil {
 		return nil, err
 	}
@@ -92,6 +93,10 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 	var flags uint32
 	if l.creds != nil {
 		flags = pool.ListenerSocketOnly // clients must not be talked down to the slots
+	} else if err := seg.OpenPeersWrite(); err != nil { // clients write the slots
+		seg.Unlink()
+		seg.Close()
+		return nil, err
 	}
 	pool.InitListener(seg.Mem, os.Getpid(), flags)
 	if l.lay, err = pool.MapListener(seg.Mem); err != nil {
@@ -103,24 +108,25 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 	l.lay.Load.Workers.Store(uint32(runtime.GOMAXPROCS(0)))
 	l.startCreds()
 	l.lay.Server.State.Store(pool.StateOpen)
-	if cfg.Exclusive {
-		if pid := liveInstance(dir, service, base, access); pid != 0 {
-			l.Close()
-			return nil, fmt.Errorf("%w: listen %s/%s: instance of process %d is live", ErrInstanceExists, dir, service, pid)
-		}
-	}
 	// The mapping outlives Close: calls still running count their load
 	// in it until they end (Load), and a cleanup unmaps it once nothing
 	// refers to the listener.
 	runtime.AddCleanup(l, func(s *pool.Segment) { s.Close() }, seg)
+	if cfg.Exclusive {
+		if pid := liveInstance(dir, service, base, access, seg.Owner.UID); pid != 0 {
+			l.Close()
+			return nil, fmt.Errorf("%w: listen %s/%s: instance of process %d is live", ErrInstanceExists, dir, service, pid)
+		}
+	}
 	watchListener(l)
 	balance.Announce(dir, access)
 	return l, nil
 }
 
 // liveInstance returns the pid of a live instance of service other than
-// base, or 0.
-func liveInstance(dir, service, base string, access pool.Access) int {
+// base run by uid, or 0. Another user's instance in a group pool does not
+// count: it could otherwise keep every exclusive Listen out.
+func liveInstance(dir, service, base string, access pool.Access, uid uint32) int {
 	bases, err := pool.ListInstances(dir, service, access)
 	if err != nil {
 		return 0
@@ -130,7 +136,7 @@ func liveInstance(dir, service, base string, access pool.Access) int {
 			continue
 		}
 		in, err := balance.OpenInstance(dir, b, access)
-		if err == nil && in.Open() && pool.ProcessAlive(in.PID) {
+		if err == nil && in.Owner.UID == uid && in.Open() && pool.ProcessAlive(in.PID) {
 			return in.PID
 		}
 	}

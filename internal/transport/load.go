@@ -24,8 +24,8 @@ func (t *Server) loadRunning(st *ServerStream) {
 	if st.queued.CompareAndSwap(true, false) {
 		t.load.Queued.Add(^uint32(0))
 	}
+	t.load.InFlight.Add(1) // before the flag: loadDone never subtracts first
 	st.running.Store(true)
-	t.load.InFlight.Add(1)
 }
 
 // loadDone counts st out of the load, if it is still counted.

@@ -355,8 +355,8 @@ func (t *Server) open(h frame.Header, p []byte) error {
 		return t.refuse(h.Stream)
 	}
 	t.streams[h.Stream] = st
+	t.loadQueued(st) // under mu: onClose's snapshot sees it counted
 	t.mu.Unlock()
-	t.loadQueued(st)
 	if limit := t.cfg.MaxStreams; limit > 0 && t.openStreams.Load() >= int64(limit) {
 		st.call.Cancel(nil)
 		return fmt.Errorf("stream %d opened beyond the limit of %d concurrent streams (T11)", h.Stream, limit)
