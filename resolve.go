@@ -3,6 +3,7 @@ package notnets
 import (
 	"errors"
 	"slices"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -26,23 +27,55 @@ func (cc *ClientConn) resolveNow() {
 	}
 }
 
+// Resolution pacing: at most one read of the directory per
+// minResolveGap, so that registry bumps in a loop (any member of a group
+// pool can make them) cost a client at most that rate; and one every
+// rescanEvery whatever the registry says, in case a member wrote back an
+// old generation that hid a change.
+const (
+	minResolveGap = 10 * time.Millisecond
+	rescanEvery   = 5 * time.Second
+)
+
 // resolveLoop reads the directory whenever asked, until Close.
 func (cc *ClientConn) resolveLoop() {
+	rejected := map[string]bool{} // instances not to open again while they are listed
+	rescan := time.NewTimer(rescanEvery)
+	defer rescan.Stop()
 	for {
-		cc.resolve()
+		last := time.Now()
+		cc.resolve(rejected)
+		rescan.Reset(rescanEvery)
 		select {
 		case <-cc.watchSig:
 		case <-cc.resolveCh:
+		case <-rescan.C:
 		case <-cc.quit:
 			return
+		}
+		if wait := minResolveGap - time.Since(last); wait > 0 {
+			select {
+			case <-time.After(wait):
+			case <-cc.quit:
+				return
+			}
 		}
 	}
 }
 
 // resolve reads the directory once: it starts connecting to the new
 // instances it may use, and drops those that left.
-func (cc *ClientConn) resolve() {
+//
+// rejected holds the instances found unusable (another user's, closed,
+// draining, their process gone): a listener's owner and state never come
+// back, so they are not opened again while their files are listed.
+func (cc *ClientConn) resolve(rejected map[string]bool) {
 	bases, err := pool.ListInstances(cc.opts.pool, cc.name, cc.opts.access)
+	for b := range rejected {
+		if !slices.Contains(bases, b) {
+			delete(rejected, b)
+		}
+	}
 	cc.mu.Lock()
 	known := make(map[string]bool, len(cc.subs))
 	for b := range cc.subs {
@@ -52,18 +85,28 @@ func (cc *ClientConn) resolve() {
 	var found []*balance.Instance
 	var why error
 	for _, b := range bases {
-		if known[b] {
+		if known[b] || rejected[b] {
 			continue
 		}
 		in, err := balance.OpenInstance(cc.opts.pool, b, cc.opts.access)
-		if err == nil && cc.instanceGone(in) {
-			continue // closed, or left by a process that died: not an instance
-		}
-		if err == nil {
-			err = cc.trustInstance(in)
-		}
 		if err != nil {
+			why = err // perhaps being created: tried again next time
+			continue
+		}
+		if in.Starting() {
+			in.Close() // not open yet: it announces itself when it is
+			continue
+		}
+		if cc.instanceGone(in) {
+			// Closed, or left by a process that died: not an instance.
+			rejected[b] = true
+			in.Close()
+			continue
+		}
+		if err := cc.trustInstance(in); err != nil {
 			why = err
+			rejected[b] = true
+			in.Close()
 			continue
 		}
 		found = append(found, in)

@@ -22,6 +22,10 @@ type Instance struct {
 	Owner pool.FileOwner // the listener file's owner, uid and gid
 	PID   int            // the instance's pid, from its header
 	lay   *pool.ListenerLayout
+	seg   *pool.Segment
+	// cleanup unmaps seg once the Instance is unreachable; Close does it
+	// sooner.
+	cleanup runtime.Cleanup
 }
 
 // OpenInstance maps the listener of the instance base in the pool dir.
@@ -39,9 +43,26 @@ func OpenInstance(dir, base string, a pool.Access) (*Instance, error) {
 		seg.Close()
 		return nil, fmt.Errorf("notnets: instance %s: %w", base, err)
 	}
-	in := &Instance{Base: base, Owner: seg.Owner, PID: lay.PID, lay: lay}
-	runtime.AddCleanup(in, func(s *pool.Segment) { s.Close() }, seg)
+	in := &Instance{Base: base, Owner: seg.Owner, PID: lay.PID, lay: lay, seg: seg}
+	in.cleanup = runtime.AddCleanup(in, func(s *pool.Segment) { s.Close() }, seg)
 	return in, nil
+}
+
+// Close unmaps an instance that was never handed to a picker (one the
+// client rejected), at once rather than when the collector gets to it.
+func (in *Instance) Close() {
+	in.cleanup.Stop()
+	in.seg.Close()
+}
+
+// Starting reports whether the instance's listener is still being set up
+// (state 0): it may open in a moment, and announces itself when it does.
+func (in *Instance) Starting() (starting bool) {
+	pool.Guard("listener "+in.Base, func() error {
+		starting = in.lay.Server.State.Load() == pool.StateNew
+		return nil
+	})
+	return starting
 }
 
 // Open reports whether the instance's listener is open and not draining.
