@@ -460,7 +460,9 @@ func WithFallback(target string, opts ...grpc.DialOption) DialOption {
 // them, and the kernel must report one of them for the server process
 // when the connection is made. Instances of other users (in a pool shared
 // by a group, WithPoolGroup) are never called. It is the notnets
-// counterpart of checking a TLS server name.
+// counterpart of checking a TLS server name. On a poll-only pool
+// (WithPollOnly) there is no kernel to ask: the check rests on the
+// listener file's owner alone (docs/SECURITY.md).
 func WithServerUIDs(uids ...uint32) DialOption {
 	return dialFunc(func(o *dialOptions) { o.serverUIDs = append([]uint32{}, uids...) })
 }
