@@ -39,6 +39,11 @@ func OpenInstance(dir, base string, a pool.Access) (*Instance, error) {
 	return in, nil
 }
 
+// ByteStream reports whether the instance serves byte-stream connections
+// (PROTOCOL.md 17) rather than frames: clients use only instances of
+// their kind (F11).
+func (in *Instance) ByteStream() bool { return in.lay.Flags&pool.ListenerByteStream != 0 }
+
 // Open reports whether the instance's listener is open and not draining.
 func (in *Instance) Open() bool {
 	_, _, ok := in.Load()
