@@ -265,8 +265,8 @@ func TestStreamConnCloseUnblocks(t *testing.T) {
 // connection; the writer's side sees the close.
 func TestStreamConnViolations(t *testing.T) {
 	for _, tc := range []struct {
-		rule string
-		kind byte
+		rule  string
+		kind  byte
 		byte5 byte
 	}{{"B1", 3, 0}, {"B2", streamKindData, 1}} {
 		client, server := streamPair(t, 64<<10, false)
