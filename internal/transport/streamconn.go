@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/notnets/notnets/internal/doorbell"
@@ -264,7 +263,7 @@ func checkData(rec []byte) error {
 // violation closes the connection on a protocol violation of the peer and
 // returns the error.
 func (c *StreamConn) violation(err error) error {
-	c.fail(status.Errorf(codes.Internal, "notnets: byte stream closed on a protocol violation: %v", err))
+	c.shut(fmt.Errorf("notnets: byte stream closed on a protocol violation: %w", err))
 	return c.err
 }
 
@@ -415,8 +414,15 @@ func (c *StreamConn) Close() error {
 	return nil
 }
 
-// fail closes the connection with err (the liveness watch, a violation).
-func (c *StreamConn) fail(err error) { c.shut(err) }
+// fail closes the connection with err (the liveness watch). Read and
+// Write return its message as a plain error: a net.Conn's errors are not
+// gRPC statuses, and grpc-go makes its own of them.
+func (c *StreamConn) fail(err error) {
+	if s, ok := status.FromError(err); ok {
+		err = errors.New(s.Message())
+	}
+	c.shut(err)
+}
 
 // shut closes the connection with err, once, and reports whether this
 // call did: the peer learns from the state word (PROTOCOL.md 17.4), with
