@@ -249,55 +249,28 @@ func TestDropInNoInstance(t *testing.T) {
 // flags (10 iterations of 271,828-byte requests and 314,159-byte
 // responses, 1 s per iteration at most); channel_soak makes a new
 // grpc.ClientConn per iteration.
-var dropInInteropCases = map[string]func(context.Context, *grpc.ClientConn, []grpc.DialOption){
-	"empty_unary": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoEmptyUnaryCall(ctx, itc(cc))
-	},
-	"large_unary": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoLargeUnaryCall(ctx, itc(cc))
-	},
-	"client_streaming": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoClientStreaming(ctx, itc(cc))
-	},
-	"server_streaming": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoServerStreaming(ctx, itc(cc))
-	},
-	"ping_pong": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) { interop.DoPingPong(ctx, itc(cc)) },
-	"empty_stream": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoEmptyStream(ctx, itc(cc))
-	},
-	"timeout_on_sleeping_server": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoTimeoutOnSleepingServer(ctx, itc(cc))
-	},
-	"cancel_after_begin": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoCancelAfterBegin(ctx, itc(cc))
-	},
-	"cancel_after_first_response": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoCancelAfterFirstResponse(ctx, itc(cc))
-	},
-	"status_code_and_message": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoStatusCodeAndMessage(ctx, itc(cc))
-	},
-	"special_status_message": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoSpecialStatusMessage(ctx, itc(cc))
-	},
-	"custom_metadata": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoCustomMetadata(ctx, itc(cc))
-	},
+var dropInInteropCases = map[string]dropInCase{
+	"empty_unary":                 withTC(interop.DoEmptyUnaryCall),
+	"large_unary":                 withTC(interop.DoLargeUnaryCall),
+	"client_streaming":            withTC(interop.DoClientStreaming),
+	"server_streaming":            withTC(interop.DoServerStreaming),
+	"ping_pong":                   withTC(interop.DoPingPong),
+	"empty_stream":                withTC(interop.DoEmptyStream),
+	"timeout_on_sleeping_server":  withTC(interop.DoTimeoutOnSleepingServer),
+	"cancel_after_begin":          withTC(interop.DoCancelAfterBegin),
+	"cancel_after_first_response": withTC(interop.DoCancelAfterFirstResponse),
+	"status_code_and_message":     withTC(interop.DoStatusCodeAndMessage),
+	"special_status_message":      withTC(interop.DoSpecialStatusMessage),
+	"custom_metadata":             withTC(interop.DoCustomMetadata),
+	"pick_first_unary":            withTC2(interop.DoPickFirstUnary),
+	"orca_per_rpc":                withTC2(interop.DoORCAPerRPCTest),
+	"orca_oob":                    withTC2(interop.DoORCAOOBTest),
+	// grpc-go's helper takes a *grpc.ClientConn.
 	"unimplemented_method": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
 		interop.DoUnimplementedMethod(ctx, cc)
 	},
 	"unimplemented_service": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
 		interop.DoUnimplementedService(ctx, testgrpc.NewUnimplementedServiceClient(cc))
-	},
-	"pick_first_unary": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoPickFirstUnary(ctx, itc(cc))
-	},
-	"orca_per_rpc": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoORCAPerRPCTest(ctx, itc(cc))
-	},
-	"orca_oob": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
-		interop.DoORCAOOBTest(ctx, itc(cc))
 	},
 	"rpc_soak": func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
 		c := soakConfig()
@@ -318,7 +291,23 @@ var dropInInteropCases = map[string]func(context.Context, *grpc.ClientConn, []gr
 	},
 }
 
-func itc(cc *grpc.ClientConn) testgrpc.TestServiceClient { return testgrpc.NewTestServiceClient(cc) }
+// dropInCase runs one interop case on cc, a client dialled with opts.
+type dropInCase func(ctx context.Context, cc *grpc.ClientConn, opts []grpc.DialOption)
+
+// withTC is the case of an interop helper that takes a TestService client
+// and call options.
+func withTC(do func(context.Context, testgrpc.TestServiceClient, ...grpc.CallOption)) dropInCase {
+	return func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
+		do(ctx, testgrpc.NewTestServiceClient(cc))
+	}
+}
+
+// withTC2 is the case of an interop helper that takes a TestService client.
+func withTC2(do func(context.Context, testgrpc.TestServiceClient)) dropInCase {
+	return func(ctx context.Context, cc *grpc.ClientConn, _ []grpc.DialOption) {
+		do(ctx, testgrpc.NewTestServiceClient(cc))
+	}
+}
 
 // soakConfig is the interop client's soak configuration with its default
 // flags.
