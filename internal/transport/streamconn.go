@@ -364,6 +364,11 @@ func (c *StreamConn) publish() {
 // lock takes l (rlock or wlock), waiting at most until the deadline d
 // passes or the connection closes.
 func (c *StreamConn) lock(l chan struct{}, d *deadline) error {
+	// Closed first: a closed connection with a passed deadline fails
+	// with net.ErrClosed, whichever case the select below would pick.
+	if err := c.closeErr(); err != nil {
+		return err
+	}
 	select {
 	case l <- struct{}{}:
 	default:
