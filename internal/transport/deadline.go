@@ -72,6 +72,17 @@ func (d *deadline) set(t time.Time) {
 	}
 }
 
+// stop stops the timer, for a connection that has closed: a deadline far
+// ahead would otherwise keep it, and the connection, until it fires.
+func (d *deadline) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.timer != nil {
+		d.timer.Stop()
+		d.timer = nil
+	}
+}
+
 // expired reports whether the deadline has passed. It reads the clock
 // as well as the timer's flag: a reader woken at its deadline by the
 // limit of its sleep may run before the timer does.

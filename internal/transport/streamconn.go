@@ -463,6 +463,8 @@ func (c *StreamConn) release() {
 		}
 	}
 	c.wlock <- struct{}{} // held for good
+	c.rdl.stop()
+	c.wdl.stop()
 	c.cur = nil
 	c.mapMu.Lock()
 	c.unmapped = true
