@@ -115,7 +115,7 @@ func newStreamConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, w
 
 // DialStream makes a byte-stream connection to the instance cfg.Name,
 // which must serve byte streams (F11), bounded by ctx, and starts its
-// liveness watch. It returns the server's identity too.
+// liveness watch. Peer returns the server's identity.
 func DialStream(ctx context.Context, cfg *DialConfig) (*StreamConn, error) {
 	o := *cfg
 	o.Stream = true
