@@ -510,3 +510,65 @@ func TestDropInServerKilled(t *testing.T) {
 		t.Fatal("the call after the server died waited for its deadline")
 	}
 }
+
+// TestServeGRPCOnListenConn: a notnets Server serves one registration on
+// both tiers under one name, Serve on Listen and ServeGRPC on ListenConn;
+// a notnets client and a grpc-go client each reach the instance of their
+// kind, and the handler sees a notnets Addr either way.
+func TestServeGRPCOnListenConn(t *testing.T) {
+	dir := testPool(t)
+	srv := notnets.NewServer()
+	defer srv.Stop()
+	pb.RegisterGreeterServer(srv, peerGreeter{})
+	lis, err := notnets.Listen("greeter", notnets.WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clis, err := notnets.ListenConn("greeter", notnets.WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	go srv.ServeGRPC(clis)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ncc, err := notnets.Dial(ctx, "greeter", notnets.WithPool(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ncc.Close()
+	gcc, err := grpc.NewClient("passthrough:///greeter", grpc.WithContextDialer(notnets.ContextDialer(notnets.WithPool(dir))),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gcc.Close()
+	want := map[string]string{
+		"notnets": lis.Addr().(*notnets.Addr).Instance,
+		"grpc":    clis.Addr().(*notnets.Addr).Instance,
+	}
+	for kind, cc := range map[string]grpc.ClientConnInterface{"notnets": ncc, "grpc": gcc} {
+		var p peer.Peer
+		r, err := pb.NewGreeterClient(cc).SayHello(ctx, &pb.HelloRequest{Name: kind}, grpc.Peer(&p))
+		if err != nil {
+			t.Fatalf("%s client: %v", kind, err)
+		}
+		if a, ok := p.Addr.(*notnets.Addr); !ok || a.Instance != want[kind] {
+			t.Errorf("%s client reached %v, want instance %s", kind, p.Addr, want[kind])
+		}
+		if r.GetMessage() != "notnets" {
+			t.Errorf("%s client: the handler saw a peer of network %q, want notnets", kind, r.GetMessage())
+		}
+	}
+}
+
+// peerGreeter answers with the network of the caller's peer.Addr.
+type peerGreeter struct{ pb.UnimplementedGreeterServer }
+
+func (peerGreeter) SayHello(ctx context.Context, _ *pb.HelloRequest) (*pb.HelloReply, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, status.Error(codes.Internal, "no peer")
+	}
+	return &pb.HelloReply{Message: p.Addr.Network()}, nil
+}

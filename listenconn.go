@@ -34,6 +34,8 @@ import (
 //
 // Instances of one service may be of both kinds: notnets clients use
 // only Listen's, ContextDialer only ListenConn's (docs/PROTOCOL.md 17).
+// A notnets Server serves both with one registration: Serve on Listen's
+// listener, ServeGRPC on ListenConn's.
 // WithExclusive refuses a second live ListenConn instance of the name.
 // The listener's options are Listen's; WithLivenessTimeout,
 // WithSpin, WithIdleStrategy and WithPollOnly also set how its
