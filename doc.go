@@ -74,6 +74,23 @@
 //	go srv.Serve(lis)         // the pool
 //	go srv.ServeGRPC(tcpLis)  // HTTP/2, for grpc.NewClient("host:port", ...)
 //
+// # The drop-in tier
+//
+// Code typed on grpc-go's concrete types (*grpc.ClientConn, *grpc.Server)
+// gets shared memory too, at HTTP/2's cost: serve the grpc.Server on
+// [ListenConn] and give grpc-go's client one dial option,
+// grpc.WithContextDialer([ContextDialer]()). HTTP/2 then crosses the same
+// rings and doorbells as a byte stream, with no socket on the data path,
+// and everything grpc-go offers keeps working (service config,
+// keepalive, channelz, grpc-gateway). The native tier above skips
+// HTTP/2, a goroutine hand-off and the copies; [ListenConn] says what
+// each tier gives.
+//
+//	go grpcServer.Serve(lis) // lis, err := notnets.ListenConn("greeter")
+//	cc, err := grpc.NewClient("passthrough:///greeter",
+//		grpc.WithContextDialer(notnets.ContextDialer()),
+//		grpc.WithTransportCredentials(insecure.NewCredentials()))
+//
 // A peer whose process exits costs its calls Unavailable within about
 // 100 ms on one host (unless WithPollOnly); so does a peer whose heartbeat
 // stands still for the liveness timeout ([WithLivenessTimeout], default

@@ -502,3 +502,43 @@ func ExampleWithFallback() {
 	// no instance in the pool: over tcp
 	// an instance in the pool: over notnets
 }
+
+// The drop-in tier: an unchanged grpc.Server serves on a notnets
+// listener, and grpc-go's own client reaches it through shared memory
+// with one dial option. Everything grpc-go offers works (its
+// *grpc.ClientConn, service config, keepalive, channelz), at HTTP/2's
+// cost; the native tier (Listen, NewServer, Dial) skips HTTP/2 for less.
+func ExampleListenConn() {
+	dir, err := os.MkdirTemp("", "notnets-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	// Server: a grpc.Server, served on a notnets listener instead of TCP.
+	lis, err := notnets.ListenConn("greeter", notnets.WithPool(dir))
+	if err != nil {
+		log.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	pb.RegisterGreeterServer(gs, exampleGreeter{})
+	go gs.Serve(lis)
+	defer gs.Stop()
+
+	// Client: grpc-go's *grpc.ClientConn; the dialer finds "greeter" in
+	// the pool.
+	cc, err := grpc.NewClient("passthrough:///greeter",
+		grpc.WithContextDialer(notnets.ContextDialer(notnets.WithPool(dir))),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cc.Close()
+	var p peer.Peer
+	r, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{Name: "world"}, grpc.Peer(&p))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(r.GetMessage(), "over", p.Addr.Network())
+	// Output: Hello world over notnets
+}

@@ -71,6 +71,8 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	case "interop-client":
 		os.Exit(runInteropCase(os.Getenv(caseEnv)))
+	case "dropin-interop-client":
+		os.Exit(runDropInInteropCase(os.Getenv(caseEnv)))
 	case "blocking-client":
 		runBlockingClient()
 		os.Exit(0)
@@ -359,6 +361,11 @@ func runServer() {
 	go func() { served <- srv.Serve(lis) }()
 	if grpcFile != "" {
 		serveGRPCOnLoopback(srv, grpcFile) // before "ready": the parent reads the file then
+	}
+	if os.Getenv(dropInEnv) != "" {
+		// A grpc.Server on ListenConn, an instance of the same name
+		// (dropin_test.go); listening before "ready".
+		defer serveDropIn(lopts)()
 	}
 	// grpc-go over TCP loopback, for benchmarks that compare.
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")

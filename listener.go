@@ -73,7 +73,17 @@ var ErrInstanceExists = transport.ErrInstanceExists
 // a live instance already serves the name. It fails with an error
 // wrapping ErrPoolExhausted when the pool has no room.
 func Listen(name string, opts ...ListenOption) (*Listener, error) {
-	o := listenOptions{wait: defaultWait()}
+	l, _, err := listen(name, opts, false)
+	if err != nil {
+		return nil, err
+	}
+	return &Listener{l: l}, nil
+}
+
+// listen publishes an instance of the service name, serving byte streams
+// (ListenConn) or notnets calls (Listen), and returns it with its options.
+func listen(name string, opts []ListenOption, stream bool) (*transport.Listener, *listenOptions, error) {
+	o := listenOptions{wait: defaultWait(), liveness: DefaultLivenessTimeout}
 	for _, opt := range opts {
 		opt.applyListen(&o)
 	}
@@ -83,16 +93,16 @@ func Listen(name string, opts ...ListenOption) (*Listener, error) {
 	o.pool = filepath.Clean(o.pool) // a trailing slash would follow a symbolic link
 	access, err := poolAccess(o.group)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	l, err := transport.Listen(o.pool, name, access, transport.ListenConfig{Wait: o.wait, Exclusive: o.exclusive})
+	l, err := transport.Listen(o.pool, name, access, transport.ListenConfig{Wait: o.wait, Exclusive: o.exclusive, Stream: stream})
 	if errors.Is(err, pool.ErrExhausted) {
-		return nil, exhaustedError{err}
+		return nil, nil, exhaustedError{err}
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return &Listener{l: l}, nil
+	return l, &o, nil
 }
 
 // Addr returns the listener's address.

@@ -39,12 +39,14 @@ const ArenaThreshold = transport.ArenaThreshold
 // before its connection fails (WithLivenessTimeout).
 const DefaultLivenessTimeout = 2 * time.Second
 
-// LivenessOption sets the liveness timeout; it is both a DialOption and a
-// ServerOption.
+// LivenessOption sets the liveness timeout; it is a DialOption, a
+// ServerOption and a ListenOption (for ListenConn's connections; a
+// Server's are set by NewServer's).
 type LivenessOption time.Duration
 
 func (l LivenessOption) applyDial(o *dialOptions)     { o.liveness = time.Duration(l) }
 func (l LivenessOption) applyServer(o *serverOptions) { o.liveness = time.Duration(l) }
+func (l LivenessOption) applyListen(o *listenOptions) { o.liveness = time.Duration(l) }
 
 // WithLivenessTimeout sets how long a peer's heartbeat may stand still
 // before its connection fails with Unavailable (default
@@ -114,6 +116,7 @@ type listenOptions struct {
 	group     string
 	wait      waitConfig
 	exclusive bool
+	liveness  time.Duration // ListenConn's connections
 }
 
 // DialOption configures Dial.

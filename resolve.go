@@ -93,6 +93,12 @@ func (cc *ClientConn) resolve(rejected map[string]bool) {
 			why = err // perhaps being created: tried again next time
 			continue
 		}
+		if in.ByteStream() {
+			// A grpc.Server's (ListenConn): not for notnets calls (F11).
+			rejected[b] = true
+			in.Close()
+			continue
+		}
 		if in.Starting() {
 			in.Close() // not open yet: it announces itself when it is
 			continue
@@ -152,8 +158,12 @@ func (cc *ClientConn) instanceGone(in *balance.Instance) bool {
 
 // trustInstance checks the owner of an instance's listener against
 // WithServerUIDs, before anything is sent to it.
-func (cc *ClientConn) trustInstance(in *balance.Instance) error {
-	if u := cc.opts.serverUIDs; u != nil && !slices.Contains(u, in.Owner.UID) {
+func (cc *ClientConn) trustInstance(in *balance.Instance) error { return cc.opts.trustInstance(in) }
+
+// trustInstance checks the owner of an instance's listener against
+// WithServerUIDs.
+func (o *dialOptions) trustInstance(in *balance.Instance) error {
+	if u := o.serverUIDs; u != nil && !slices.Contains(u, in.Owner.UID) {
 		return status.Errorf(codes.PermissionDenied, "notnets: instance %s belongs to uid %d, not one of the server uids %v (WithServerUIDs)", in.Base, in.Owner.UID, u)
 	}
 	return nil
@@ -163,11 +173,17 @@ func (cc *ClientConn) trustInstance(in *balance.Instance) error {
 // (or, across hosts, the segment's owner) reports it, against
 // WithServerUIDs and WithServerGIDs.
 func (cc *ClientConn) trustPeer(sc *subConn, id transport.Identity) error {
-	if u := cc.opts.serverUIDs; u != nil && !slices.Contains(u, id.UID) {
-		return status.Errorf(codes.PermissionDenied, "notnets: instance %s runs as uid %d, not one of the server uids %v (WithServerUIDs)", sc.inst.Base, id.UID, u)
+	return cc.opts.trustPeer(sc.inst.Base, id)
+}
+
+// trustPeer checks the server process id of a new connection to the
+// instance base against WithServerUIDs and WithServerGIDs.
+func (o *dialOptions) trustPeer(base string, id transport.Identity) error {
+	if u := o.serverUIDs; u != nil && !slices.Contains(u, id.UID) {
+		return status.Errorf(codes.PermissionDenied, "notnets: instance %s runs as uid %d, not one of the server uids %v (WithServerUIDs)", base, id.UID, u)
 	}
-	if g := cc.opts.serverGIDs; g != nil && !slices.Contains(g, id.GID) && !anyIn(id.Groups, g) {
-		return status.Errorf(codes.PermissionDenied, "notnets: instance %s runs with gid %d, in none of the server gids %v (WithServerGIDs)", sc.inst.Base, id.GID, g)
+	if g := o.serverGIDs; g != nil && !slices.Contains(g, id.GID) && !anyIn(id.Groups, g) {
+		return status.Errorf(codes.PermissionDenied, "notnets: instance %s runs with gid %d, in none of the server gids %v (WithServerGIDs)", base, id.GID, g)
 	}
 	return nil
 }

@@ -75,7 +75,7 @@ func gapName(d time.Duration) string {
 }
 
 var (
-	defaultTransports = []string{"grpc-tcp", "grpc-uds", "notnets", "notnets-raw", "floor"}
+	defaultTransports = []string{"grpc-tcp", "grpc-uds", "grpc-shm", "notnets", "notnets-raw", "floor"}
 	allTransports     = append(defaultTransports[:len(defaultTransports):len(defaultTransports)], "notnets-busy-spin", "notnets-park-only", "floor-spin", "wake", "memcpy")
 )
 
@@ -107,6 +107,9 @@ processes together), and each one's ratio to grpc-tcp.
 transports:
   grpc-tcp     grpc-go over HTTP/2 on TCP loopback (the paper's http2)
   grpc-uds     grpc-go over HTTP/2 on a Unix domain socket
+  grpc-shm     grpc-go over HTTP/2 on notnets' drop-in tier: the same grpc.Server
+               and grpc-go client, with notnets.ListenConn and ContextDialer, so
+               the bytes cross through the pool's rings instead of a socket
   notnets      notnets, protobuf codec (the paper's notnets)
   notnets-raw  notnets, payload sent as raw bytes with no serialization (the paper's notnets-)
   notnets-busy-spin, notnets-park-only
@@ -149,8 +152,8 @@ instances (-instances LIST, e.g. 1,2,3):
   each count N, the first N of them are the N instances of one notnets
   service, which the notnets client balances over (its default,
   least_request); grpc-go's client uses its round_robin balancer over the
-  same N processes' TCP (or Unix socket) addresses, given by a manual
-  resolver. Every count is measured in every round, interleaved with the
+  same N processes' TCP (or Unix socket, or drop-in instance) addresses,
+  given by a manual resolver. Every count is measured in every round, interleaved with the
   others, and ratios compare transports at the same count. When a count
   above 1 is measured, grpc-go uses round_robin at every count, 1
   included; otherwise it dials the one address directly (pick_first).

@@ -82,7 +82,7 @@ func TestBenchRunsEveryTransport(t *testing.T) {
 	}
 	// Four size and concurrency pairs; the floors, wake and memcpy have no
 	// multiplexing, so they run only with one caller.
-	want := map[string]int{"grpc-tcp": 4, "grpc-uds": 4, "notnets": 4, "notnets-raw": 4, "floor": 2, "floor-spin": 2, "wake": 2, "memcpy": 2}
+	want := map[string]int{"grpc-tcp": 4, "grpc-uds": 4, "grpc-shm": 4, "notnets": 4, "notnets-raw": 4, "floor": 2, "floor-spin": 2, "wake": 2, "memcpy": 2}
 	for name, n := range want {
 		if seen[name] != n {
 			t.Errorf("%s measured %d times, want %d", name, seen[name], n)
@@ -168,19 +168,19 @@ func TestParseBenchFlags(t *testing.T) {
 // own counts that every instance served calls, and only those of its
 // count.
 func TestBenchInstances(t *testing.T) {
-	rep, _ := runBenchJSON(t, "-transports", "grpc-tcp,grpc-uds,notnets,notnets-raw", "-instances", "1,2", "-c", "4",
+	rep, _ := runBenchJSON(t, "-transports", "grpc-tcp,grpc-uds,grpc-shm,notnets,notnets-raw", "-instances", "1,2", "-c", "4",
 		"-n", "200", "-rounds", "2", "-handler-wait", "50us", "-handler-slots", "2")
 	if len(rep.ServerPIDs) != 2 || rep.ServerPIDs[0] == rep.ServerPIDs[1] || !reflect.DeepEqual(rep.Instances, []int{1, 2}) ||
 		rep.GRPCBalancing != "round_robin" || rep.HandlerWait != (50*time.Microsecond).String() || rep.HandlerSlots != 2 {
 		t.Errorf("report: server pids %v, instances %v, grpc balancing %q, handler wait %q, slots %d; want 2 pids, [1 2], round_robin, 50µs, 2",
 			rep.ServerPIDs, rep.Instances, rep.GRPCBalancing, rep.HandlerWait, rep.HandlerSlots)
 	}
-	if len(rep.Results) != 8 {
-		t.Fatalf("%d results, want 8 (4 transports at 2 counts)", len(rep.Results))
+	if len(rep.Results) != 10 {
+		t.Fatalf("%d results, want 10 (5 transports at 2 counts)", len(rep.Results))
 	}
 	for i, r := range rep.Results {
 		id := fmt.Sprintf("%s with %d instance(s)", r.Transport, r.Instances)
-		if want := 1 + i/4; r.Instances != want {
+		if want := 1 + i/5; r.Instances != want {
 			t.Errorf("result %d is %s, want %d instance(s): counts in turn, transports within", i, id, want)
 		}
 		if r.Calls != 200 || r.TputRatio <= 0 || r.P50US <= 0 {

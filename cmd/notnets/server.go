@@ -27,6 +27,9 @@ type serverInfo struct {
 	PID int    `json:"pid"`
 	TCP string `json:"tcp"`
 	UDS string `json:"uds"`
+	// DropIn names, for each service, the instance through which this
+	// process serves grpc-go on notnets' drop-in tier (ListenConn).
+	DropIn map[string]string `json:"dropin"`
 }
 
 // serverStats is a bench server's answer to "stats": its CPU time, the
@@ -39,8 +42,9 @@ type serverStats struct {
 	Waits  int64 `json:"waits"`   // waits made
 }
 
-// benchServer serves every transport the benchmark measures, then answers
-// commands on stdin until it closes:
+// benchServer serves every transport the benchmark measures (grpc-go on
+// TCP, on a Unix socket and on the drop-in tier; notnets with each idle
+// strategy; the floors), then answers commands on stdin until it closes:
 //
 //	floor NAME       serve the floor segment NAME in the pool; answers "ok"
 //	floor-spin NAME  the same, the server spinning (floor.Conn.Spin)
@@ -96,8 +100,19 @@ func benchServer(args []string) error {
 	go gsrv.Serve(tcp)
 	go gsrv.Serve(uds)
 	defer gsrv.Stop()
+	// The same grpc.Server on the drop-in tier (grpc-shm): an instance of
+	// each service that serves byte streams, beside the notnets ones.
+	dropIn := map[string]string{}
+	for _, name := range strings.Split(*services, ",") {
+		lis, err := notnets.ListenConn(name, notnets.WithPool(*poolDir))
+		if err != nil {
+			return err
+		}
+		dropIn[name] = lis.Addr().(*notnets.Addr).Instance
+		go gsrv.Serve(lis)
+	}
 
-	info, _ := json.Marshal(serverInfo{PID: os.Getpid(), TCP: tcp.Addr().String(), UDS: *udsPath})
+	info, _ := json.Marshal(serverInfo{PID: os.Getpid(), TCP: tcp.Addr().String(), UDS: *udsPath, DropIn: dropIn})
 	fmt.Println(string(info))
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {

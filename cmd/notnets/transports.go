@@ -58,7 +58,7 @@ func (e *benchEnv) transport(name string, conc, n int) (*transport, error) {
 // instances, once every instance has answered it.
 func (e *benchEnv) callers(name string, conc, n int) ([]caller, error) {
 	switch name {
-	case "grpc-tcp", "grpc-uds":
+	case "grpc-tcp", "grpc-uds", "grpc-shm":
 		cc, err := e.grpcClient(name, n)
 		if err != nil {
 			return nil, err
@@ -105,20 +105,32 @@ func (e *benchEnv) callers(name string, conc, n int) ([]caller, error) {
 }
 
 // grpcClient returns a grpc-go client of the first n servers over TCP
-// (grpc-tcp) or their Unix sockets (grpc-uds): with e.roundRobin, its
-// round_robin balancer over their addresses, given by a manual resolver;
-// else a client of the first server's address.
+// (grpc-tcp), their Unix sockets (grpc-uds) or their instances on the
+// drop-in tier (grpc-shm: notnets.ContextDialer, an instance name per
+// server): with e.roundRobin, its round_robin balancer over their
+// addresses, given by a manual resolver; else a client of the first
+// server's address.
 func (e *benchEnv) grpcClient(name string, n int) (*grpc.ClientConn, error) {
 	addr := func(s *benchProc) string {
-		if name == "grpc-uds" {
+		switch name {
+		case "grpc-uds":
 			return "unix://" + s.info.UDS
+		case "grpc-shm":
+			return s.info.DropIn[serviceName(n)]
 		}
 		return s.info.TCP
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg))}
+	if name == "grpc-shm" {
+		opts = append(opts, grpc.WithContextDialer(notnets.ContextDialer(notnets.WithPool(e.pool))))
+	}
 	if !e.roundRobin {
-		return grpc.NewClient(addr(e.servers[0]), opts...)
+		target := addr(e.servers[0])
+		if name == "grpc-shm" {
+			target = "passthrough:///" + target // no name resolution: the dialer finds it in the pool
+		}
+		return grpc.NewClient(target, opts...)
 	}
 	var addrs []resolver.Address
 	for _, s := range e.servers[:n] {

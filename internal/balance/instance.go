@@ -65,6 +65,11 @@ func (in *Instance) Starting() (starting bool) {
 	return starting
 }
 
+// ByteStream reports whether the instance serves byte-stream connections
+// (PROTOCOL.md 17) rather than frames: clients use only instances of
+// their kind (F11).
+func (in *Instance) ByteStream() bool { return in.lay.Flags&pool.ListenerByteStream != 0 }
+
 // Open reports whether the instance's listener is open and not draining.
 func (in *Instance) Open() bool {
 	_, _, ok := in.Load()

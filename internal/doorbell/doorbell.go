@@ -127,9 +127,22 @@ func (b *Bell) RingAlways() { futexWake(b.selfTail, 1) }
 // One goroutine at a time may wait on a bell. A bell whose last hubAfter
 // waits each found nothing for MaxBlock is idle, and waits in a hub, which
 // holds no thread for it (hub.go).
-func (b *Bell) Wait(look func() (seen uint32, pending bool)) {
+func (b *Bell) Wait(look func() (seen uint32, pending bool)) { b.WaitFor(look, noLimit) }
+
+// noLimit is a limit of WaitFor that never comes first.
+const noLimit = time.Duration(1 << 62)
+
+// WaitFor is Wait for at most limit (which MaxBlock, or in a hub
+// hubMaxBlock, bounds in turn): for a reader with a deadline of its own
+// (a byte-stream connection's read deadline), which must end its wait
+// when the deadline passes even if the kick that says so comes just
+// before the futex wait and is lost. With limit <= 0 it returns at once.
+func (b *Bell) WaitFor(look func() (seen uint32, pending bool), limit time.Duration) {
+	if limit <= 0 {
+		return
+	}
 	if b.pollOnly {
-		time.Sleep(PollSleep)
+		time.Sleep(min(PollSleep, limit))
 		return
 	}
 	b.kicked.Store(false)
@@ -138,7 +151,7 @@ func (b *Bell) Wait(look func() (seen uint32, pending bool)) {
 	// If another goroutine drains the ring after look, seen is stale and
 	// the wait returns at once: a spurious wake-up, never a missed one.
 	if seen, pending := look(); !pending {
-		b.wait(seen, look)
+		b.wait(seen, look, limit)
 	}
 	b.sleeping.Store(0)
 	b.local.Store(false)
@@ -147,10 +160,11 @@ func (b *Bell) Wait(look func() (seen uint32, pending bool)) {
 // hubAfter is how many idle MaxBlock waits in a row send a bell to a hub.
 const hubAfter = 1
 
-// wait is SLEEPING: in a hub when the bell is idle, else on the futex.
-func (b *Bell) wait(seen uint32, look func() (uint32, bool)) {
+// wait is SLEEPING, for at most limit: in a hub when the bell is idle,
+// else on the futex.
+func (b *Bell) wait(seen uint32, look func() (uint32, bool), limit time.Duration) {
 	if b.timeouts >= hubAfter {
-		if waited, changed := hubWait(b.peerTail, seen, &b.kicked, look, &b.inHub); waited {
+		if waited, changed := hubWait(b.peerTail, seen, &b.kicked, look, &b.inHub, limit); waited {
 			if changed || b.kicked.Load() {
 				b.timeouts = 0
 			}
@@ -158,7 +172,7 @@ func (b *Bell) wait(seen uint32, look func() (uint32, bool)) {
 		}
 	}
 	start := time.Now()
-	futexWait(b.peerTail, seen, MaxBlock)
+	futexWait(b.peerTail, seen, min(MaxBlock, limit))
 	if time.Since(start) >= MaxBlock {
 		b.timeouts++
 	} else {

@@ -89,15 +89,15 @@ var hubs struct {
 }
 
 // hubWait waits in a hub until word no longer holds seen, kicked is set,
-// look reports something pending, the word is woken, or hubMaxBlock
-// passes. It reports false, without waiting, when there is no
+// look reports something pending, the word is woken, or hubMaxBlock (or
+// limit, if shorter) passes. It reports false, without waiting, when there is no
 // futex_waitv; else whether the word changed. While it waits, in holds
 // the hub, so that a Kick can make the hub look again (kickHub).
-func hubWait(word *atomic.Uint32, seen uint32, kicked *atomic.Bool, look func() (uint32, bool), in *atomic.Pointer[hub]) (waited, changed bool) {
+func hubWait(word *atomic.Uint32, seen uint32, kicked *atomic.Bool, look func() (uint32, bool), in *atomic.Pointer[hub], limit time.Duration) (waited, changed bool) {
 	if hubs.unavailable.Load() {
 		return false, false
 	}
-	w := &hubWaiter{word: word, seen: seen, kicked: kicked, look: look, deadline: monotonic() + int64(hubMaxBlock), done: make(chan bool, 1)}
+	w := &hubWaiter{word: word, seen: seen, kicked: kicked, look: look, deadline: monotonic() + int64(min(hubMaxBlock, limit)), done: make(chan bool, 1)}
 	h := addWaiter(w)
 	in.Store(h)
 	kickHub(h)

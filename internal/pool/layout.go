@@ -23,9 +23,11 @@ import (
 //	8      8    segment size in bytes
 //	16     4    creator's process id
 //	20     4    connection: client-to-server ring capacity; listener: slot count
-//	24     4    connection: server-to-client ring capacity; listener: zero
+//	24     4    connection: server-to-client ring capacity; listener: flags
+//	            (ListenerSocketOnly, ListenerByteStream)
 //	28     4    connection: client-to-server heap size (0: no heap)
 //	32     4    connection: server-to-client heap size (0: no heap)
+//	36     4    connection: flags (ConnByteStream)
 //
 // A connection segment then has one control page per side, client first,
 // then the client-to-server ring data, then the server-to-client ring data:
@@ -76,6 +78,7 @@ const (
 	offParamB  = 24
 	offParamC  = 28
 	offParamD  = 32
+	offFlags   = 36 // connection flags (PROTOCOL.md 4, 17.1)
 
 	ctlState     = 0
 	ctlHeartbeat = 8
@@ -192,11 +195,20 @@ type ConnLayout struct {
 	Spec ConnSpec
 }
 
-// ConnSpec gives the sizes of a connection segment's regions.
+// ConnSpec gives the sizes of a connection segment's regions, and its
+// flags.
 type ConnSpec struct {
 	C2S, S2C         int // ring capacities
 	C2SHeap, S2CHeap int // heap sizes, 0 for none
+	// Flags is the connection flags word of the header (ConnByteStream);
+	// it does not change the layout.
+	Flags uint32
 }
+
+// ConnByteStream, in a connection header's flags word (offset 36), says
+// that the connection's rings carry a byte stream (PROTOCOL.md 17), not
+// frames. Other bits are reserved.
+const ConnByteStream = 1
 
 // Size returns the size of a connection segment with these regions.
 func (s ConnSpec) Size() int {
@@ -256,7 +268,7 @@ func InitConn(mem []byte, c2s, s2c, pid int) { InitConnSpec(mem, ConnSpec{C2S: c
 // only the header page, which must be allocated (CreateConn allocates it;
 // for a memfd, Allocate or Segment.Reserve of spec.Fixed()).
 func InitConnSpec(mem []byte, s ConnSpec, pid int) {
-	writeHeader(mem, KindConn, uint32(s.C2S), uint32(s.S2C), pid, uint32(s.C2SHeap), uint32(s.S2CHeap))
+	writeHeader(mem, KindConn, uint32(s.C2S), uint32(s.S2C), pid, uint32(s.C2SHeap), uint32(s.S2CHeap), s.Flags)
 }
 
 // MapConn validates the connection segment mem and returns a view of it.
@@ -275,7 +287,8 @@ func MapConn(mem []byte, checkCap func(int) error) (*ConnLayout, error) {
 	h, _ := headerCopy(mem)
 	spec := ConnSpec{C2S: int(a), S2C: int(b),
 		C2SHeap: int(binary.LittleEndian.Uint32(h[offParamC:])),
-		S2CHeap: int(binary.LittleEndian.Uint32(h[offParamD:]))}
+		S2CHeap: int(binary.LittleEndian.Uint32(h[offParamD:])),
+		Flags:   binary.LittleEndian.Uint32(h[offFlags:])}
 	if err := CheckHeap(spec.C2SHeap); err != nil {
 		return nil, fmt.Errorf("client-to-server %w", err)
 	}
@@ -376,7 +389,7 @@ type ListenerLayout struct {
 	Knock  *atomic.Uint32
 	Slots  []Slot
 	PID    int
-	Flags  uint32 // ListenerSocketOnly
+	Flags  uint32 // ListenerSocketOnly, ListenerByteStream
 	// Load is what the instance publishes for balancers (instance.go).
 	Load Load
 }
@@ -391,10 +404,17 @@ func InitListener(mem []byte, pid int, flags uint32) {
 	writeHeader(mem, KindListener, Slots, flags, pid)
 }
 
-// ListenerSocketOnly, in a listener header's flags (param B), says that
-// the server takes connections only through its socket (PROTOCOL.md
-// 10.4), never through the slots.
-const ListenerSocketOnly = 1
+// Listener flags, in a listener header's param B.
+const (
+	// ListenerSocketOnly says that the server takes connections only
+	// through its socket (PROTOCOL.md 10.4), never through the slots.
+	ListenerSocketOnly = 1
+	// ListenerByteStream says that the instance serves byte-stream
+	// connections (PROTOCOL.md 17) and nothing else: clients that make
+	// frame connections skip it, and byte-stream clients use only such
+	// instances (F11).
+	ListenerByteStream = 2
+)
 
 // MapListener validates the listener segment mem and returns a view of it.
 func MapListener(mem []byte) (*ListenerLayout, error) {

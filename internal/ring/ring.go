@@ -168,6 +168,18 @@ func (p *Producer) Prepare(n int) error {
 	return nil
 }
 
+// Fits reports whether a record with an n-byte payload fits in the ring
+// now, with the pad before it if it would wrap: whether Reserve(n) would
+// succeed. It loads the consumer's head if the last one seen is too old.
+func (p *Producer) Fits(n int) bool {
+	size := uint64(RecordSize(n))
+	pad := uint64(0)
+	if room := uint64(len(p.data)) - p.next&p.mask; room < size {
+		pad = room
+	}
+	return p.fits(pad + size)
+}
+
 func (p *Producer) fits(size uint64) bool {
 	if p.next+size-p.headSeen <= uint64(len(p.data)) {
 		return true

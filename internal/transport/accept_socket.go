@@ -184,7 +184,7 @@ func (l *Listener) receiveSegment(conn *net.UnixConn) (*Accepted, error) {
 	}
 	seg.Owner.UID, seg.Owner.GID = cred.Uid, cred.Gid
 	auth := credIdentity(cred)
-	return acceptSegment(seg, &auth)
+	return acceptSegment(seg, &auth, l.stream)
 }
 
 // maxConnSize is the largest connection segment a server maps.

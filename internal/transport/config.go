@@ -32,6 +32,19 @@ type DialConfig struct {
 	Wait      Wait
 	Window    int           // each stream's receive window
 	Liveness  time.Duration // how long the peer's heartbeat may stand still
+	// Stream makes a byte-stream connection (PROTOCOL.md 17, DialStream)
+	// instead of a frame connection: to instances that serve byte
+	// streams only, without heaps.
+	Stream bool
+}
+
+// spec is the connection segment the client creates: byte-stream
+// connections have no heaps (PROTOCOL.md 17.1, S7).
+func (o *DialConfig) spec() pool.ConnSpec {
+	if o.Stream {
+		return pool.ConnSpec{C2S: o.RingSize, S2C: o.RingSize, Flags: pool.ConnByteStream}
+	}
+	return pool.ConnSpec{C2S: o.RingSize, S2C: o.RingSize, C2SHeap: o.ArenaSize, S2CHeap: o.ArenaSize}
 }
 
 // ServerConfig is what a server transport needs.

@@ -477,3 +477,15 @@ func (c *conn) takeRef() mem.Buffer {
 	c.pendingRef = nil
 	return b
 }
+
+// heartbeat increments this side's heartbeat and returns the peer's,
+// unless the segment has been unmapped (the liveness watch).
+func (c *conn) heartbeat() (uint64, bool) {
+	c.mapMu.RLock()
+	defer c.mapMu.RUnlock()
+	if c.unmapped {
+		return 0, false
+	}
+	c.self.Heartbeat.Add(1)
+	return c.peer.Heartbeat.Load(), true
+}

@@ -41,6 +41,9 @@ func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayou
 	if server.Mismatch {
 		return nil, nil, Identity{}, status.Errorf(codes.PermissionDenied, "notnets: listener %q belongs to uid %d but process %d, which maps it, runs as another user", name, server.UID, server.PID)
 	}
+	if err := checkKind(name, lis, o.Stream); err != nil {
+		return nil, nil, Identity{}, err
+	}
 	if seg, lay, cred, tried, err := dialCreds(ctx, o, name, lis, lseg.Owner.UID); tried {
 		return seg, lay, cred, err
 	}
@@ -67,7 +70,7 @@ func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayou
 	if err != nil {
 		return nil, nil, Identity{}, err
 	}
-	spec := pool.ConnSpec{C2S: o.RingSize, S2C: o.RingSize, C2SHeap: o.ArenaSize, S2CHeap: o.ArenaSize}
+	spec := o.spec()
 	seg, err := pool.CreateConn(o.Pool, segName, spec, o.Access)
 	if err != nil {
 		return nil, nil, Identity{}, createError(err)
@@ -105,6 +108,20 @@ func mapListener(seg *pool.Segment, name string) (*pool.ListenerLayout, error) {
 		return nil, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
 	}
 	return lis, nil
+}
+
+// checkKind checks that the listener of the instance name serves the kind
+// of connection the client makes, frames or a byte stream (PROTOCOL.md
+// F11): a server would refuse the other kind (S7).
+func checkKind(name string, lis *pool.ListenerLayout, stream bool) error {
+	serves := lis.Flags&pool.ListenerByteStream != 0
+	switch {
+	case serves && !stream:
+		return status.Errorf(codes.Unavailable, "notnets: instance %q serves byte streams (ListenConn, for grpc-go), not notnets calls", name)
+	case !serves && stream:
+		return status.Errorf(codes.Unavailable, "notnets: instance %q serves notnets calls (Listen), not byte streams", name)
+	}
+	return nil
 }
 
 // createError is the status of a failure to create a connection segment:

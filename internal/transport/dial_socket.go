@@ -111,7 +111,7 @@ func hangUp(conn *net.UnixConn) <-chan struct{} {
 // newSealedSegment creates a connection segment as an anonymous memfd
 // sealed against resizing, maps it, and returns it with its descriptor.
 func newSealedSegment(o *DialConfig) (*pool.Segment, *pool.ConnLayout, int, error) {
-	spec := pool.ConnSpec{C2S: o.RingSize, S2C: o.RingSize, C2SHeap: o.ArenaSize, S2CHeap: o.ArenaSize}
+	spec := o.spec()
 	fd, err := unix.MemfdCreate("notnets-conn", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		return nil, nil, -1, status.Errorf(codes.Unavailable, "notnets: create segment: %v", err)

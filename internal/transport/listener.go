@@ -29,6 +29,7 @@ type Listener struct {
 	dir, name string // name: the instance's base name, <service>+<id>
 	service   string
 	access    pool.Access
+	stream    bool // serves byte-stream connections (PROTOCOL.md 17), not frames
 	seg       *pool.Segment
 	lay       *pool.ListenerLayout
 	wait      Wait
@@ -54,8 +55,11 @@ type Listener struct {
 type ListenConfig struct {
 	Wait Wait
 	// Exclusive makes Listen fail with an error wrapping ErrInstanceExists
-	// when another live instance serves the service.
+	// when another live instance of the same kind serves the service.
 	Exclusive bool
+	// Stream publishes an instance that serves byte-stream connections
+	// (PROTOCOL.md 17; NewStreamServer serves them), not frames.
+	Stream bool
 }
 
 // ErrInstanceExists is wrapped by the error of an exclusive Listen of a
@@ -84,7 +88,7 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{dir: dir, name: base, service: service, access: access, seg: seg, wait: cfg.Wait, done: make(chan struct{})}
+	l := &Listener{dir: dir, name: base, service: service, access: access, stream: cfg.Stream, seg: seg, wait: cfg.Wait, done: make(chan struct{})}
 	if err := l.listenCreds(); err != nil {
 		seg.Unlink()
 		seg.Close()
@@ -97,6 +101,9 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 		seg.Unlink()
 		seg.Close()
 		return nil, err
+	}
+	if cfg.Stream {
+		flags |= pool.ListenerByteStream // clients of the other kind skip it (F11)
 	}
 	pool.InitListener(seg.Mem, os.Getpid(), flags)
 	if l.lay, err = pool.MapListener(seg.Mem); err != nil {
@@ -113,7 +120,7 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 	// refers to the listener.
 	runtime.AddCleanup(l, func(s *pool.Segment) { s.Close() }, seg)
 	if cfg.Exclusive {
-		if pid := liveInstance(dir, service, base, access, seg.Owner.UID); pid != 0 {
+		if pid := liveInstance(dir, service, base, access, cfg.Stream, seg.Owner.UID); pid != 0 {
 			l.Close()
 			return nil, fmt.Errorf("%w: listen %s/%s: instance of process %d is live", ErrInstanceExists, dir, service, pid)
 		}
@@ -124,9 +131,11 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 }
 
 // liveInstance returns the pid of a live instance of service other than
-// base run by uid, or 0. Another user's instance in a group pool does not
-// count: it could otherwise keep every exclusive Listen out.
-func liveInstance(dir, service, base string, access pool.Access, uid uint32) int {
+// base, run by uid and serving the same kind of connection (byte streams
+// or not), or 0. Another user's instance in a group pool does not count:
+// it could otherwise keep every exclusive Listen out; nor does one of the
+// other kind, which has other clients (F11).
+func liveInstance(dir, service, base string, access pool.Access, stream bool, uid uint32) int {
 	bases, err := pool.ListInstances(dir, service, access)
 	if err != nil {
 		return 0
@@ -136,7 +145,7 @@ func liveInstance(dir, service, base string, access pool.Access, uid uint32) int
 			continue
 		}
 		in, err := balance.OpenInstance(dir, b, access)
-		if err == nil && in.Owner.UID == uid && in.Open() && pool.ProcessAlive(in.PID) {
+		if err == nil && in.Owner.UID == uid && in.ByteStream() == stream && in.Open() && pool.ProcessAlive(in.PID) {
 			return in.PID
 		}
 	}
@@ -210,6 +219,25 @@ func checkFresh(lay *pool.ConnLayout) error {
 		lay.Client.ReturnTail.Load() != 0 || lay.Client.ReturnHead.Load() != 0 ||
 		lay.Server.ReturnTail.Load() != 0 || lay.Server.ReturnHead.Load() != 0 {
 		return errors.New("notnets: connection segment announced with used control blocks")
+	}
+	return nil
+}
+
+// checkConnKind checks the connection flags of a segment against the kind
+// of connection the listener serves (PROTOCOL.md S7): no unknown bit, the
+// byte-stream bit as the listener's, and no heaps on a byte stream, whose
+// records carry no references.
+func checkConnKind(lay *pool.ConnLayout, stream bool) error {
+	f := lay.Spec.Flags
+	switch {
+	case f&^pool.ConnByteStream != 0:
+		return fmt.Errorf("notnets: connection flags %#x have unknown bits (S7)", f)
+	case stream && f&pool.ConnByteStream == 0:
+		return errors.New("notnets: a frame connection for a listener that serves byte streams (S7)")
+	case !stream && f&pool.ConnByteStream != 0:
+		return errors.New("notnets: a byte-stream connection for a listener that serves frames (S7)")
+	case stream && (lay.Spec.C2SHeap != 0 || lay.Spec.S2CHeap != 0):
+		return errors.New("notnets: a byte-stream connection with heaps (S7)")
 	}
 	return nil
 }
@@ -349,14 +377,15 @@ func (l *Listener) take(s pool.Slot) (*Accepted, error) {
 	if err != nil {
 		return nil, err
 	}
-	return acceptSegment(seg, nil)
+	return acceptSegment(seg, nil, l.stream)
 }
 
 // acceptSegment checks the mapped connection segment seg as a client
 // leaves it and protects the client's regions; on a refusal it tells the
 // client (if the header was valid) and unmaps the segment. auth is the
-// client's identity when the kernel reported it.
-func acceptSegment(seg *pool.Segment, auth *Identity) (*Accepted, error) {
+// client's identity when the kernel reported it; stream says whether the
+// listener serves byte streams.
+func acceptSegment(seg *pool.Segment, auth *Identity, stream bool) (*Accepted, error) {
 	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
 	if err != nil {
 		seg.Close() // an invalid header: nothing written
@@ -381,6 +410,9 @@ func acceptSegment(seg *pool.Segment, auth *Identity) (*Accepted, error) {
 		return nil, err
 	}
 	err = checkFresh(lay)
+	if err == nil {
+		err = checkConnKind(lay, stream)
+	}
 	if err == nil {
 		err = protectPeer(seg, lay, false)
 	}

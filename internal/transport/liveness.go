@@ -23,9 +23,21 @@ import (
 // beatInterval is how often heartbeats are incremented and checked.
 const beatInterval = 100 * time.Millisecond
 
+// watchable is a connection the liveness goroutine keeps: a frame
+// connection (conn) or a byte stream (StreamConn).
+type watchable interface {
+	// closeErr is why the connection closed, or nil while it is open.
+	closeErr() error
+	// heartbeat increments this side's heartbeat and returns the peer's,
+	// unless the segment has been unmapped (ok false).
+	heartbeat() (peer uint64, ok bool)
+	// fail closes the connection with err; it must not block.
+	fail(err error)
+}
+
 // watched is a connection under the liveness watch.
 type watched struct {
-	c        *conn
+	c        watchable
 	timeout  time.Duration
 	pid      int       // the peer's pid on this host, or 0 not to check it
 	start    uint64    // the peer process's start time, to tell it from a reuse of its pid
@@ -37,7 +49,7 @@ type watched struct {
 // taken before a connection's mapMu, never with any other lock.
 var liveness struct {
 	sync.Mutex
-	conns     map[*conn]*watched
+	conns     map[watchable]*watched
 	listeners map[*Listener]bool // open listeners, whose heartbeat clients read (PROTOCOL.md 10.6)
 	running   bool
 }
@@ -91,7 +103,7 @@ func localPID(w Wait, pid int) int {
 
 // watch puts c under the liveness watch until it closes: its heartbeat is
 // kept, and, unless timeout is 0, its peer's checked.
-func watch(c *conn, timeout time.Duration, peerPID int) {
+func watch(c watchable, timeout time.Duration, peerPID int) {
 	// The segment is touched only by beatOnce, under mapMu: the connection
 	// may already be closing.
 	w := &watched{c: c, timeout: timeout, pid: peerPID, lastSeen: time.Now()}
@@ -101,7 +113,7 @@ func watch(c *conn, timeout time.Duration, peerPID int) {
 	liveness.Lock()
 	defer liveness.Unlock()
 	if liveness.conns == nil {
-		liveness.conns = make(map[*conn]*watched)
+		liveness.conns = make(map[watchable]*watched)
 	}
 	liveness.conns[c] = w
 	startBeat()
@@ -140,14 +152,10 @@ func beatOnce(now time.Time) bool {
 			delete(liveness.conns, c)
 			continue
 		}
-		c.mapMu.RLock()
-		if c.unmapped {
-			c.mapMu.RUnlock()
+		b, ok := c.heartbeat()
+		if !ok {
 			continue
 		}
-		c.self.Heartbeat.Add(1)
-		b := c.peer.Heartbeat.Load()
-		c.mapMu.RUnlock()
 		if b != w.lastBeat {
 			// It beat since the last look: alive, and no need to read
 			// /proc (about 20 us a read; 100 idle connections read it
