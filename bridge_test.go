@@ -1,11 +1,13 @@
 package notnets_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	rpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
@@ -117,6 +120,51 @@ func checkForwarded(t *testing.T, path string, cc grpc.ClientConnInterface) {
 	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("health check over %s: %v, %v; want SERVING", path, hc.GetStatus(), err)
 	}
+	checkLarge(t, ctx, path, c)
+}
+
+// checkLarge echoes messages above ArenaThreshold, which cross notnets
+// connections as views of a heap: a unary call of 1 MiB, and three
+// messages of 100 KiB on one bidirectional stream, each of its own bytes,
+// so that a view handed back (Free) while still being forwarded would
+// show as wrong bytes (or, with WithViewChecks, a fault).
+func checkLarge(t *testing.T, ctx context.Context, path string, c testgrpc.TestServiceClient) {
+	t.Helper()
+	pattern := func(n int, seed byte) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = seed + byte(i*7)
+		}
+		return b
+	}
+	big := pattern(1<<20, 1)
+	ectx := metadata.AppendToOutgoingContext(withMode(ctx, "echo", "large"), "x-len", strconv.Itoa(len(big)))
+	r, err := c.UnaryCall(ectx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: big}})
+	if err != nil || !bytes.Equal(r.GetPayload().GetBody(), big) {
+		t.Errorf("1 MiB echo over %s: %d bytes back, equal %v, %v", path, len(r.GetPayload().GetBody()), bytes.Equal(r.GetPayload().GetBody(), big), err)
+	}
+	stream, err := c.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatalf("FullDuplexCall over %s: %v", path, err)
+	}
+	var sent [][]byte
+	for i := range 3 {
+		b := pattern(100<<10, byte(10*i))
+		sent = append(sent, b)
+		if err := stream.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: b}}); err != nil {
+			t.Fatalf("send 100 KiB #%d over %s: %v", i, path, err)
+		}
+	}
+	stream.CloseSend()
+	for i, want := range sent {
+		r, err := stream.Recv()
+		if err != nil || !bytes.Equal(r.GetPayload().GetBody(), want) {
+			t.Fatalf("100 KiB echo #%d over %s: equal %v, %v", i, path, bytes.Equal(r.GetPayload().GetBody(), want), err)
+		}
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Errorf("large bidi over %s ended with %v, want io.EOF", path, err)
+	}
 }
 
 // streamRecord is what the proxy's stream interceptor saw of a call.
@@ -156,7 +204,8 @@ func TestUnknownServiceHandlerProxy(t *testing.T) {
 		return h(ctx, req)
 	}
 	cc := serveProxy(t, "proxy",
-		notnets.UnknownServiceHandler(notnets.Forward(backend.dial(t))),
+		notnets.UnknownServiceHandler(notnets.Forward(backend.dial(t, notnets.WithViewChecks()))),
+		notnets.WithViewChecks(),
 		notnets.ForceServerCodecV2(rawCodec),
 		notnets.ChainStreamInterceptor(record),
 		notnets.ChainUnaryInterceptor(never))
@@ -271,7 +320,9 @@ func serveBridge(t *testing.T, b *notnets.Bridge) *grpc.ClientConn {
 // its status); server reflection.
 func TestBridge(t *testing.T) {
 	backend := startServer(t)
-	b, err := notnets.NewBridge(notnets.BridgeConfig{To: listenName, DialOptions: []notnets.DialOption{notnets.WithPool(backend.pool)}})
+	// WithViewChecks: a heap view the bridge read after handing it back
+	// would fault.
+	b, err := notnets.NewBridge(notnets.BridgeConfig{To: listenName, DialOptions: []notnets.DialOption{notnets.WithPool(backend.pool), notnets.WithViewChecks()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +474,7 @@ func TestBridgeServiceAbsent(t *testing.T) {
 // kind of call, metadata, status, deadline and cancellation cross.
 func TestReverseBridge(t *testing.T) {
 	backend := startServer(t, grpcSemanticsEnv+"=1")
-	rb, err := notnets.NewReverseBridge(notnets.ReverseBridgeConfig{Target: backend.tcpAddr})
+	rb, err := notnets.NewReverseBridge(notnets.ReverseBridgeConfig{Target: backend.tcpAddr, ServerOptions: []notnets.ServerOption{notnets.WithViewChecks()}})
 	if err != nil {
 		t.Fatal(err)
 	}
