@@ -507,3 +507,41 @@ func TestReverseBridge(t *testing.T) {
 		t.Error("NewReverseBridge without a target succeeded")
 	}
 }
+
+// TestUnknownServiceHandlerOverServeGRPC: the same server's calls over
+// HTTP/2 (ServeGRPC) to services it does not know go to its
+// unknown-service handler too, raw with the forced codec, with its stream
+// interceptor run once per call.
+func TestUnknownServiceHandlerOverServeGRPC(t *testing.T) {
+	var mu sync.Mutex
+	intercepted := 0
+	count := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		mu.Lock()
+		intercepted++
+		mu.Unlock()
+		return h(srv, ss)
+	}
+	echo := func(_ any, ss grpc.ServerStream) error {
+		m := new(notnets.Bytes)
+		if err := ss.RecvMsg(m); err != nil {
+			return err
+		}
+		method, _ := grpc.Method(ss.Context())
+		reply := notnets.NewBytes(append([]byte(method+" "), m.Data()...))
+		m.Free()
+		return ss.SendMsg(reply)
+	}
+	srv := notnets.NewServer(notnets.UnknownServiceHandler(echo), notnets.ForceServerCodecV2(rawCodec), notnets.ChainStreamInterceptor(count))
+	cc, _ := serveGRPCInProcess(t, srv)
+	var out notnets.Bytes
+	err := cc.Invoke(testCtx(t), "/any.Service/Echo", notnets.NewBytes([]byte("hi")), &out, grpc.ForceCodecV2(rawCodec))
+	if err != nil || string(out.Data()) != "/any.Service/Echo hi" {
+		t.Fatalf("an unknown method over HTTP/2 = %q, %v; want the handler's echo", out.Data(), err)
+	}
+	out.Free()
+	mu.Lock()
+	defer mu.Unlock()
+	if intercepted != 1 {
+		t.Errorf("the stream interceptor ran %d times for one call over HTTP/2, want 1", intercepted)
+	}
+}

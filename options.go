@@ -499,7 +499,8 @@ func WithServerGIDs(gids ...uint32) DialOption {
 // keepalive parameters, say. They apply after the options ServeGRPC
 // derives from the server's own, so they win where both set the same
 // thing (grpc.UnknownServiceHandler among them would stop ServeGRPC from
-// serving services registered after its first call). Interceptors added
+// serving services registered after its first call: use notnets'
+// UnknownServiceHandler, which serves both paths). Interceptors added
 // with grpc.ChainUnaryInterceptor or grpc.ChainStreamInterceptor run
 // inside the server's, and one set with grpc.UnaryInterceptor or
 // grpc.StreamInterceptor outside them. They do nothing to calls over the
