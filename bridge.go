@@ -67,8 +67,9 @@ type Bridge struct {
 
 // NewBridge returns a Bridge for cfg. Its ClientConns connect in the
 // background (NewClient), so the pool services may start before or after
-// it; a call made while none of a service's instances is in the pool
-// fails with Unavailable, as a health probe wants.
+// it; a call made while none of a service's instances is connected fails
+// with Unavailable, as a health probe wants. Calls are forwarded
+// fail-fast: a caller's grpc.WaitForReady does not cross HTTP/2.
 func NewBridge(cfg BridgeConfig) (*Bridge, error) {
 	if cfg.To == "" && len(cfg.Routes) == 0 {
 		return nil, errors.New("notnets: NewBridge: no pool service to bridge to: BridgeConfig.To and Routes are both empty")

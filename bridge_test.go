@@ -461,8 +461,11 @@ func TestBridgeServiceAbsent(t *testing.T) {
 	}
 	startServerIn(t, dir)
 	// The bridge's client sees the instance within a wake-up of the
-	// registry; WaitForReady covers that wait without a sleep.
-	r, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+	// registry, and forwards calls fail-fast meanwhile.
+	if err := notnets.WaitBridgeReady(ctx, b); err != nil {
+		t.Fatalf("the bridge never connected to the service: %v", err)
+	}
+	r, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health check once the service is up: %v, %v", r.GetStatus(), err)
 	}

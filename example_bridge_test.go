@@ -168,8 +168,7 @@ func ExampleNewBridge() {
 		log.Fatal(err)
 	}
 	defer cc.Close()
-	r, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{Name: "bridge"},
-		grpc.WaitForReady(true)) // the bridge's client may still be looking at the pool
+	r, err := pb.NewGreeterClient(cc).SayHello(context.Background(), &pb.HelloRequest{Name: "bridge"})
 	if err != nil {
 		log.Fatal(err)
 	}
