@@ -79,7 +79,7 @@ func forward(ss grpc.ServerStream, cc grpc.ClientConnInterface) error {
 				return
 			}
 			err := cs.SendMsg(m)
-			m.Free() // nothing left after a send over notnets; our reference after one over grpc-go
+			m.Free() // nothing once sent (the transport or grpc-go has it); the message if the send failed first
 			if err != nil {
 				return // the forwarded call is over: RecvMsg below says how
 			}
