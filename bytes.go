@@ -131,18 +131,33 @@ func (bytesCodec) Name() string { return BytesCodecName }
 
 // Marshal returns the bytes of a *Bytes without copying them. notnets
 // itself never calls it for a Bytes; grpc-go does when a call falls back to
-// HTTP/2, and grpc-go's rule that a message is not modified after it is
-// sent keeps that safe.
+// HTTP/2, and when a Bytes goes out through a grpc-go server or client (a
+// Bridge, Forward). grpc-go may still be writing the bytes after its
+// SendMsg returned, so memory that m would hand back at Free goes to
+// grpc-go instead, which frees it once written: a received message (a
+// view of a peer's heap, or a pooled buffer) and pooled memory from
+// Alloc. m is then empty, as after a send over notnets, and Free does
+// nothing. Ordinary memory (NewBytes) is grpc-go's rule to keep: not
+// modified after it is sent.
 func (bytesCodec) Marshal(v any) (mem.BufferSlice, error) {
 	m, ok := v.(*Bytes)
 	if !ok {
 		return nil, fmt.Errorf("notnets: the %s codec sends *notnets.Bytes, not %T", BytesCodecName, v)
 	}
-	if !m.blk.IsZero() {
+	switch {
+	case !m.blk.IsZero():
 		// Heap memory of a notnets connection going out another way: copy,
 		// since the block must be freed now.
 		buf := mem.Copy(m.b, mem.DefaultBufferPool())
 		m.Free()
+		return mem.BufferSlice{buf}, nil
+	case m.buf != nil:
+		buf := m.buf // our reference, now grpc-go's
+		*m = Bytes{}
+		return mem.BufferSlice{buf}, nil
+	case m.pooled != nil:
+		buf := mem.NewBuffer(m.pooled, mem.DefaultBufferPool())
+		*m = Bytes{}
 		return mem.BufferSlice{buf}, nil
 	}
 	return mem.BufferSlice{mem.SliceBuffer(m.b)}, nil

@@ -186,6 +186,21 @@
 // encoding.CodecV2 receives the heap views as its mem.BufferSlice; a codec
 // that keeps a buffer must Ref it, as with grpc-go.
 //
+// # Bridges and proxies
+//
+// A [Bridge] serves services of the pool as ordinary gRPC over HTTP/2 on a
+// net.Listener (a Unix socket, a loopback port), for grpcurl, health
+// probes and clients that are not notnets; a [ReverseBridge] puts a gRPC
+// service of the network in the pool. Both forward every call undecoded,
+// with its metadata, deadline, cancellation, headers, trailers and
+// status. The repository's notnets tool runs them (notnets bridge).
+//
+// They are built on [UnknownServiceHandler], grpc-go's
+// grpc.UnknownServiceHandler for a notnets server, and [Forward], a
+// handler that proxies every call it gets to a grpc.ClientConnInterface,
+// with the notnets-bytes codec forced on the server
+// ([ForceServerCodecV2]) so that messages stay raw [*Bytes].
+//
 // # Differences from grpc-go
 //
 //   - The target of Dial is a service name in a pool, not an address

@@ -356,7 +356,8 @@ func runServer() {
 	srv.RegisterService(&desc, newSemantics())
 	// The standard services users add to every server.
 	reflection.Register(srv)
-	healthpb.RegisterHealthServer(srv, health.NewServer())
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	if grpcFile != "" {
@@ -373,8 +374,19 @@ func runServer() {
 		fmt.Fprintln(os.Stderr, "server:", err)
 		os.Exit(2)
 	}
-	gsrv := grpc.NewServer()
+	var gopts []grpc.ServerOption
+	if os.Getenv(grpcSemanticsEnv) != "" {
+		gopts = append(gopts, grpc.ChainUnaryInterceptor(unaryTag("s1"), unaryTag("s2")),
+			grpc.ChainStreamInterceptor(streamTag("s1"), streamTag("s2")))
+	}
+	gsrv := grpc.NewServer(gopts...)
 	pb.RegisterGreeterServer(gsrv, greeter{})
+	if os.Getenv(grpcSemanticsEnv) != "" {
+		gdesc := testgrpc.TestService_ServiceDesc
+		gdesc.ServiceName = semanticsService
+		gsrv.RegisterService(&gdesc, newSemantics())
+		healthpb.RegisterHealthServer(gsrv, health.NewServer())
+	}
 	go gsrv.Serve(tcp)
 	defer gsrv.Stop()
 	fmt.Println("ready", tcp.Addr())
@@ -409,6 +421,14 @@ func runServer() {
 			fmt.Println(threads, waits, hubs, runtime.NumGoroutine(), srv.ConnCount())
 		case "served":
 			fmt.Println(workServed.Load())
+		case "health-serving", "health-not-serving":
+			// The overall health ("") the health service reports.
+			st := healthpb.HealthCheckResponse_SERVING
+			if in.Text() == "health-not-serving" {
+				st = healthpb.HealthCheckResponse_NOT_SERVING
+			}
+			hs.SetServingStatus("", st)
+			fmt.Println("ok")
 		case "services":
 			var names []string
 			for name := range srv.GetServiceInfo() {
@@ -715,6 +735,12 @@ const (
 	grpcAddrFileEnv = "NOTNETS_TEST_GRPC_ADDR_FILE"
 	grpcTLSEnv      = "NOTNETS_TEST_GRPC_TLS"
 )
+
+// grpcSemanticsEnv makes the server process's plain grpc-go server on TCP
+// loopback (serverProc.tcpAddr) serve the semantics service and health
+// too, with the same chained interceptors as the notnets server, so that
+// the answers over it match answerChecks.
+const grpcSemanticsEnv = "NOTNETS_TEST_GRPC_SEMANTICS"
 
 // grpcEnv returns the environment setting that makes a server process
 // serve gRPC over HTTP/2 too, with an address file in a directory of t's.

@@ -108,6 +108,8 @@ type serverOptions struct {
 	maxStreams  uint32        // MaxConcurrentStreams; 0 for none
 	maxConns    int           // MaxConnections; 0 for none
 
+	unknown *grpc.StreamDesc // UnknownServiceHandler's, or nil
+
 	grpcOpts []grpc.ServerOption // WithGRPCServerOptions: for ServeGRPC's grpc.Server
 }
 
@@ -407,6 +409,26 @@ func ForceServerCodecV2(codec encoding.CodecV2) ServerOption {
 	return serverFunc(func(o *serverOptions) { o.codec = codec })
 }
 
+// UnknownServiceHandler makes the server hand every call of a service or
+// method it has not registered to h, as grpc.UnknownServiceHandler does,
+// instead of answering it Unimplemented: as a bidirectional stream,
+// whatever the method's kind, with a nil srv. The handler finds the full
+// method name with grpc.Method(ctx) or grpc.MethodFromServerStream, and
+// the call's codec in the "content-type" of its incoming metadata
+// (application/grpc, or application/grpc+<subtype>). Its stream's RecvMsg
+// and SendMsg use the call's codec, or the one ForceServerCodecV2 sets:
+// the notnets-bytes codec there (encoding.GetCodecV2(BytesCodecName))
+// makes them take *Bytes and leaves the messages undecoded, for a proxy
+// (Forward). The server's stream interceptors run around h, with
+// StreamServerInfo's IsClientStream and IsServerStream both true; unary
+// interceptors do not. Calls over ServeGRPC's HTTP/2 go to h too. A
+// malformed method name is still Unimplemented.
+func UnknownServiceHandler(h grpc.StreamHandler) ServerOption {
+	return serverFunc(func(o *serverOptions) {
+		o.unknown = &grpc.StreamDesc{StreamName: "unknown_service_handler", Handler: h, ClientStreams: true, ServerStreams: true}
+	})
+}
+
 // Balancing is how a ClientConn spreads its calls over the instances of
 // its service.
 type Balancing = balance.Policy
@@ -482,7 +504,8 @@ func WithServerGIDs(gids ...uint32) DialOption {
 // keepalive parameters, say. They apply after the options ServeGRPC
 // derives from the server's own, so they win where both set the same
 // thing (grpc.UnknownServiceHandler among them would stop ServeGRPC from
-// serving services registered after its first call). Interceptors added
+// serving services registered after its first call: use notnets'
+// UnknownServiceHandler, which serves both paths). Interceptors added
 // with grpc.ChainUnaryInterceptor or grpc.ChainStreamInterceptor run
 // inside the server's, and one set with grpc.UnaryInterceptor or
 // grpc.StreamInterceptor outside them. They do nothing to calls over the

@@ -152,7 +152,9 @@ func (g *grpcServing) earlyOnly(i grpc.StreamServerInterceptor) grpc.StreamServe
 // serveLate serves, over HTTP/2, a call the grpc.Server does not know: a
 // method of a service registered on s after the grpc.Server was made, with
 // s's interceptors, as grpc-go runs a registered one; or an unknown
-// method, Unimplemented as grpc-go answers it.
+// method, which goes to s's UnknownServiceHandler if it has one (lookup
+// returns it, as a stream method), else is Unimplemented as grpc-go
+// answers it.
 func (s *Server) serveLate(_ any, ss grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(ss)
 	info, md, sd, err := s.lookup(method)

@@ -284,16 +284,31 @@ func (s *Server) lookup(full string) (*serviceInfo, *grpc.MethodDesc, *grpc.Stre
 	s.mu.Lock()
 	info := s.services[service]
 	s.mu.Unlock()
+	if info != nil {
+		if md := info.methods[method]; md != nil {
+			return info, md, nil, nil
+		}
+		if sd := info.streams[method]; sd != nil {
+			return info, nil, sd, nil
+		}
+	}
+	if sd := s.opts.unknown; sd != nil { // UnknownServiceHandler
+		return unknownService, nil, sd, nil
+	}
 	if info == nil {
 		return nil, nil, nil, status.Errorf(codes.Unimplemented, "unknown service %v", service)
 	}
-	if md := info.methods[method]; md != nil {
-		return info, md, nil, nil
-	}
-	if sd := info.streams[method]; sd != nil {
-		return info, nil, sd, nil
-	}
 	return nil, nil, nil, status.Errorf(codes.Unimplemented, "unknown method %v for service %v", method, service)
+}
+
+// unknownService is the service of calls that go to the
+// UnknownServiceHandler: no implementation, so the handler and the stream
+// interceptors get a nil srv, as in grpc-go.
+var unknownService = &serviceInfo{}
+
+// unknownCall reports whether the call goes to the UnknownServiceHandler.
+func (st *serverStream) unknownCall() bool {
+	return st.sd != nil && st.sd == st.sc.srv.opts.unknown
 }
 
 // codecFor returns the codec for a call's content subtype.

@@ -3,6 +3,7 @@ package notnets
 import (
 	"context"
 
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
 	"github.com/notnets/notnets/internal/frame"
@@ -63,8 +64,31 @@ func (sc *serverConn) NewCall(ts *transport.ServerStream, rh *frame.RequestHeade
 		s.refused.Add(1)
 	} else if st.codec, st.err = s.codecFor(rh.ContentSubtype); st.err == nil {
 		st.info, st.md, st.sd, st.err = s.lookup(rh.Method)
+		if st.err == nil && st.unknownCall() {
+			st.ctx = withContentType(st.ctx, rh)
+		}
 	}
 	return st
+}
+
+// withContentType adds the call's content-type to the incoming metadata
+// of ctx, as grpc-go has it ("application/grpc" or
+// "application/grpc+<subtype>"): a handler of unknown services that
+// forwards calls (Forward) needs the codec the caller used, which its own
+// forced codec hides. The key is set, not added, so that a client cannot
+// name another codec than the one its call used.
+func withContentType(ctx context.Context, rh *frame.RequestHeaders) context.Context {
+	md := rh.MD.Copy() // rh.MD is the request's, shared with the stats handlers
+	md.Set("content-type", contentType(rh.ContentSubtype))
+	return metadata.NewIncomingContext(ctx, md)
+}
+
+// contentType is gRPC's content-type for a content subtype.
+func contentType(subtype string) string {
+	if subtype == "" {
+		return "application/grpc"
+	}
+	return "application/grpc+" + subtype
 }
 
 // Closed forgets a connection that has closed.

@@ -41,6 +41,15 @@ func TestMain(m *testing.M) {
 				os.Exit(1)
 			}
 			os.Exit(0)
+		case "bridge":
+			if err := bridgeCmd(os.Args[2:]); err != nil {
+				os.Stderr.WriteString("notnets: " + err.Error() + "\n")
+				os.Exit(1)
+			}
+			os.Exit(0)
+		case "bridge-test-server": // DIR: Greeter, reflection and health as "greeter"
+			bridgeTestServer(os.Args[2])
+			os.Exit(0)
 		case "bench":
 			if err := bench(os.Args[2:]); err != nil {
 				os.Stderr.WriteString(err.Error() + "\n")
@@ -49,7 +58,9 @@ func TestMain(m *testing.M) {
 			os.Exit(0)
 		}
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	removeGrpcurl()
+	os.Exit(code)
 }
 
 // TestBenchRunsEveryTransport runs a short bench of every transport, two

@@ -3,6 +3,8 @@
 //	notnets bench [flags]          measure notnets against grpc-go, side by side (see -h)
 //	notnets pool [-dir DIR] ls     list a pool's services, their instances and load, and its files
 //	notnets pool [-dir DIR] clean  remove the stale ones
+//	notnets bridge -listen ADDR -to NAME   serve a pool service as gRPC over HTTP/2 on a Unix socket or loopback port
+//	notnets bridge -reverse -target TARGET -as NAME   put a network gRPC service in the pool
 package main
 
 import (
@@ -21,6 +23,8 @@ func main() {
 		err = bench(os.Args[2:])
 	case "pool":
 		err = poolCmd(os.Args[2:])
+	case "bridge":
+		err = bridgeCmd(os.Args[2:])
 	case "bench-server": // started by bench in a child process
 		err = benchServer(os.Args[2:])
 	case "help", "-h", "-help", "--help":
@@ -48,5 +52,9 @@ commands:
   pool     ls: list a pool's services, each instance's state, owner and
            load, and the pool's files and which are stale (left by
            processes that died); clean: remove the stale ones
+  bridge   serve services of the pool as ordinary gRPC over HTTP/2 on a Unix
+           socket or a loopback TCP port, for grpcurl, health probes and
+           clients that are not notnets; with -reverse, put a gRPC service
+           of the network in the pool (notnets bridge -h)
 `)
 }
