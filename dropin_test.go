@@ -32,6 +32,7 @@ import (
 
 	"github.com/notnets/notnets"
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
+	"github.com/notnets/notnets/internal/gatewaytest"
 )
 
 // The drop-in tier's tests: a grpc-go client (grpc.NewClient with
@@ -51,8 +52,9 @@ const (
 // serveDropIn serves a grpc.Server on ListenConn(listenName): Greeter, the
 // interop TestService as grpc-go's interop server sets it up (ORCA call
 // metrics and the ORCA service, and ServerId filled in for
-// pick_first_unary), the semantics service, channelz, health and
-// reflection. It returns the server's Stop.
+// pick_first_unary), the semantics service, channelz, health,
+// reflection and gatewaytest's Items (gateway_test.go). It returns the
+// server's Stop.
 func serveDropIn(lopts []notnets.ListenOption) func() {
 	lis, err := notnets.ListenConn(listenName, lopts...)
 	if err != nil {
@@ -79,6 +81,7 @@ func serveDropIn(lopts []notnets.ListenOption) func() {
 	channelzsvc.RegisterChannelzServiceToServer(gs)
 	healthpb.RegisterHealthServer(gs, health.NewServer())
 	reflection.Register(gs)
+	gatewaytest.RegisterItemsServer(gs, newItems()) // gateway_test.go
 	go gs.Serve(lis)
 	return gs.Stop
 }
