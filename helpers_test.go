@@ -544,6 +544,8 @@ func (s *semantics) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*t
 		return &testpb.SimpleResponse{}, nil
 	case "size":
 		return &testpb.SimpleResponse{Payload: &testpb.Payload{Body: make([]byte, in.GetResponseSize())}}, nil
+	case "compressors", "incoming-md", "big-md":
+		return serverBitsMode(ctx, mdValue(ctx, "x-mode"), in) // serverbits_test.go
 	case "details":
 		st, err := status.New(codes.FailedPrecondition, "with details").WithDetails(protoadapt.MessageV1Of(in))
 		if err != nil {

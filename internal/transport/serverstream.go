@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -200,6 +201,21 @@ func (st *ServerStream) SendHeader(ctx context.Context, md metadata.MD) (metadat
 		st.c.unlock()
 	}
 	return st.header, err
+}
+
+// errSendCompress is grpc-go's error for a send compressor set too late.
+var errSendCompress = errors.New("transport: set send compressor called after headers sent or stream done")
+
+// SetSendCompress accepts the identity compressor (the only one notnets
+// has) while the response headers may still be sent, as grpc-go's
+// stream does; it stores nothing.
+func (st *ServerStream) SetSendCompress() error {
+	st.hmu.Lock()
+	defer st.hmu.Unlock()
+	if st.headerSent || st.finished {
+		return errSendCompress
+	}
+	return nil
 }
 
 // SetTrailer merges md into the trailers sent with the status.
