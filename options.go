@@ -84,6 +84,7 @@ type dialOptions struct {
 	serverUIDs   []uint32                        // WithServerUIDs, nil for any
 	serverGIDs   []uint32                        // WithServerGIDs, nil for any
 	badConfig    error                           // WithDefaultServiceConfig's parse error
+	userAgent    string                          // WithUserAgent, before notnets' own
 }
 
 // fallbackConfig is WithFallback's target and options.

@@ -3,6 +3,7 @@ package notnets_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -71,5 +72,82 @@ func TestCompressorQueries(t *testing.T) {
 		if got := string(r.GetPayload().GetBody()); got != tc.want {
 			t.Errorf("%s: the handler saw\n%s\nwant\n%s", tc.name, got, tc.want)
 		}
+	}
+}
+
+// EmptyCall reports, in its trailers, the incoming metadata the handler
+// saw (its keys, and the values of :authority, content-type and
+// user-agent), then changes its copy of it: the next calls must not see
+// the change (the connection shares the map of calls without metadata).
+func (s *semantics) EmptyCall(ctx context.Context, _ *testpb.Empty) (*testpb.Empty, error) {
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok {
+		return nil, status.Error(codes.Internal, "no incoming metadata")
+	}
+	keys := make([]string, 0, len(md))
+	for k := range md {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	grpc.SetTrailer(ctx, metadata.Pairs(
+		"x-keys", strings.Join(keys, ","),
+		"x-authority", strings.Join(md[":authority"], ","),
+		"x-content-type", strings.Join(md["content-type"], ","),
+		"x-user-agent", strings.Join(md["user-agent"], ","),
+	))
+	md[":authority"][0] = "changed"
+	md["user-agent"] = append(md["user-agent"], "changed")
+	md.Set("content-type", "changed")
+	md.Set("x-added", "changed")
+	return &testpb.Empty{}, nil
+}
+
+// TestIncomingMetadataLikeGRPC: handlers find :authority (the service
+// name), content-type (application/grpc, or +subtype) and user-agent
+// (WithUserAgent's before grpc-go's and notnets' versions) in their
+// incoming metadata, as grpc-go's server adds them, with or without
+// metadata of the client's, which cannot spoof them; a handler that
+// changes its copy changes nothing for later calls. Server in another
+// process.
+func TestIncomingMetadataLikeGRPC(t *testing.T) {
+	srv := startServer(t)
+	c := semanticsClient(srv.dial(t, notnets.WithUserAgent("myapp/1.0")))
+	ua := "myapp/1.0 grpc-go/" + grpc.Version + " notnets/" + notnets.Version
+	for i, tc := range []struct {
+		md      metadata.MD
+		subtype string
+		keys    string
+		ctype   string
+	}{
+		{nil, "", ":authority,content-type,user-agent", "application/grpc"},
+		{metadata.Pairs("x-a", "1", "user-agent", "spoof", ":authority", "spoof"), "tagged", ":authority,content-type,user-agent,x-a", "application/grpc+tagged"},
+		{nil, "tagged", ":authority,content-type,user-agent", "application/grpc+tagged"},
+		{nil, "", ":authority,content-type,user-agent", "application/grpc"},
+		{metadata.Pairs("x-b", "2"), "", ":authority,content-type,user-agent,x-b", "application/grpc"},
+		{nil, "", ":authority,content-type,user-agent", "application/grpc"},
+	} {
+		ctx := metadata.NewOutgoingContext(context.Background(), tc.md)
+		var trailer metadata.MD
+		opts := []grpc.CallOption{grpc.Trailer(&trailer)}
+		if tc.subtype != "" {
+			opts = append(opts, grpc.CallContentSubtype(tc.subtype))
+		}
+		if _, err := c.EmptyCall(ctx, &testpb.Empty{}, opts...); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		got := fmt.Sprint(trailer["x-keys"], trailer["x-authority"], trailer["x-content-type"], trailer["x-user-agent"])
+		want := fmt.Sprint([]string{tc.keys}, []string{listenName}, []string{tc.ctype}, []string{ua})
+		if got != want {
+			t.Errorf("call %d (metadata %v, subtype %q): the handler saw %s, want %s", i, tc.md, tc.subtype, got, want)
+		}
+	}
+}
+
+// TestUserAgentLimit: a user agent too long for the connection header
+// is refused when the ClientConn is made, saying why.
+func TestUserAgentLimit(t *testing.T) {
+	_, err := notnets.NewClient("svc", notnets.WithPool(testPool(t)), notnets.WithUserAgent(strings.Repeat("u", 1000)))
+	if err == nil || !strings.Contains(err.Error(), "user agent of") {
+		t.Errorf("NewClient with a 1000-byte WithUserAgent = %v, want an error about the user agent's length", err)
 	}
 }

@@ -21,6 +21,7 @@ type serverConn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	denied error // why the peer may not call (PermissionDenied), or nil
+	in     incomingKeys
 }
 
 func newServerConn(s *Server, lis *Listener, a *transport.Accepted) *serverConn {
@@ -35,6 +36,7 @@ func newServerConn(s *Server, lis *Listener, a *transport.Accepted) *serverConn 
 		},
 	}
 	sc.denied = s.opts.authz.check(authInfo(id))
+	sc.in = newIncomingKeys(lis.l.Name(), a.UserAgent())
 	sc.ctx, sc.cancel = context.WithCancel(context.Background())
 	sc.ctx = peer.NewContext(sc.ctx, sc.peer) // once per connection, not per call
 	if sh := s.opts.stats; sh != nil {
@@ -52,11 +54,12 @@ func newServerConn(s *Server, lis *Listener, a *transport.Accepted) *serverConn 
 func (sc *serverConn) NewCall(ts *transport.ServerStream, rh *frame.RequestHeaders, wireLen int) transport.ServerCall {
 	s := sc.srv
 	st := &serverStream{ts: ts, sc: sc, method: rh.Method}
-	st.ctx, st.cancelCtx = newServerContext(sc.ctx, rh, st)
+	md := sc.in.md(rh)
+	st.ctx, st.cancelCtx = newServerContext(sc.ctx, md, rh.Timeout, st)
 	if s.opts.stats != nil {
 		// For InHeader, which the stats handlers get on the call's
 		// goroutine, not on the reader (startStats).
-		st.reqMD, st.reqLen = rh.MD, wireLen
+		st.reqMD, st.reqLen = md, wireLen
 	}
 	if sc.denied != nil {
 		st.err = sc.denied // refused before anything of the server's runs for it

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
-	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/transport"
 )
 
@@ -63,13 +62,13 @@ func (st *serverStream) NeverRan(err error) { st.neverRan(err) }
 
 // newServerContext builds a handler's context from the connection's (which
 // carries the peer): incoming metadata, the transport stream, and the
-// client's deadline.
-func newServerContext(base context.Context, rh *frame.RequestHeaders, st *serverStream) (context.Context, context.CancelCauseFunc) {
-	ctx := metadata.NewIncomingContext(base, rh.MD)
+// client's deadline (timeout, 0 for none).
+func newServerContext(base context.Context, md metadata.MD, timeout time.Duration, st *serverStream) (context.Context, context.CancelCauseFunc) {
+	ctx := metadata.NewIncomingContext(base, md)
 	ctx = grpc.NewContextWithServerTransportStream(ctx, transportStream{st})
-	if rh.Timeout > 0 {
+	if timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, rh.Timeout)
+		ctx, cancel = context.WithTimeout(ctx, timeout)
 		ctx, cancelCause := context.WithCancelCause(ctx)
 		return ctx, func(err error) { cancelCause(err); cancel() }
 	}

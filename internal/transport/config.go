@@ -32,6 +32,9 @@ type DialConfig struct {
 	Wait      Wait
 	Window    int           // each stream's receive window
 	Liveness  time.Duration // how long the peer's heartbeat may stand still
+	// Info is what the client says of itself in the connection header:
+	// its header block limit and user agent.
+	Info pool.ConnInfo
 }
 
 // ServerConfig is what a server transport needs.
