@@ -144,7 +144,7 @@ func newClientConn(name string, opts []DialOption, lazy bool) (*ClientConn, erro
 		dial: transport.DialConfig{
 			Pool: o.pool, Access: o.access, RingSize: o.ringSize, ArenaSize: o.arenaSize,
 			Wait: o.wait, Window: o.window, Liveness: o.liveness,
-			Info: pool.ConnInfo{UserAgent: ua},
+			Info: pool.ConnInfo{UserAgent: ua, MaxHeader: o.maxHeader},
 		},
 		name:      name,
 		opts:      o,

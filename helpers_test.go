@@ -338,6 +338,9 @@ func runServer() {
 	if n, err := strconv.Atoi(os.Getenv("NOTNETS_TEST_MAXCONNS")); err == nil {
 		opts = append(opts, notnets.MaxConnections(n))
 	}
+	if n, err := strconv.Atoi(os.Getenv("NOTNETS_TEST_MAXHEADER")); err == nil {
+		opts = append(opts, notnets.MaxHeaderListSize(uint32(n)))
+	}
 	for _, o := range idleFromEnv() {
 		opts = append(opts, o)
 	}
@@ -544,7 +547,7 @@ func (s *semantics) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*t
 		return &testpb.SimpleResponse{}, nil
 	case "size":
 		return &testpb.SimpleResponse{Payload: &testpb.Payload{Body: make([]byte, in.GetResponseSize())}}, nil
-	case "compressors", "incoming-md", "big-md":
+	case "compressors", "big-md", "send-header-error":
 		return serverBitsMode(ctx, mdValue(ctx, "x-mode"), in) // serverbits_test.go
 	case "details":
 		st, err := status.New(codes.FailedPrecondition, "with details").WithDetails(protoadapt.MessageV1Of(in))

@@ -44,7 +44,7 @@ func newServerConn(s *Server, lis *Listener, a *transport.Accepted) *serverConn 
 	}
 	cfg := transport.ServerConfig{
 		Wait: s.opts.wait, Window: s.opts.window, MaxRecv: s.opts.maxRecvSize,
-		Liveness: s.opts.liveness, MaxStreams: s.opts.maxStreams,
+		Liveness: s.opts.liveness, MaxStreams: s.opts.maxStreams, MaxHeader: s.opts.maxHeader,
 	}
 	sc.t = transport.NewServer(a, cfg, s.workers, sc)
 	return sc

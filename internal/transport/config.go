@@ -44,4 +44,7 @@ type ServerConfig struct {
 	MaxRecv    int // the largest request message accepted
 	Liveness   time.Duration
 	MaxStreams uint32 // open streams a client may have; 0 for no limit
+	// MaxHeader is the largest header block the server accepts, which it
+	// announces to the client (0: pool.DefaultHeaderLimit).
+	MaxHeader uint32
 }

@@ -114,8 +114,11 @@ func NewServer(a *Accepted, cfg ServerConfig, workers *Workers, h ServerHandler)
 	t.c.onFrame = t.onFrame
 	t.c.onClose = t.onClose
 	t.c.window = cfg.Window
-	a.lay.Server.MaxStreams.Store(cfg.MaxStreams) // before the state: the client reads it after
-	a.lay.Server.State.Store(pool.StateOpen)      // the client may start calls
+	t.c.headerLimit = headerLimit(cfg.MaxHeader)
+	t.c.peerHeaderLimit = headerLimit(a.lay.Info.MaxHeader)
+	a.lay.Server.MaxStreams.Store(cfg.MaxStreams) // before the state: the client reads them after
+	a.lay.Server.MaxHeader.Store(cfg.MaxHeader)
+	a.lay.Server.State.Store(pool.StateOpen) // the client may start calls
 	a.settled()
 	return t
 }
