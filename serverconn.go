@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/grpc/peer"
 
+	"github.com/notnets/notnets/internal/chz"
 	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/transport"
 )
@@ -22,6 +23,7 @@ type serverConn struct {
 	cancel context.CancelFunc
 	denied error // why the peer may not call (PermissionDenied), or nil
 	in     incomingKeys
+	czSock *chz.Socket // the connection in channelz, or nil
 }
 
 func newServerConn(s *Server, lis *Listener, a *transport.Accepted) *serverConn {
@@ -45,6 +47,7 @@ func newServerConn(s *Server, lis *Listener, a *transport.Accepted) *serverConn 
 	cfg := transport.ServerConfig{
 		Wait: s.opts.wait, Window: s.opts.window, MaxRecv: s.opts.maxRecvSize,
 		Liveness: s.opts.liveness, MaxStreams: s.opts.maxStreams, MaxHeader: s.opts.maxHeader,
+		Streams: sc.czConn(),
 	}
 	sc.t = transport.NewServer(a, cfg, s.workers, sc)
 	return sc
@@ -73,6 +76,7 @@ func (sc *serverConn) NewCall(ts *transport.ServerStream, rh *frame.RequestHeade
 // Closed forgets a connection that has closed.
 func (sc *serverConn) Closed(_ *transport.Server, _ error) {
 	sc.cancel()
+	sc.czClosed()
 	if sh := sc.srv.opts.stats; sh != nil {
 		sh.connEnd(sc.ctx, false)
 	}

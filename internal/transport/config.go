@@ -3,6 +3,7 @@ package transport
 import (
 	"time"
 
+	"github.com/notnets/notnets/internal/chz"
 	"github.com/notnets/notnets/internal/pool"
 )
 
@@ -47,4 +48,7 @@ type ServerConfig struct {
 	// MaxHeader is the largest header block the server accepts, which it
 	// announces to the client (0: pool.DefaultHeaderLimit).
 	MaxHeader uint32
+	// Streams, if not nil, counts the connection's streams for channelz
+	// (countEnd).
+	Streams *chz.Counts
 }

@@ -30,7 +30,10 @@ type ServerStream struct {
 	// must not read the call's context.
 	hasDeadline bool
 	closedOut   atomic.Bool // counted out of t.openStreams (closeStream)
-	aborted     atomic.Bool // cancelled: nothing more is sent
+	// trailersOut: the server wrote the stream's TRAILERS; counted: its
+	// end is counted for channelz (countEnd).
+	trailersOut, counted atomic.Bool
+	aborted              atomic.Bool // cancelled: nothing more is sent
 	// queued and running say in which of the instance's published load
 	// words (Load.Queued, Load.InFlight) the stream is counted; each is
 	// cleared by whoever counts the stream out, once (load.go).
@@ -132,9 +135,19 @@ func (st *ServerStream) writeEnd(ctx context.Context, s *status.Status, msg *Out
 	}
 	if err == nil {
 		out.Trailer = &fs
-		st.closeStream() // before unlock publishes the trailers
+		st.endWritten() // before unlock publishes the trailers
 	}
 	return err
+}
+
+// endWritten records that the stream's TRAILERS are written: it is
+// counted out of the open streams, and its end counted for channelz.
+func (st *ServerStream) endWritten() {
+	st.closeStream()
+	if st.t.cfg.Streams != nil {
+		st.trailersOut.Store(true)
+		st.t.countEnd(st)
+	}
 }
 
 // closeStream counts the stream out of the connection's open streams,
@@ -225,7 +238,7 @@ func (st *ServerStream) writeHeaders(ctx context.Context) error {
 	st.finished = true
 	fs := frame.Status{Code: uint32(codes.Internal), Message: big.tooLarge("headers")}
 	if st.c.writeFrame(context.Background(), frame.TypeTrailers, 0, st.id, 0, &fs) == nil {
-		st.closeStream() // before unlock publishes the trailers
+		st.endWritten() // before unlock publishes the trailers
 	}
 	return errHeaderListSize
 }
