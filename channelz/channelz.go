@@ -59,6 +59,7 @@ func grpcChannelz() channelzgrpc.ChannelzServer {
 // capture is a grpc.ServiceRegistrar that keeps the implementation.
 type capture struct{ impl channelzgrpc.ChannelzServer }
 
+// RegisterService keeps impl, grpc-go's channelz implementation.
 func (c *capture) RegisterService(_ *grpc.ServiceDesc, impl any) {
 	c.impl = impl.(channelzgrpc.ChannelzServer)
 }

@@ -37,6 +37,7 @@ type HeaderLimitError struct {
 	Limit int // the peer's limit
 }
 
+// Error says which block, how large, and the limit.
 func (e *HeaderLimitError) Error() string {
 	return fmt.Sprintf("notnets: %v block of %d bytes exceeds the peer's header list limit of %d bytes", e.Type, e.Size, e.Limit)
 }
