@@ -121,7 +121,10 @@ func newClientConn(name string, opts []DialOption, lazy bool) (*ClientConn, erro
 	if o.badConfig != nil {
 		return nil, o.badConfig
 	}
-	var err error
+	ua, err := o.fullUserAgent()
+	if err != nil {
+		return nil, err
+	}
 	if o.access, err = poolAccess(o.group); err != nil {
 		return nil, err
 	}
@@ -143,6 +146,7 @@ func newClientConn(name string, opts []DialOption, lazy bool) (*ClientConn, erro
 		dial: transport.DialConfig{
 			Pool: o.pool, Access: o.access, RingSize: o.ringSize, ArenaSize: o.arenaSize,
 			Wait: o.wait, Window: o.window, Liveness: o.liveness,
+			Info: pool.ConnInfo{UserAgent: ua, MaxHeader: o.maxHeader},
 		},
 		name:      name,
 		opts:      o,

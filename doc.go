@@ -231,7 +231,18 @@
 //     grpc.PerRPCCredentials. Others, such as grpc.UseCompressor,
 //     grpc.CallAuthority and the deprecated grpc.CallCustomCodec, are
 //     ignored.
-//   - Nothing is compressed: compression options are ignored.
+//   - Nothing is compressed: compression options are ignored. In handlers,
+//     grpc.SetSendCompressor and grpc.ClientSupportedCompressors fail over
+//     notnets (grpc-go requires its own internal stream type); use
+//     [SetSendCompressor] and [ClientSupportedCompressors], which answer
+//     as grpc-go does for a client that advertises no compressor, and
+//     hand calls served by [Server.ServeGRPC] to grpc-go's.
+//   - A handler's incoming metadata has :authority (the service name,
+//     not a host:port), content-type and user-agent, as in grpc-go;
+//     [WithUserAgent] begins the user agent. Header lists (request
+//     headers, response headers, trailers) may reach 16 MiB, grpc-go's
+//     default ([MaxHeaderListSize], [WithMaxHeaderListSize]), counted in
+//     encoded bytes rather than HTTP/2's 32 more per field.
 //   - Stats handlers see grpc-go's events, but wire lengths are the
 //     message bytes, without the 5-byte prefix and without compression. A
 //     unary call's client sees InTrailer before InPayload: it waits for the
@@ -245,4 +256,8 @@
 //     tell a dead peer ([WithLivenessTimeout]).
 //   - [Server.RegisterService] panics where grpc-go exits: on a duplicate
 //     service, or an implementation that does not satisfy the service.
+//   - grpc-go's channelz service does not know notnets servers: register
+//     package github.com/notnets/notnets/channelz's instead, which adds
+//     them, their listeners and connections, and their calls and streams
+//     to grpc-go's entities.
 package notnets

@@ -86,6 +86,8 @@ type dialOptions struct {
 	serverUIDs   []uint32                        // WithServerUIDs, nil for any
 	serverGIDs   []uint32                        // WithServerGIDs, nil for any
 	badConfig    error                           // WithDefaultServiceConfig's parse error
+	userAgent    string                          // WithUserAgent, before notnets' own
+	maxHeader    uint32                          // WithMaxHeaderListSize; 0 for the default
 }
 
 // fallbackConfig is WithFallback's target and options.
@@ -107,6 +109,7 @@ type serverOptions struct {
 	stats       statsHandlers // StatsHandler
 	maxStreams  uint32        // MaxConcurrentStreams; 0 for none
 	maxConns    int           // MaxConnections; 0 for none
+	maxHeader   uint32        // MaxHeaderListSize; 0 for the default
 
 	unknown *grpc.StreamDesc // UnknownServiceHandler's, or nil
 
@@ -401,6 +404,35 @@ func MaxRecvMsgSize(n int) ServerOption {
 // (default unlimited).
 func MaxSendMsgSize(n int) ServerOption {
 	return serverFunc(func(o *serverOptions) { o.maxSendSize = n })
+}
+
+// DefaultMaxHeaderListSize is the largest header block (request headers,
+// response headers, trailers) a side accepts without MaxHeaderListSize or
+// WithMaxHeaderListSize: grpc-go's default header list limit, 16 MiB.
+const DefaultMaxHeaderListSize = pool.DefaultHeaderLimit
+
+// MaxHeaderListSize sets the largest request header block the server
+// accepts, as grpc.MaxHeaderListSize does (default
+// DefaultMaxHeaderListSize; 0 is the default). The server announces it to
+// each client when it connects, and a call whose metadata is larger fails
+// at the client with Internal "header list size to send violates the
+// maximum size (<n> bytes) set by server", grpc-go's error, before
+// anything is sent. Sizes count the encoded metadata (each key and value
+// with its length, PROTOCOL.md 11.11), where HTTP/2 counts each field's
+// name and value and 32 more: within a few bytes per pair the same. It
+// applies to ServeGRPC's grpc.Server too when set.
+func MaxHeaderListSize(n uint32) ServerOption {
+	return serverFunc(func(o *serverOptions) { o.maxHeader = n })
+}
+
+// WithMaxHeaderListSize sets the largest response header block (headers,
+// and trailers with the status) the client accepts, as
+// grpc.WithMaxHeaderListSize does (default DefaultMaxHeaderListSize; 0 is
+// the default). The client announces it to the server when it connects: a
+// response whose headers or trailers are larger ends with Internal, and
+// the handler's grpc.SendHeader (or send) fails as in grpc-go.
+func WithMaxHeaderListSize(n uint32) DialOption {
+	return dialFunc(func(o *dialOptions) { o.maxHeader = n })
 }
 
 // ForceServerCodecV2 makes the server use codec for every call, whatever

@@ -105,6 +105,9 @@ func (s *Server) grpcOptions(g *grpcServing) []grpc.ServerOption {
 	if o.codec != nil {
 		opts = append(opts, grpc.ForceServerCodecV2(o.codec))
 	}
+	if o.maxHeader != 0 { // grpc-go announces a limit only when one is set
+		opts = append(opts, grpc.MaxHeaderListSize(o.maxHeader))
+	}
 	for _, h := range o.stats {
 		opts = append(opts, grpc.StatsHandler(h))
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/notnets/notnets/internal/chz"
 	"github.com/notnets/notnets/internal/transport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -46,6 +47,7 @@ type Server struct {
 	workers  *transport.Workers
 
 	refused atomic.Uint64
+	cz      *chz.Server // the server in channelz, or nil (channelz.go)
 }
 
 // RefusedCalls returns how many calls the server has refused because their
@@ -80,6 +82,7 @@ func NewServer(opts ...ServerOption) *Server {
 		workers:   transport.NewWorkers(),
 	}
 	s.cv = sync.NewCond(&s.mu)
+	s.newChannelz()
 	return s
 }
 
@@ -154,6 +157,7 @@ func (s *Server) Serve(lis *Listener) error {
 	s.mu.Unlock()
 	defer s.serving.Done()
 	defer s.closeUnlessRetired(lis)
+	defer s.czListen(lis)()
 	for {
 		a, err := lis.l.Accept()
 		if err != nil {
@@ -206,6 +210,9 @@ func (s *Server) Stop() {
 		sc.t.WaitClosed()
 	}
 	s.serving.Wait()
+	if s.cz != nil {
+		s.cz.Remove() // as grpc-go's Stop removes its server from channelz
+	}
 }
 
 // GracefulStop stops accepting connections, tells clients to start no new

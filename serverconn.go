@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
+	"github.com/notnets/notnets/internal/chz"
 	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/transport"
 )
@@ -22,6 +23,8 @@ type serverConn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	denied error // why the peer may not call (PermissionDenied), or nil
+	in     incomingKeys
+	czSock *chz.Socket // the connection in channelz, or nil
 }
 
 func newServerConn(s *Server, lis *Listener, a *transport.Accepted) *serverConn {
@@ -36,6 +39,7 @@ func newServerConn(s *Server, lis *Listener, a *transport.Accepted) *serverConn 
 		},
 	}
 	sc.denied = s.opts.authz.check(authInfo(id))
+	sc.in = newIncomingKeys(lis.l.Name(), a.UserAgent())
 	sc.ctx, sc.cancel = context.WithCancel(context.Background())
 	sc.ctx = peer.NewContext(sc.ctx, sc.peer) // once per connection, not per call
 	if sh := s.opts.stats; sh != nil {
@@ -43,7 +47,8 @@ func newServerConn(s *Server, lis *Listener, a *transport.Accepted) *serverConn 
 	}
 	cfg := transport.ServerConfig{
 		Wait: s.opts.wait, Window: s.opts.window, MaxRecv: s.opts.maxRecvSize,
-		Liveness: s.opts.liveness, MaxStreams: s.opts.maxStreams,
+		Liveness: s.opts.liveness, MaxStreams: s.opts.maxStreams, MaxHeader: s.opts.maxHeader,
+		Streams: sc.czConn(),
 	}
 	sc.t = transport.NewServer(a, cfg, s.workers, sc)
 	return sc
@@ -53,11 +58,12 @@ func newServerConn(s *Server, lis *Listener, a *transport.Accepted) *serverConn 
 func (sc *serverConn) NewCall(ts *transport.ServerStream, rh *frame.RequestHeaders, wireLen int) transport.ServerCall {
 	s := sc.srv
 	st := &serverStream{ts: ts, sc: sc, method: rh.Method}
-	st.ctx, st.cancelCtx = newServerContext(sc.ctx, rh, st)
+	md := sc.in.md(rh)
+	st.ctx, st.cancelCtx = newServerContext(sc.ctx, md, rh.Timeout, st)
 	if s.opts.stats != nil {
 		// For InHeader, which the stats handlers get on the call's
 		// goroutine, not on the reader (startStats).
-		st.reqMD, st.reqLen = rh.MD, wireLen
+		st.reqMD, st.reqLen = md, wireLen
 	}
 	if sc.denied != nil {
 		st.err = sc.denied // refused before anything of the server's runs for it
@@ -94,6 +100,7 @@ func contentType(subtype string) string {
 // Closed forgets a connection that has closed.
 func (sc *serverConn) Closed(_ *transport.Server, _ error) {
 	sc.cancel()
+	sc.czClosed()
 	if sh := sc.srv.opts.stats; sh != nil {
 		sh.connEnd(sc.ctx, false)
 	}

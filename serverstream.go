@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
-	"github.com/notnets/notnets/internal/frame"
 	"github.com/notnets/notnets/internal/transport"
 )
 
@@ -34,8 +33,9 @@ type serverStream struct {
 	sd        *grpc.StreamDesc // set for a streaming call
 	err       error            // why the call cannot run: unknown method, no codec, refused
 
-	statsBegun atomic.Bool // stats begun (startStats: by run or neverRan)
-	reqMD      metadata.MD // the request headers, for InHeader
+	statsBegun atomic.Bool  // stats begun (startStats: by run or neverRan)
+	czState    atomic.Int32 // counted for channelz: czNotRun, czRunning, czEnded
+	reqMD      metadata.MD  // the request headers, for InHeader
 	reqLen     int
 }
 
@@ -55,21 +55,30 @@ var okStatus = status.New(codes.OK, "")
 // Unary reports whether the call runs once its whole request has arrived.
 func (st *serverStream) Unary() bool { return st.md != nil }
 
-// Cancel cancels the handler's context with err (nil: releases it).
-func (st *serverStream) Cancel(err error) { st.cancelCtx(err) }
+// Cancel cancels the handler's context with err (nil: releases it). A
+// call cancelled (by its client, or its connection's end) has failed.
+func (st *serverStream) Cancel(err error) {
+	if err != nil {
+		st.czEnd(false)
+	}
+	st.cancelCtx(err)
+}
 
 // NeverRan is neverRan, for the transport.
-func (st *serverStream) NeverRan(err error) { st.neverRan(err) }
+func (st *serverStream) NeverRan(err error) {
+	st.czNeverRan()
+	st.neverRan(err)
+}
 
 // newServerContext builds a handler's context from the connection's (which
 // carries the peer): incoming metadata, the transport stream, and the
-// client's deadline.
-func newServerContext(base context.Context, rh *frame.RequestHeaders, st *serverStream) (context.Context, context.CancelCauseFunc) {
-	ctx := metadata.NewIncomingContext(base, rh.MD)
+// client's deadline (timeout, 0 for none).
+func newServerContext(base context.Context, md metadata.MD, timeout time.Duration, st *serverStream) (context.Context, context.CancelCauseFunc) {
+	ctx := metadata.NewIncomingContext(base, md)
 	ctx = grpc.NewContextWithServerTransportStream(ctx, transportStream{st})
-	if rh.Timeout > 0 {
+	if timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, rh.Timeout)
+		ctx, cancel = context.WithTimeout(ctx, timeout)
 		ctx, cancelCause := context.WithCancelCause(ctx)
 		return ctx, func(err error) { cancelCause(err); cancel() }
 	}
@@ -80,6 +89,7 @@ func newServerContext(base context.Context, rh *frame.RequestHeaders, st *server
 // between a Begin and an End for stats handlers if it has a method to run.
 func (st *serverStream) Run() {
 	defer st.cancelCtx(nil)
+	st.czStart()
 	sh := st.sc.srv.opts.stats
 	if sh == nil {
 		st.serve()
@@ -187,6 +197,7 @@ func (st *serverStream) sendReply(reply any) error {
 // finish writes any unsent headers, msg if not nil, and the trailers with
 // st's status, once.
 func (st *serverStream) finish(s *status.Status, msg *transport.OutMsg) error {
+	st.czEnd(s.Code() == codes.OK) // before the client can read the status
 	var out transport.Sent
 	err := st.ts.Finish(st.ctx, s, msg, &out)
 	st.report(&out)

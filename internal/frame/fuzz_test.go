@@ -38,8 +38,11 @@ func FuzzParse(f *testing.F) {
 		if h.Type < TypeHeaders || h.Type > TypeMessageRef {
 			t.Fatalf("accepted type %d", h.Type)
 		}
-		if h.Flags&^(FlagMore|FlagEndStream) != 0 {
+		if h.Flags&^knownFlags != 0 || h.Flags == FlagMore|FlagEndStream {
 			t.Fatalf("accepted flags %#x", byte(h.Flags))
+		}
+		if h.Flags&FlagRefused != 0 && (h.Type != TypeTrailers || h.Flags != FlagRefused) {
+			t.Fatalf("accepted REFUSED on %v with flags %#x (H8)", h.Type, byte(h.Flags))
 		}
 		if h.Stream == 0 && h.Type != TypeGoAway {
 			t.Fatalf("accepted %v on stream 0", h.Type)

@@ -36,7 +36,13 @@ func (h *RequestHeaders) Append(b []byte) []byte {
 	return appendMD(b, h.MD)
 }
 
-// Decode parses p into h.
+// ServerKeys is the room a request's metadata map has beyond its pairs:
+// a server adds :authority, content-type and user-agent to it, which then
+// need no larger map.
+const ServerKeys = 3
+
+// Decode parses p into h. Its metadata map has room for ServerKeys more
+// keys.
 func (h *RequestHeaders) Decode(p []byte) error {
 	d := decoder{b: p}
 	t := d.uvarint()
@@ -46,7 +52,7 @@ func (h *RequestHeaders) Decode(p []byte) error {
 	h.Timeout = time.Duration(t)
 	h.Method = d.str()
 	h.ContentSubtype = d.str()
-	h.MD = d.md()
+	h.MD = d.md(ServerKeys)
 	return d.finish("request headers")
 }
 
@@ -62,7 +68,7 @@ func (h *ResponseHeaders) Append(b []byte) []byte { return appendMD(b, h.MD) }
 // Decode parses p into h.
 func (h *ResponseHeaders) Decode(p []byte) error {
 	d := decoder{b: p}
-	h.MD = d.md()
+	h.MD = d.md(0)
 	return d.finish("response headers")
 }
 
@@ -100,7 +106,7 @@ func (s *Status) Decode(p []byte) error {
 	s.Code = uint32(c)
 	s.Message = d.str()
 	s.Details = d.bytes()
-	s.MD = d.md()
+	s.MD = d.md(0)
 	return d.finish("status")
 }
 
@@ -205,7 +211,8 @@ func (d *decoder) bytes() []byte {
 
 func (d *decoder) str() string { return string(d.bytes()) }
 
-func (d *decoder) md() metadata.MD {
+// md decodes metadata into a map with room for extra more keys.
+func (d *decoder) md(extra int) metadata.MD {
 	pairs := d.uvarint()
 	if d.err != nil {
 		return nil
@@ -219,7 +226,7 @@ func (d *decoder) md() metadata.MD {
 	if pairs == 0 {
 		return nil
 	}
-	md := make(metadata.MD, pairs)
+	md := make(metadata.MD, int(pairs)+extra)
 	for i := uint64(0); i < pairs && d.err == nil; i++ {
 		k := d.str()
 		v := d.str()

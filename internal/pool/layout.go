@@ -28,6 +28,11 @@ import (
 //	28     4    connection: client-to-server heap size (0: no heap)
 //	32     4    connection: server-to-client heap size (0: no heap)
 //	36     4    connection: flags (ConnByteStream)
+//	40     4    connection: the largest header block the client accepts
+//	            (0: DefaultHeaderLimit)
+//	44     2    connection: length of the client's user agent, at most
+//	            MaxUserAgent
+//	46     ...  connection: the client's user agent
 //
 // A connection segment then has one control page per side, client first,
 // then the client-to-server ring data, then the server-to-client ring data:
@@ -58,6 +63,8 @@ import (
 //	     peer's heap this side has finished with
 //	320  head of the return queue this side reads (uint64): returned blocks
 //	     of this side's heap taken back
+//	384  server only: the most streams a client may have open (uint32),
+//	     and at 388 the largest header block the server accepts (uint32)
 //
 // A listener segment has the header page, a server control page (only its
 // state word is used), and a slot page shared by clients and server.
@@ -79,6 +86,10 @@ const (
 	offParamC  = 28
 	offParamD  = 32
 	offFlags   = 36 // connection flags (PROTOCOL.md 4, 17.1)
+	// Connection headers only (ConnInfo).
+	offHeaderLimit = 40
+	offUALen       = 44
+	offUA          = 46
 
 	ctlState     = 0
 	ctlHeartbeat = 8
@@ -88,6 +99,7 @@ const (
 	ctlRetTail   = 256
 	ctlRetHead   = 320
 	ctlMaxStream = 384
+	ctlMaxHeader = 388
 )
 
 // Control-block states.
@@ -113,6 +125,11 @@ type Control struct {
 	// open at once, 0 for none; written by the server before it opens the
 	// connection. Unused in the client's control block.
 	MaxStreams *atomic.Uint32
+	// MaxHeader is the largest header block the server accepts, 0 for
+	// DefaultHeaderLimit; written by the server before it opens the
+	// connection. Unused in the client's control block (the client's
+	// limit is in the header, ConnInfo).
+	MaxHeader *atomic.Uint32
 }
 
 func u32(mem []byte, off int) *atomic.Uint32 { return (*atomic.Uint32)(unsafe.Pointer(&mem[off])) }
@@ -129,6 +146,7 @@ func controlAt(mem []byte, off int) Control {
 		ReturnTail: u64(mem, off+ctlRetTail),
 		ReturnHead: u64(mem, off+ctlRetHead),
 		MaxStreams: u32(mem, off+ctlMaxStream),
+		MaxHeader:  u32(mem, off+ctlMaxHeader),
 	}
 }
 
@@ -191,6 +209,8 @@ type ConnLayout struct {
 	C2SHeap, S2CHeap       []byte
 	C2SReturns, S2CReturns []byte
 	PeerPID                int // the client's pid, from the header
+	// Info is what the client's header says of it (WriteConnInfo).
+	Info ConnInfo
 	// Spec gives the sizes of the regions, from the header.
 	Spec ConnSpec
 }
@@ -271,6 +291,45 @@ func InitConnSpec(mem []byte, s ConnSpec, pid int) {
 	writeHeader(mem, KindConn, uint32(s.C2S), uint32(s.S2C), pid, uint32(s.C2SHeap), uint32(s.S2CHeap), s.Flags)
 }
 
+// ConnInfo is what a client says of itself in its connection's header
+// (PROTOCOL.md 4): the largest header block it accepts, and its user
+// agent.
+type ConnInfo struct {
+	MaxHeader uint32 // 0 for DefaultHeaderLimit
+	UserAgent string // at most MaxUserAgent bytes
+}
+
+// DefaultHeaderLimit is the header block limit of a side that states
+// none (a limit word of 0): grpc-go's default header list limit.
+const DefaultHeaderLimit = 16 << 20
+
+// MaxUserAgent is the longest user agent a connection header carries.
+const MaxUserAgent = 1024
+
+// WriteConnInfo writes the client's ConnInfo into the header of the new
+// connection segment mem, after InitConnSpec and before the segment is
+// announced. A user agent over MaxUserAgent bytes is an error.
+func WriteConnInfo(mem []byte, info ConnInfo) error {
+	if len(info.UserAgent) > MaxUserAgent {
+		return fmt.Errorf("user agent of %d bytes exceeds the limit of %d", len(info.UserAgent), MaxUserAgent)
+	}
+	binary.LittleEndian.PutUint32(mem[offHeaderLimit:], info.MaxHeader)
+	binary.LittleEndian.PutUint16(mem[offUALen:], uint16(len(info.UserAgent)))
+	copy(mem[offUA:], info.UserAgent)
+	return nil
+}
+
+// connInfo reads a ConnInfo from the header copy h. A user agent length
+// over MaxUserAgent gives no user agent (rule F12): it is informational,
+// and the connection is not refused for it.
+func connInfo(h *[PageSize]byte) ConnInfo {
+	info := ConnInfo{MaxHeader: binary.LittleEndian.Uint32(h[offHeaderLimit:])}
+	if n := int(binary.LittleEndian.Uint16(h[offUALen:])); n <= MaxUserAgent {
+		info.UserAgent = string(h[offUA : offUA+n])
+	}
+	return info
+}
+
 // MapConn validates the connection segment mem and returns a view of it.
 // checkCap validates each ring capacity.
 func MapConn(mem []byte, checkCap func(int) error) (*ConnLayout, error) {
@@ -304,7 +363,7 @@ func MapConn(mem []byte, checkCap func(int) error) (*ConnLayout, error) {
 		off += n
 		return r
 	}
-	lay := &ConnLayout{Client: controlAt(mem, PageSize), Server: controlAt(mem, 2*PageSize), PeerPID: pid, Spec: spec}
+	lay := &ConnLayout{Client: controlAt(mem, PageSize), Server: controlAt(mem, 2*PageSize), PeerPID: pid, Spec: spec, Info: connInfo(h)}
 	lay.C2S, lay.S2C = next(spec.C2S), next(spec.S2C)
 	lay.C2SHeap, lay.S2CHeap = next(spec.C2SHeap), next(spec.S2CHeap)
 	lay.C2SReturns, lay.S2CReturns = next(ReturnsSize(spec.C2SHeap)), next(ReturnsSize(spec.S2CHeap))

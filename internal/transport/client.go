@@ -113,6 +113,9 @@ func Dial(ctx context.Context, cfg *DialConfig, events ClientEvents) (*Client, e
 	t.c.onFrame = t.onFrame
 	t.c.onClose = t.onClose
 	t.c.window = cfg.Window
+	// Each side's header block limit, as announced (PROTOCOL.md 11.11).
+	t.c.headerLimit = headerLimit(cfg.Info.MaxHeader)
+	t.c.peerHeaderLimit = headerLimit(lay.Server.MaxHeader.Load())
 	go t.readLoop()
 	watch(t.c, cfg.Liveness, localPID(cfg.Wait, server.PID))
 	return t, nil
@@ -409,8 +412,13 @@ func (t *Client) NewStream(s *ClientStream, hdr *frame.RequestHeaders, msg *OutM
 			return false, s.notStarted(status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error()))
 		}
 	}
-	if err := t.c.writeFrame(ctx, frame.TypeHeaders, 0, s.id, 0, hdr); err != nil {
+	if err := t.c.writeBlock(ctx, frame.TypeHeaders, 0, s.id, hdr); err != nil {
 		t.c.unlock()
+		if big, ok := err.(*HeaderLimitError); ok {
+			// grpc-go's error for a header list over the limit the
+			// server announced; nothing went out.
+			err = status.Errorf(codes.Internal, "header list size to send violates the maximum size (%d bytes) set by server", big.Limit)
+		}
 		// The server never saw the stream: end it here without a CANCEL.
 		return true, s.notStarted(err)
 	}

@@ -3,6 +3,7 @@ package transport
 import (
 	"time"
 
+	"github.com/notnets/notnets/internal/chz"
 	"github.com/notnets/notnets/internal/pool"
 )
 
@@ -32,6 +33,9 @@ type DialConfig struct {
 	Wait      Wait
 	Window    int           // each stream's receive window
 	Liveness  time.Duration // how long the peer's heartbeat may stand still
+	// Info is what the client says of itself in the connection header:
+	// its header block limit and user agent.
+	Info pool.ConnInfo
 	// Stream makes a byte-stream connection (PROTOCOL.md 17, DialStream)
 	// instead of a frame connection: to instances that serve byte
 	// streams only, without heaps.
@@ -54,4 +58,10 @@ type ServerConfig struct {
 	MaxRecv    int // the largest request message accepted
 	Liveness   time.Duration
 	MaxStreams uint32 // open streams a client may have; 0 for no limit
+	// MaxHeader is the largest header block the server accepts, which it
+	// announces to the client (0: pool.DefaultHeaderLimit).
+	MaxHeader uint32
+	// Streams, if not nil, counts the connection's streams for channelz
+	// (countEnd).
+	Streams *chz.Counts
 }

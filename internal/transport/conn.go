@@ -71,6 +71,12 @@ type conn struct {
 	// onFrame takes it with takeRef or it is freed.
 	pendingRef mem.Buffer
 
+	// Header blocks (headerblock.go): the largest this side accepts (the
+	// limit it announced) and the largest the peer accepts, and the
+	// fragmented block being received (reader only).
+	headerLimit, peerHeaderLimit int
+	hdrIn                        blockAssembler
+
 	budget *spin.Budget // the reader's learned spin period (IdleAdaptive)
 
 	mapMu    sync.RWMutex // held for reading by the liveness watch while it touches the segment
@@ -81,10 +87,12 @@ type conn struct {
 
 func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait Wait) *conn {
 	return &conn{
-		bell: doorbell.New(ring.TailWord(self.Tail), self.Sleeping, ring.TailWord(peer.Tail), peer.Sleeping, wait.PollOnly),
-		seg:  seg,
-		self: self,
-		peer: peer,
+		headerLimit:     pool.DefaultHeaderLimit,
+		peerHeaderLimit: pool.DefaultHeaderLimit,
+		bell:            doorbell.New(ring.TailWord(self.Tail), self.Sleeping, ring.TailWord(peer.Tail), peer.Sleeping, wait.PollOnly),
+		seg:             seg,
+		self:            self,
+		peer:            peer,
 		// Connections start fresh (checked at accept): both rings at 0.
 		out:        ring.NewProducerAt(out, self.Tail, peer.Head, 0),
 		in:         ring.NewConsumerAt(in, peer.Tail, self.Head, 0),
@@ -188,6 +196,11 @@ func (c *conn) writeFrame(ctx context.Context, t frame.Type, flags frame.Flags, 
 	if e != nil {
 		n = e.Size()
 	}
+	return c.writeSized(ctx, t, flags, stream, aux, e, n)
+}
+
+// writeSized is writeFrame for a payload e of n bytes.
+func (c *conn) writeSized(ctx context.Context, t frame.Type, flags frame.Flags, stream, aux uint32, e encoder, n int) error {
 	if n > c.out.MaxPayload() {
 		return status.Errorf(codes.ResourceExhausted, "notnets: %v frame of %d bytes exceeds the limit of %d (ring too small for this metadata)", t, n, c.out.MaxPayload())
 	}
@@ -254,6 +267,18 @@ func (c *conn) drain() (int, bool) {
 			return n, true
 		}
 		h, p, err := frame.Parse(rec)
+		whole := true // not a fragment of a header block, or its last
+		var assembled bool
+		if err == nil {
+			assembled = c.hdrIn.buf != nil
+			h, p, whole, err = c.hdrIn.add(h, p, c.headerLimit)
+			assembled = assembled && whole
+		}
+		if err == nil && !whole {
+			c.in.Release() // copied into the block
+			n++
+			continue
+		}
 		if err == nil && h.Type == frame.TypeGoAway {
 			var g frame.GoAway
 			if err = g.Decode(p); err == nil {
@@ -271,6 +296,9 @@ func (c *conn) drain() (int, bool) {
 		if c.pendingRef != nil {
 			c.pendingRef.Free() // nobody wanted the message
 			c.pendingRef = nil
+		}
+		if assembled {
+			c.hdrIn.release()
 		}
 		if err == errLeaveUnread {
 			return n, false // closed under the frame's handler

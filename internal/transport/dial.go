@@ -76,7 +76,11 @@ func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayou
 		return nil, nil, Identity{}, createError(err)
 	}
 	pool.InitConnSpec(seg.Mem, spec, os.Getpid())
-	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
+	err = pool.WriteConnInfo(seg.Mem, o.Info)
+	var lay *pool.ConnLayout
+	if err == nil {
+		lay, err = pool.MapConn(seg.Mem, ring.CheckCap)
+	}
 	if err == nil {
 		err = protectPeer(seg, lay, true)
 	}

@@ -148,7 +148,11 @@ func newSealedSegment(o *DialConfig) (*pool.Segment, *pool.ConnLayout, int, erro
 		return fail("reserve", err)
 	}
 	pool.InitConnSpec(mem, spec, os.Getpid())
-	lay, err := pool.MapConn(mem, ring.CheckCap)
+	err = pool.WriteConnInfo(mem, o.Info)
+	var lay *pool.ConnLayout
+	if err == nil {
+		lay, err = pool.MapConn(mem, ring.CheckCap)
+	}
 	if err == nil {
 		err = protectPeer(seg, lay, true)
 	}

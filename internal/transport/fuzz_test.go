@@ -99,6 +99,14 @@ func seedCall() []byte {
 	)
 }
 
+// seedFragmentedCall is a unary call whose request headers travel in
+// three fragments (PROTOCOL.md 9.9).
+func seedFragmentedCall() []byte {
+	msg := []byte{0x0a, 0x01, 'x'}
+	return seedSide(append(fragments(frame.TypeHeaders, 0, 1, bigRequest(1500), 600),
+		seedFrame{frame.TypeMessage, frame.FlagEndStream, 1, uint32(len(msg)), msg})...)
+}
+
 // FuzzServerReadsSegment puts arbitrary bytes where the client writes (its
 // control block and its ring) and lets a server connection read them: it
 // must never panic, and it either serves what it reads or closes the
@@ -112,6 +120,7 @@ func FuzzServerReadsSegment(f *testing.F) {
 	broken = seedCall()
 	broken[256+4] = 99 // unknown frame type
 	f.Add(broken)
+	f.Add(seedFragmentedCall())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		seg, lay := fuzzSegment(data)
 		sc := NewServer(&Accepted{seg: seg, lay: lay}, ServerConfig{Window: 1 << 20, MaxRecv: 4 << 20}, NewWorkers(), echoHandler{})
@@ -192,6 +201,10 @@ func FuzzClientReadsSegment(f *testing.F) {
 	broken := seedReply()
 	broken[256+16+4] = 42 // unknown frame type in the second record
 	f.Add(broken)
+	// Response headers and trailers in fragments (PROTOCOL.md 9.9).
+	hb := (&frame.ResponseHeaders{MD: metadata.Pairs("h", strings.Repeat("h", 1500))}).Append(nil)
+	tb := (&frame.Status{Code: 0, MD: metadata.Pairs("t", strings.Repeat("t", 1500))}).Append(nil)
+	f.Add(seedSide(append(fragments(frame.TypeHeaders, 0, 1, hb, 700), fragments(frame.TypeTrailers, 0, 1, tb, 700)...)...))
 	seed := seedReply()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		isSeed := bytes.Equal(data, seed)

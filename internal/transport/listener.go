@@ -276,6 +276,10 @@ func (a *Accepted) Peer() Identity {
 	return identityOf(a.seg, a.lay.PeerPID)
 }
 
+// UserAgent returns the user agent the client wrote in its connection
+// header, or "" (PROTOCOL.md 4, rule F11).
+func (a *Accepted) UserAgent() string { return a.lay.Info.UserAgent }
+
 // peerPID is the client's pid: the kernel's, when the segment came through
 // the socket, else the one the client wrote into its header.
 func (a *Accepted) peerPID() int {

@@ -114,8 +114,11 @@ func NewServer(a *Accepted, cfg ServerConfig, workers *Workers, h ServerHandler)
 	t.c.onFrame = t.onFrame
 	t.c.onClose = t.onClose
 	t.c.window = cfg.Window
-	a.lay.Server.MaxStreams.Store(cfg.MaxStreams) // before the state: the client reads it after
-	a.lay.Server.State.Store(pool.StateOpen)      // the client may start calls
+	t.c.headerLimit = headerLimit(cfg.MaxHeader)
+	t.c.peerHeaderLimit = headerLimit(a.lay.Info.MaxHeader)
+	a.lay.Server.MaxStreams.Store(cfg.MaxStreams) // before the state: the client reads them after
+	a.lay.Server.MaxHeader.Store(cfg.MaxHeader)
+	a.lay.Server.State.Store(pool.StateOpen) // the client may start calls
 	a.settled()
 	return t
 }
@@ -176,6 +179,7 @@ func (t *Server) onClose(err error) {
 	t.mu.Unlock()
 	for _, st := range streams {
 		t.loadDone(st)
+		t.countEnd(st)
 		st.cancel(err)
 		st.dropQueued() // a stream that never ran is never removed
 		st.call.NeverRan(err)
@@ -304,6 +308,7 @@ func (t *Server) onCancel(st *ServerStream, _ frame.Header, p []byte) error {
 		return err
 	}
 	st.closeStream()
+	t.countEnd(st) // ended by the client: failed, as grpc-go counts a reset stream
 	if st.hasDeadline && codes.Code(fs.Code) == codes.DeadlineExceeded {
 		// The handler's own deadline, set from the same timeout, ends
 		// its context as DeadlineExceeded at the same moment.
@@ -357,6 +362,10 @@ func (t *Server) open(h frame.Header, p []byte) error {
 	t.streams[h.Stream] = st
 	t.loadQueued(st) // under mu: onClose's snapshot sees it counted
 	t.mu.Unlock()
+	if c := t.cfg.Streams; c != nil {
+		c.Start()
+	}
+	t.loadQueued(st)
 	if limit := t.cfg.MaxStreams; limit > 0 && t.openStreams.Load() >= int64(limit) {
 		st.call.Cancel(nil)
 		return fmt.Errorf("stream %d opened beyond the limit of %d concurrent streams (T11)", h.Stream, limit)
@@ -400,9 +409,23 @@ func (t *Server) requestDone(st *ServerStream) {
 	}
 }
 
+// countEnd counts st's end for channelz, once: succeeded if the server
+// wrote its TRAILERS, failed otherwise (the stream ended without the
+// server's end of stream: cancelled, or its connection closed), as
+// grpc-go counts a socket's streams. It runs when the TRAILERS are
+// written (before they are published), when a CANCEL is read and when the
+// stream goes, so that a client that has read a stream's end finds it
+// counted.
+func (t *Server) countEnd(st *ServerStream) {
+	if c := t.cfg.Streams; c != nil && st.counted.CompareAndSwap(false, true) {
+		c.End(st.trailersOut.Load())
+	}
+}
+
 // remove forgets st once its call is over.
 func (t *Server) remove(st *ServerStream) {
 	t.loadDone(st)
+	t.countEnd(st)
 	st.dropQueued()
 	t.mu.Lock()
 	delete(t.streams, st.id)

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -29,7 +30,10 @@ type ServerStream struct {
 	// must not read the call's context.
 	hasDeadline bool
 	closedOut   atomic.Bool // counted out of t.openStreams (closeStream)
-	aborted     atomic.Bool // cancelled: nothing more is sent
+	// trailersOut: the server wrote the stream's TRAILERS; counted: its
+	// end is counted for channelz (countEnd).
+	trailersOut, counted atomic.Bool
+	aborted              atomic.Bool // cancelled: nothing more is sent
 	// queued and running say in which of the instance's published load
 	// words (Load.Queued, Load.InFlight) the stream is counted; each is
 	// cleared by whoever counts the stream out, once (load.go).
@@ -102,11 +106,14 @@ func (st *ServerStream) writeEnd(ctx context.Context, s *status.Status, msg *Out
 			out.Header = metadata.MD{}
 		}
 		if len(st.header) > 0 {
-			if err := c.writeFrame(wctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header}); err != nil {
-				if status.Code(err) != codes.ResourceExhausted {
+			if err := c.writeBlock(wctx, frame.TypeHeaders, 0, st.id, &frame.ResponseHeaders{MD: st.header}); err != nil {
+				big, ok := err.(*HeaderLimitError)
+				if !ok {
 					return err
 				}
-				msg, fs = nil, frame.Status{Code: uint32(codes.Internal), Message: "notnets: response headers too large: " + status.Convert(err).Message()}
+				// As grpc-go's server resets such a stream: no headers, no
+				// reply, an Internal status.
+				msg, fs, out.Header = nil, frame.Status{Code: uint32(codes.Internal), Message: big.tooLarge("headers")}, nil
 			}
 		}
 	}
@@ -117,18 +124,30 @@ func (st *ServerStream) writeEnd(ctx context.Context, s *status.Status, msg *Out
 			out.Msg = msg
 		}
 	}
-	err = c.writeFrame(wctx, frame.TypeTrailers, 0, st.id, 0, &fs)
-	if status.Code(err) == codes.ResourceExhausted {
+	err = c.writeBlock(wctx, frame.TypeTrailers, 0, st.id, &fs)
+	// A type assertion, not errors.As, whose target would escape: an
+	// allocation per call (writeBlock returns the error unwrapped).
+	if big, ok := err.(*HeaderLimitError); ok {
 		// The client still gets a status, without the trailers or the
 		// details that made it too large.
-		fs = frame.Status{Code: uint32(codes.Internal), Message: "notnets: response trailers too large"}
+		fs = frame.Status{Code: uint32(codes.Internal), Message: big.tooLarge("trailers")}
 		err = c.writeFrame(wctx, frame.TypeTrailers, 0, st.id, 0, &fs)
 	}
 	if err == nil {
 		out.Trailer = &fs
-		st.closeStream() // before unlock publishes the trailers
+		st.endWritten() // before unlock publishes the trailers
 	}
 	return err
+}
+
+// endWritten records that the stream's TRAILERS are written: it is
+// counted out of the open streams, and its end counted for channelz.
+func (st *ServerStream) endWritten() {
+	st.closeStream()
+	if st.t.cfg.Streams != nil {
+		st.trailersOut.Store(true)
+		st.t.countEnd(st)
+	}
 }
 
 // closeStream counts the stream out of the connection's open streams,
@@ -196,10 +215,47 @@ func (st *ServerStream) SendHeader(ctx context.Context, md metadata.MD) (metadat
 	st.headerSent = true
 	err := st.c.lock(ctx)
 	if err == nil {
-		err = st.c.writeFrame(ctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header})
+		err = st.writeHeaders(ctx)
 		st.c.unlock()
 	}
 	return st.header, err
+}
+
+// errHeaderListSize is grpc-go's error for response headers over the
+// client's limit.
+var errHeaderListSize = status.Error(codes.Internal, "transport: trying to send header list size larger than the limit set by peer")
+
+// writeHeaders writes the response headers. Headers over the client's
+// limit end the stream as grpc-go's server resets it: the client gets
+// TRAILERS with Internal saying why, and the handler grpc-go's error.
+// The caller holds hmu and the write lock.
+func (st *ServerStream) writeHeaders(ctx context.Context) error {
+	err := st.c.writeBlock(ctx, frame.TypeHeaders, 0, st.id, &frame.ResponseHeaders{MD: st.header})
+	big, ok := err.(*HeaderLimitError)
+	if !ok {
+		return err
+	}
+	st.finished = true
+	fs := frame.Status{Code: uint32(codes.Internal), Message: big.tooLarge("headers")}
+	if st.c.writeFrame(context.Background(), frame.TypeTrailers, 0, st.id, 0, &fs) == nil {
+		st.endWritten() // before unlock publishes the trailers
+	}
+	return errHeaderListSize
+}
+
+// errSendCompress is grpc-go's error for a send compressor set too late.
+var errSendCompress = errors.New("transport: set send compressor called after headers sent or stream done")
+
+// SetSendCompress accepts the identity compressor (the only one notnets
+// has) while the response headers may still be sent, as grpc-go's
+// stream does; it stores nothing.
+func (st *ServerStream) SetSendCompress() error {
+	st.hmu.Lock()
+	defer st.hmu.Unlock()
+	if st.headerSent || st.finished {
+		return errSendCompress
+	}
+	return nil
 }
 
 // SetTrailer merges md into the trailers sent with the status.
@@ -237,7 +293,7 @@ func (st *ServerStream) Send(ctx context.Context, msg *OutMsg, out *Sent) error 
 	if !st.headerSent {
 		st.headerSent = true
 		if len(st.header) > 0 {
-			if err := c.writeFrame(ctx, frame.TypeHeaders, 0, st.id, 0, &frame.ResponseHeaders{MD: st.header}); err != nil {
+			if err := st.writeHeaders(ctx); err != nil {
 				return err
 			}
 		}
