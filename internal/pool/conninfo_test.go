@@ -23,14 +23,14 @@ func TestConnInfo(t *testing.T) {
 		t.Fatal(err)
 	}
 	le := binary.LittleEndian
-	if l, n := le.Uint32(mem[36:]), le.Uint16(mem[40:]); l != 1<<20 || n != 20 || string(mem[42:62]) != "app/1 grpc-go/1.85.0" {
-		t.Errorf("header bytes 36-61: limit %d, length %d, %q", l, n, mem[42:62])
+	if l, n := le.Uint32(mem[40:]), le.Uint16(mem[44:]); l != 1<<20 || n != 20 || string(mem[46:66]) != "app/1 grpc-go/1.85.0" {
+		t.Errorf("header bytes 40-65: limit %d, length %d, %q", l, n, mem[46:66])
 	}
 	lay, err := MapConn(mem, ring.CheckCap)
 	if err != nil || lay.Info != (ConnInfo{MaxHeader: 1 << 20, UserAgent: "app/1 grpc-go/1.85.0"}) {
 		t.Errorf("MapConn = %+v, %v", lay.Info, err)
 	}
-	le.PutUint16(mem[40:], MaxUserAgent+1)
+	le.PutUint16(mem[44:], MaxUserAgent+1)
 	if lay, err := MapConn(mem, ring.CheckCap); err != nil || lay.Info.UserAgent != "" {
 		t.Errorf("user agent length %d: MapConn = %+v, %v; want no user agent and no error (F12)", MaxUserAgent+1, lay.Info, err)
 	}
