@@ -365,7 +365,6 @@ func (t *Server) open(h frame.Header, p []byte) error {
 	if c := t.cfg.Streams; c != nil {
 		c.Start()
 	}
-	t.loadQueued(st)
 	if limit := t.cfg.MaxStreams; limit > 0 && t.openStreams.Load() >= int64(limit) {
 		st.call.Cancel(nil)
 		return fmt.Errorf("stream %d opened beyond the limit of %d concurrent streams (T11)", h.Stream, limit)
