@@ -218,17 +218,23 @@ func Dial(ctx context.Context, name string, opts ...DialOption) (*ClientConn, er
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cc.opts.connectLimit)
-		defer cancel()
-	}
+	ctx, cancel := withConnectLimit(ctx, cc.opts.connectLimit)
+	defer cancel()
 	cc.startResolving()
 	if err := cc.waitFirst(ctx); err != nil {
 		cc.Close()
 		return nil, err
 	}
 	return cc, nil
+}
+
+// withConnectLimit bounds ctx by the connect timeout d when it has no
+// deadline of its own.
+func withConnectLimit(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 // waitFirst waits until an instance is connected, and fails when the

@@ -84,11 +84,8 @@ func (d *streamDialer) dial(ctx context.Context, target string) (net.Conn, error
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d.o.connectLimit)
-		defer cancel()
-	}
+	ctx, cancel := withConnectLimit(ctx, d.o.connectLimit)
+	defer cancel()
 	pool.CleanIn(d.o.pool, d.o.access) // best effort: files of processes that died
 	candidates, err := d.instances(service, instance)
 	if err != nil {
