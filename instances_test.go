@@ -100,6 +100,31 @@ func runCallers(c testgrpc.TestServiceClient, callers, per int, d string, record
 	wg.Wait()
 }
 
+// callUntil runs callers goroutines, each making calls of work d until
+// stop is called, and gives each outcome, with when its call started, to
+// record.
+func callUntil(c testgrpc.TestServiceClient, callers int, d string, record func(start time.Time, pid int, p *peer.Peer, err error)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				start := time.Now()
+				pid, p, err := callWork(context.Background(), c, d)
+				record(start, pid, p, err)
+			}
+		}()
+	}
+	return func() { close(done); wg.Wait() }
+}
+
 // TestLeastRequestAvoidsASlowInstance runs three instances, one with a
 // handler twice as slow: picking by published load, the slow one serves
 // clearly fewer calls than each fast one; round robin gives each the same
@@ -229,37 +254,22 @@ func TestGracefulStopOfAnInstance(t *testing.T) {
 	cc := newServiceClient(t, dir, 2)
 	c := semanticsClient(cc)
 	var drainedAt atomic.Int64 // unix nanoseconds, once A is seen draining
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var late []string
 	var onA atomic.Int64
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				start := time.Now().UnixNano()
-				pid, _, err := callWork(context.Background(), c, "20ms")
-				mu.Lock()
-				switch {
-				case err != nil:
-					late = append(late, "call failed: "+err.Error())
-				case pid == a.cmd.Process.Pid:
-					onA.Add(1)
-					if d := drainedAt.Load(); d != 0 && start > d {
-						late = append(late, fmt.Sprintf("a call started %v after the drain went to the draining instance", time.Duration(start-d)))
-					}
-				}
-				mu.Unlock()
+	stop := callUntil(c, 4, "20ms", func(start time.Time, pid int, _ *peer.Peer, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err != nil:
+			late = append(late, "call failed: "+err.Error())
+		case pid == a.cmd.Process.Pid:
+			onA.Add(1)
+			if d := drainedAt.Load(); d != 0 && start.UnixNano() > d {
+				late = append(late, fmt.Sprintf("a call started %v after the drain went to the draining instance", time.Duration(start.UnixNano()-d)))
 			}
-		}()
-	}
+		}
+	})
 	waitFor(t, 10*time.Second, "the first instance serves calls", func() bool { return onA.Load() > 10 })
 	stopped := make(chan string, 1)
 	go func() { stopped <- a.command(t, "graceful") }()
@@ -270,8 +280,7 @@ func TestGracefulStopOfAnInstance(t *testing.T) {
 	}
 	before := b.served(t)
 	waitFor(t, 10*time.Second, "the other instance serves on", func() bool { return b.served(t) > before+10 })
-	close(stop)
-	wg.Wait()
+	stop()
 	mu.Lock()
 	defer mu.Unlock()
 	for _, l := range late {
@@ -297,30 +306,16 @@ func TestFallbackToTCPAndBack(t *testing.T) {
 		v, _ := over.LoadOrStore(network, new(atomic.Int64))
 		return v.(*atomic.Int64).Load()
 	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var failed atomic.Int64
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				_, p, err := callWork(context.Background(), c, "0s")
-				if err != nil {
-					failed.Add(1)
-					t.Error(err)
-					continue
-				}
-				v, _ := over.LoadOrStore(p.Addr.Network(), new(atomic.Int64))
-				v.(*atomic.Int64).Add(1)
-			}
-		}()
-	}
+	stop := callUntil(c, 4, "0s", func(_ time.Time, _ int, p *peer.Peer, err error) {
+		if err != nil {
+			failed.Add(1)
+			t.Error(err)
+			return
+		}
+		v, _ := over.LoadOrStore(p.Addr.Network(), new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
+	})
 	waitFor(t, 10*time.Second, "calls go over TCP", func() bool { return count("tcp") > 50 })
 	local := startServerIn(t, dir)
 	waitFor(t, 10*time.Second, "calls move to the pool", func() bool { return count("notnets") > 50 })
@@ -329,8 +324,7 @@ func TestFallbackToTCPAndBack(t *testing.T) {
 	}
 	tcp := count("tcp")
 	waitFor(t, 10*time.Second, "calls move back to TCP", func() bool { return count("tcp") > tcp+50 })
-	close(stop)
-	wg.Wait()
+	stop()
 	if n := failed.Load(); n > 0 {
 		t.Errorf("%d calls failed while moving between the pool and TCP", n)
 	}
