@@ -1,0 +1,21 @@
+// Package coherence makes writes to shared memory visible to a reader on
+// another host when the memory between them is not kept coherent by
+// hardware (issue 15: CXL memory shared by hosts without back-invalidation).
+// The writer of a record, control word or heap block writes back the cache
+// lines it wrote (Flush), and the reader drops its cached copies of the
+// lines it is about to read (Invalidate).
+//
+// On amd64, Flush is CLWB (or CLFLUSHOPT, or CLFLUSH on older processors)
+// over every 64-byte line of the range, then SFENCE; Invalidate is
+// CLFLUSHOPT (or CLFLUSH) over the lines, then MFENCE, so that the loads
+// that follow miss the cache and read memory. On other architectures the
+// operations are not implemented yet and Supported reports false.
+//
+// Sim stands in for non-coherent memory on one machine: each side works on
+// a private copy of a segment, and Flush and Invalidate are what copy
+// lines between the private copy and the shared one, so a missing Flush
+// or Invalidate in a protocol shows up as stale data or a hang.
+//
+// Nothing in the data path uses this package yet: the ring, the heaps and
+// the control words are to reach it through the Coherence interface.
+package coherence

@@ -1,0 +1,13 @@
+//go:build !amd64
+
+package coherence
+
+// Supported reports false: the operations are implemented on amd64 only
+// so far (arm64 would use DC CVAC and DC CIVAC with DSB).
+func Supported() bool { return false }
+
+// Instructions reports that there are none here.
+func Instructions() (flush, invalidate string) { return "none", "none" }
+
+func flush(b []byte)      { panic("coherence: Flush is not implemented on this architecture") }
+func invalidate(b []byte) { panic("coherence: Invalidate is not implemented on this architecture") }
