@@ -38,6 +38,11 @@
 // no longer holds the value the reader saw, so a ring that comes between
 // the look and the wait is not lost either.
 //
+// A goroutine asleep in a futex wait holds its OS thread, and, for the
+// first HoldP of the wait and only while another P of the process is
+// free of doorbell waits, its P too: the cheap wake-up, without leaving
+// runnable goroutines of the process with no P (block_linux.go).
+//
 // Everything else that wakes a reader (its own process starting a call,
 // the connection closing) kicks it: a wake on the same word, which the
 // reader treats like any other wake-up. MaxBlock bounds every direct
@@ -172,7 +177,22 @@ func (b *Bell) wait(seen uint32, look func() (uint32, bool), limit time.Duration
 		}
 	}
 	start := time.Now()
-	futexWait(b.peerTail, seen, min(MaxBlock, limit))
+	d := min(MaxBlock, limit)
+	if !keepP() {
+		futexWaitIdle(b.peerTail, seen, d)
+	} else {
+		// At most HoldP with the P (block_linux.go), then on without it,
+		// unless a kick or anything pending came meanwhile: a kick
+		// between the two waits would be lost.
+		hold := min(d, HoldP)
+		timedOut := futexWait(b.peerTail, seen, hold)
+		keepingP.Add(-1)
+		if timedOut && hold < d && !b.kicked.Load() {
+			if _, pending := look(); !pending {
+				futexWaitIdle(b.peerTail, seen, d-time.Since(start))
+			}
+		}
+	}
 	if time.Since(start) >= MaxBlock {
 		b.timeouts++
 	} else {
@@ -208,5 +228,5 @@ func WaitKnock(word *atomic.Uint32, seen uint32, pollOnly bool) {
 		time.Sleep(PollSleep)
 		return
 	}
-	futexWait(word, seen, MaxBlock)
+	futexWaitIdle(word, seen, MaxBlock)
 }

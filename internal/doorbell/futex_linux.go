@@ -17,11 +17,20 @@ const (
 	futexPrivateFlag = 128 // FUTEX_PRIVATE_FLAG, for words of this process only
 )
 
-// futexWait blocks the calling thread while *addr == val, for at most d. It
-// returns early on a wake, a signal, or a changed value; callers re-check.
-func futexWait(addr *atomic.Uint32, val uint32, d time.Duration) {
+// futexWait blocks the calling thread while *addr == val, for at most d,
+// keeping its P (block_linux.go says when it may). It returns early on a
+// wake, a signal, or a changed value, and reports whether d passed;
+// callers re-check.
+func futexWait(addr *atomic.Uint32, val uint32, d time.Duration) (timedOut bool) {
 	ts := unix.NsecToTimespec(int64(d))
-	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), opWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
+	_, _, errno := unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), opWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
+	return errno == unix.ETIMEDOUT
+}
+
+// futexWaitIdle is futexWait without the P (block_linux.go).
+func futexWaitIdle(addr *atomic.Uint32, val uint32, d time.Duration) {
+	ts := unix.NsecToTimespec(int64(d))
+	blockingSyscall6(unix.SYS_FUTEX, unsafe.Pointer(addr), opWait, uintptr(val), unsafe.Pointer(&ts), 0, 0)
 }
 
 // futexWake wakes up to n threads waiting on addr.
@@ -55,13 +64,14 @@ const sysFutexWaitv = 449
 
 // futexWaitvCall blocks the calling thread until one of the words in vec
 // no longer holds its value or is woken, or CLOCK_MONOTONIC reaches
-// deadline (ns). It returns the index of the word that was woken, or -1
-// and the errno: EAGAIN (a value had changed), ETIMEDOUT, EINTR are
-// ordinary; ENOSYS means no futex_waitv.
+// deadline (ns), without holding a P (block_linux.go). It returns the
+// index of the word that was woken, or -1 and the errno: EAGAIN (a value
+// had changed), ETIMEDOUT, EINTR are ordinary; ENOSYS means no
+// futex_waitv.
 func futexWaitvCall(vec []futexWaitv, deadline int64) (int, error) {
 	ts := unix.NsecToTimespec(deadline)
-	r, _, errno := unix.Syscall6(sysFutexWaitv, uintptr(unsafe.Pointer(&vec[0])), uintptr(len(vec)), 0,
-		uintptr(unsafe.Pointer(&ts)), unix.CLOCK_MONOTONIC, 0)
+	r, errno := blockingSyscall6(sysFutexWaitv, unsafe.Pointer(&vec[0]), uintptr(len(vec)), 0,
+		unsafe.Pointer(&ts), unix.CLOCK_MONOTONIC, 0)
 	if errno != 0 {
 		return -1, errno
 	}

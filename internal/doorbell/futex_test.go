@@ -1,6 +1,7 @@
 package doorbell
 
 import (
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -154,4 +155,49 @@ func TestFutexWakeWithoutWaiters(t *testing.T) {
 	w := futexWord(t)
 	futexWake(w, 1)
 	futexWake(w, 1<<30)
+}
+
+// TestFutexWaitIdle: the wait without the P ends at its timeout, on a
+// changed value and on a wake, as the one with it.
+func TestFutexWaitIdle(t *testing.T) {
+	w := futexWord(t)
+	const d = 5 * time.Millisecond
+	for try := 1; ; try++ {
+		if elapsed := timed(t, "futexWaitIdle with a timeout", func() { futexWaitIdle(w, 0, d) }); elapsed >= d {
+			break
+		}
+		if try == 3 {
+			t.Fatalf("futexWaitIdle(%v) returned early three times in a row", d)
+		}
+	}
+	timed(t, "futexWaitIdle on a changed value", func() { futexWaitIdle(w, 1, time.Hour) })
+	returned := make(chan struct{})
+	go func() {
+		futexWaitIdle(w, 0, time.Hour)
+		close(returned)
+	}()
+	wakeUntilReturned(t, w, returned)
+}
+
+// TestKeepPLeavesAFreeP: doorbell waits keep their Ps only while another
+// P remains free of them, and with one P never (block_linux.go).
+func TestKeepPLeavesAFreeP(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
+	if n := keepingP.Load(); n != 0 {
+		t.Skipf("%d waits of other tests keep their P", n)
+	}
+	if !keepP() || !keepP() {
+		t.Fatal("with three Ps, the first two waits could not keep theirs")
+	}
+	if keepP() {
+		t.Fatal("the third wait kept the last P")
+	}
+	keepingP.Add(-2)
+	runtime.GOMAXPROCS(1)
+	if keepP() {
+		t.Fatal("the wait kept the only P")
+	}
+	if n := keepingP.Load(); n != 0 {
+		t.Fatalf("keepingP is %d after the waits", n)
+	}
 }
