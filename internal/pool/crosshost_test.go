@@ -75,7 +75,7 @@ func TestHostIdentity(t *testing.T) {
 		{h, h, true},
 		{h, Host{ID: h.ID, PIDNS: h.PIDNS + 1}, false}, // another container of this machine
 		{h, Host{ID: [16]byte{9}, PIDNS: h.PIDNS}, false},
-		{Host{}, Host{}, false},                // nobody's
+		{Host{}, Host{}, false},                 // nobody's
 		{Host{ID: h.ID}, Host{ID: h.ID}, false}, // pid namespaces unknown
 	} {
 		if got := c.a.SamePIDs(c.b); got != c.same {
