@@ -50,7 +50,7 @@ func connect(ctx context.Context, o *DialConfig) (*dialed, error) {
 		return nil, status.Errorf(codes.Unavailable, "notnets: pool %s: %v", o.Pool, err)
 	}
 	if o.CrossHost && !mode.CrossHost {
-		return nil, notCrossHost(o.Pool, mode)
+		return nil, NotCrossHost(o.Pool, mode)
 	}
 	d := &dialed{wait: o.Wait}
 	if mode.CrossHost {
@@ -145,11 +145,11 @@ func connect(ctx context.Context, o *DialConfig) (*dialed, error) {
 	return d, nil
 }
 
-// notCrossHost is the error of a client or listener that asked for a
-// cross-host pool (WithCrossHost) in one that is not: going on would
-// treat as local the peers the caller says are remote, or the reverse,
-// which is the mismatch the marker exists to prevent.
-func notCrossHost(dir string, mode pool.Mode) error {
+// NotCrossHost is the error (FailedPrecondition) of a client that asked
+// for a cross-host pool (WithCrossHost) in the pool dir, whose marker
+// says mode: going on would treat as local the peers the caller says are
+// remote, which is the mismatch the marker exists to prevent.
+func NotCrossHost(dir string, mode pool.Mode) error {
 	why := "it has no " + pool.HostsFile + " marker"
 	if mode.Ignored != "" {
 		why = "its " + pool.HostsFile + " file is ignored, " + mode.Ignored
