@@ -698,3 +698,33 @@ func TestCrossHostOptionMismatch(t *testing.T) {
 		t.Errorf("SayHello in a cross-host pool: %v, %v", r, err)
 	}
 }
+
+// TestCrossHostExclusive: in a cross-host pool, where no pid is looked
+// up, an exclusive Listen is refused by a live instance (its heartbeat
+// moves) and not by one another host left (its heartbeat stands still,
+// its pid means nothing here).
+func TestCrossHostExclusive(t *testing.T) {
+	dir := crossHostPool(t)
+	// The other host's instance, dead: open, never beating again.
+	seg, err := pool.CreateIn(dir, pool.ListenerFile(listenName+"+00000000000000ee"), pool.ListenerSize, pool.OwnerOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.InitListener(seg.Mem, 1, 0)
+	pool.WriteHost(seg.Mem, pool.Host{ID: [16]byte{0xee}, PIDNS: 7, Name: "gone"})
+	lay, err := pool.MapListener(seg.Mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lay.Server.State.Store(pool.StateOpen)
+	seg.Close()
+
+	first, err := notnets.Listen(listenName, notnets.WithPool(dir), notnets.WithExclusive())
+	if err != nil {
+		t.Fatalf("exclusive Listen beside a dead instance of another host: %v", err)
+	}
+	defer first.Close()
+	if _, err := notnets.Listen(listenName, notnets.WithPool(dir), notnets.WithExclusive()); !errors.Is(err, notnets.ErrInstanceExists) {
+		t.Errorf("exclusive Listen beside a live instance of a cross-host pool = %v, want ErrInstanceExists", err)
+	}
+}
