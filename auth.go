@@ -20,15 +20,20 @@ import (
 // the handshake message), and PIDVerified is true (false only for a peer
 // in another pid namespace, whose PID is 0).
 //
-// In pools shared across hosts (WithPollOnly), UID and GID are the owner
-// and group of the segment file the peer created (the client's connection
-// segment, the server's listener), read with fstat; in a shared pool
-// (WithPoolGroup) GID is then the pool's group for every peer. PID is what
-// the peer wrote into its header: PIDVerified when this process could read
-// /proc/PID/maps and found the segment mapped there (same user, or root)
-// by a process whose file-system uid is UID. A mapped pid of another uid
-// means the segment was passed on by someone other than its creator:
-// Mismatch is set, and a server refuses the connection's calls.
+// Where connections are set up through the listener's slots (cross-host
+// pools, WithCrossHost, and where there is no socket), UID and GID are the
+// owner and group of the segment file the peer created (the client's
+// connection segment, the server's listener), read with fstat; in a
+// shared pool (WithPoolGroup) GID is then the pool's group for every
+// peer. PID is what the peer wrote into its header. For a peer of this
+// host and pid namespace in a pool that is not cross-host, PIDVerified
+// when this process could read /proc/PID/maps and found the segment
+// mapped there (same user, or root) by a process whose file-system uid is
+// UID; a mapped pid of another uid means the segment was passed on by
+// someone other than its creator: Mismatch is set, and a server refuses
+// the connection's calls. For any other peer (another host, another pid
+// namespace, a cross-host pool) this process's /proc knows nothing of
+// PID: it is what the peer claims, PIDVerified is false.
 //
 // Groups, the peer's supplementary groups from /proc/PID/status, are
 // filled in only for a verified PID. See docs/SECURITY.md.

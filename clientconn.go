@@ -54,6 +54,10 @@ type ClientConn struct {
 	fellBack  atomic.Uint64 // calls sent over fallback
 	watchSig  chan struct{} // the registry watcher's signal (capacity 1)
 	resolveCh chan struct{} // look at the directory now (capacity 1)
+	// cross: the pool is cross-host, as its marker said at the last
+	// reading of the directory (resolve): instances are judged by
+	// heartbeat, never by pid.
+	cross atomic.Bool
 
 	// mu guards the fields below; it is taken before any lock of a
 	// connection, and never held while a connection is closed.
@@ -146,7 +150,8 @@ func newClientConn(name string, opts []DialOption, lazy bool) (*ClientConn, erro
 		dial: transport.DialConfig{
 			Pool: o.pool, Access: o.access, RingSize: o.ringSize, ArenaSize: o.arenaSize,
 			Wait: o.wait, Window: o.window, Liveness: o.liveness,
-			Info: pool.ConnInfo{UserAgent: ua, MaxHeader: o.maxHeader},
+			Info:      pool.ConnInfo{UserAgent: ua, MaxHeader: o.maxHeader},
+			CrossHost: o.crossHost,
 		},
 		name:      name,
 		opts:      o,

@@ -39,7 +39,7 @@ import (
 // client whose instance dies moves to another. With no instance, the
 // dial fails with Unavailable, and grpc-go's calls with it.
 //
-// Options: WithPool, WithPoolGroup, WithRingSize, WithSpin,
+// Options: WithPool, WithPoolGroup, WithCrossHost, WithRingSize, WithSpin,
 // WithIdleStrategy, WithPollOnly, WithLivenessTimeout,
 // WithConnectTimeout (the bound of a dial whose context has no deadline)
 // and WithServerUIDs and WithServerGIDs apply; the others concern
@@ -92,7 +92,7 @@ func (d *streamDialer) dial(ctx context.Context, target string) (net.Conn, error
 		return nil, err
 	}
 	cfg := transport.DialConfig{Pool: d.o.pool, Access: d.o.access, RingSize: d.o.ringSize,
-		Wait: d.o.wait, Liveness: d.o.liveness, Stream: true}
+		Wait: d.o.wait, Liveness: d.o.liveness, Stream: true, CrossHost: d.o.crossHost}
 	for _, in := range candidates {
 		cfg.Name = in.Base
 		c, cerr := transport.DialStream(ctx, &cfg)
@@ -118,6 +118,14 @@ func (d *streamDialer) dial(ctx context.Context, target string) (net.Conn, error
 // may be used, in random order; only instance if it is not "". With none,
 // an Unavailable error (PermissionDenied if the only ones are refused).
 func (d *streamDialer) instances(service, instance string) ([]*balance.Instance, error) {
+	// The pool's marker says how instances are judged (F13, F14).
+	mode, err := pool.ReadMode(d.o.pool, d.o.access)
+	switch {
+	case err != nil:
+		return nil, instanceError(err)
+	case d.o.crossHost && !mode.CrossHost:
+		return nil, transport.NotCrossHost(d.o.pool, mode)
+	}
 	bases := []string{instance}
 	if instance == "" {
 		var err error
@@ -133,7 +141,7 @@ func (d *streamDialer) instances(service, instance string) ([]*balance.Instance,
 			why = instanceError(err)
 			continue
 		}
-		if !in.ByteStream() || !in.Open() || (!d.o.wait.PollOnly && !pool.ProcessAlive(in.PID)) {
+		if !in.ByteStream() || instanceGone(in, mode.CrossHost, d.o.liveness) {
 			continue // a notnets Server's (F11), closed, draining, or left by a process that died
 		}
 		if err := d.o.trustInstance(in); err != nil {

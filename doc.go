@@ -11,7 +11,8 @@
 // a call crosses no socket, no HTTP/2 and no TLS, and takes no lock in
 // shared memory. An idle side polls for its spin period ([WithSpin],
 // default [DefaultSpin]), then blocks on a futex that the writer wakes
-// (with [WithPollOnly] it sleeps and polls again instead).
+// (with [WithPollOnly], and in a cross-host pool, it sleeps and polls
+// again instead).
 //
 // Metadata, status details, deadlines, cancellation, interceptors, codecs,
 // stats handlers, per-RPC credentials, flow control and all four kinds of
@@ -92,7 +93,8 @@
 //		grpc.WithTransportCredentials(insecure.NewCredentials()))
 //
 // A peer whose process exits costs its calls Unavailable within about
-// 100 ms on one host (unless WithPollOnly); so does a peer whose heartbeat
+// 100 ms on one host (in a pool that is not cross-host, and in the same
+// pid namespace); so does a peer whose heartbeat
 // stands still for the liveness timeout ([WithLivenessTimeout], default
 // [DefaultLivenessTimeout]). A
 // [ClientConn] whose connection is lost, or whose server sent GOAWAY,
@@ -116,9 +118,11 @@
 // On one host a connection is set up through a Unix socket next to the
 // listener (<name>.sock): the client hands over its segment as a sealed
 // memfd that no other process can open, and each side learns the other's
-// credentials from the kernel. Pools shared across hosts (DAX or CXL
-// memory) need [WithPollOnly] on Listen, NewServer and Dial, since futexes
-// and pids do not reach another host.
+// credentials from the kernel. A pool shared across hosts (DAX or CXL
+// memory) is made cross-host once, by [WithCrossHost] on the first Listen
+// or `notnets pool init -cross-host DIR`: a marker in the pool then makes
+// every process that opens it treat its peers as remote (no futex, no
+// socket, no pid; heartbeats alone), whatever its own options say.
 //
 // # Authorization
 //

@@ -589,39 +589,42 @@ func TestGracefulStopWaitsForCallsInFlight(t *testing.T) {
 
 // TestHandshakes connects both ways, across processes: through the
 // listener's socket with a sealed memfd (the default on one host), and
-// through the listener's slots with a named segment (poll-only, as for
-// pools shared across hosts). The server reports the caller's identity;
-// only the socket gives it a kernel-verified pid.
+// through the listener's slots with a named segment (a cross-host pool).
+// The server reports the caller's identity: verified through the socket,
+// as claimed (unverified) in a cross-host pool, where no /proc is asked.
 func TestHandshakes(t *testing.T) {
 	for _, tc := range []struct {
-		name     string
-		env      []string
-		opts     []notnets.DialOption
-		wantPath bool
+		name      string
+		crossHost bool
 	}{
-		{"socket", nil, nil, false},
-		{"slots", []string{"NOTNETS_TEST_POLLONLY=1"}, []notnets.DialOption{notnets.WithPollOnly()}, true},
+		{"socket", false},
+		{"slots", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startServer(t, tc.env...)
-			cc := srv.dial(t, tc.opts...)
-			if path := notnets.SegmentPath(cc); (path != "") != tc.wantPath {
-				t.Errorf("segment path %q; want a named segment: %v", path, tc.wantPath)
+			dir := testPool(t)
+			if tc.crossHost {
+				dir = crossHostPool(t)
+			}
+			srv := startServerIn(t, dir)
+			cc := srv.dial(t)
+			wantPath, verified := tc.crossHost, !tc.crossHost
+			if path := notnets.SegmentPath(cc); (path != "") != wantPath {
+				t.Errorf("segment path %q; want a named segment: %v", path, wantPath)
 			}
 			var p peer.Peer
 			r, err := semanticsClient(cc).UnaryCall(withMode(context.Background(), "auth", ""), &testpb.SimpleRequest{}, grpc.Peer(&p))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := fmt.Sprintf("%d %d %d true", os.Geteuid(), os.Getegid(), os.Getpid()); string(r.GetPayload().GetBody()) != want {
+			if want := fmt.Sprintf("%d %d %d %v", os.Geteuid(), os.Getegid(), os.Getpid(), verified); string(r.GetPayload().GetBody()) != want {
 				t.Errorf("the server saw the client as %q, want %q", r.GetPayload().GetBody(), want)
 			}
 			a, ok := p.AuthInfo.(notnets.AuthInfo)
 			if !ok || a.UID != uint32(os.Geteuid()) || a.PID == os.Getpid() || a.PID == 0 {
 				t.Errorf("the client's view of the server: %#v", p.AuthInfo)
 			}
-			if a.PIDVerified != true {
-				t.Errorf("server pid not verified (%s handshake)", tc.name)
+			if a.PIDVerified != verified {
+				t.Errorf("server pid verified %v, want %v (%s handshake)", a.PIDVerified, verified, tc.name)
 			}
 			entries, err := os.ReadDir(srv.pool)
 			if err != nil {

@@ -111,6 +111,18 @@ func itoa(n int) string {
 // pid.
 func authInfoOf(seg *pool.Segment, pid int) AuthInfo { return authInfo(transport.IdentityOf(seg, pid)) }
 
+// PollsOnly reports whether cc's current connection never waits on a
+// futex, for tests in package notnets_test.
+func PollsOnly(cc *ClientConn) bool { return cc.conn().PollsOnly() }
+
+// Instances returns how many instances cc follows (connected or
+// connecting), for tests in package notnets_test.
+func Instances(cc *ClientConn) int {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return len(cc.subs)
+}
+
 // ConnectedInstances returns how many instances cc has a usable
 // connection to, for tests in package notnets_test.
 func ConnectedInstances(cc *ClientConn) int {

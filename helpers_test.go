@@ -46,6 +46,7 @@ import (
 	"github.com/notnets/notnets"
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
 	"github.com/notnets/notnets/internal/benchsvc"
+	"github.com/notnets/notnets/internal/pool"
 )
 
 // bigLimit is the message size limit of a server started with
@@ -65,6 +66,14 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if name := os.Getenv(hostEnv); name != "" && os.Getenv(roleEnv) != "" {
+		// A child started as another host (startAsHost): its namespaces
+		// first, then its role.
+		if err := becomeHost(name); err != nil {
+			fmt.Println("nohost", strings.ReplaceAll(err.Error(), "\n", " "))
+			os.Exit(3)
+		}
+	}
 	switch os.Getenv(roleEnv) {
 	case "server":
 		runServer()
@@ -89,7 +98,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// testPool makes a pool directory of the test's own on tmpfs.
+// testPool makes a pool directory of the test's own on tmpfs: a
+// cross-host pool when the suite runs as separate hosts (hostsEnv).
 func testPool(t testing.TB) string {
 	base := "/dev/shm"
 	if _, err := os.Stat(base); err != nil {
@@ -100,6 +110,11 @@ func testPool(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	if asHosts() {
+		if err := pool.PrepareCrossHost(dir, pool.OwnerOnly); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return dir
 }
 
@@ -127,10 +142,20 @@ func startServerIn(t testing.TB, dir string, env ...string) *serverProc {
 
 // startServerCmd starts the test server with cmd (the test binary, maybe
 // as another user) on the pool dir.
+//
+// When the suite runs as separate hosts (hostsEnv), a server started with
+// the test binary itself runs as another host (startAsHost).
 func startServerCmd(t testing.TB, dir string, cmd *exec.Cmd, env ...string) *serverProc {
 	t.Helper()
+	if asHosts() && cmd.Path == os.Args[0] && cmd.SysProcAttr == nil {
+		asHost(t, cmd, fmt.Sprintf("server-%d", hostSeq.Add(1)))
+	}
 	p := &serverProc{pool: dir, cmd: cmd}
-	p.cmd.Env = append(append(os.Environ(), roleEnv+"=server", "NOTNETS_POOL="+p.pool), env...)
+	base := cmd.Env
+	if base == nil {
+		base = os.Environ()
+	}
+	p.cmd.Env = append(append(base, roleEnv+"=server", "NOTNETS_POOL="+p.pool), env...)
 	p.cmd.Stderr = os.Stderr
 	var err error
 	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
@@ -141,11 +166,17 @@ func startServerCmd(t testing.TB, dir string, cmd *exec.Cmd, env ...string) *ser
 		t.Fatal(err)
 	}
 	if err := p.cmd.Start(); err != nil {
+		if isHost(p.cmd) {
+			t.Skipf("cannot start a process in namespaces of its own (as another host): %v", err)
+		}
 		t.Fatal(err)
 	}
 	p.out = bufio.NewReader(stdout)
 	t.Cleanup(p.shutdown)
 	line, err := p.out.ReadString('\n')
+	if why, ok := strings.CutPrefix(strings.TrimSpace(line), "nohost "); ok {
+		t.Skipf("the server process cannot set up its namespaces as another host: %s", why)
+	}
 	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
 	if err != nil || !ok {
 		t.Fatalf("server process did not start: %q, %v", line, err)
@@ -314,7 +345,10 @@ func runServer() {
 	}
 	var lopts []notnets.ListenOption
 	if os.Getenv("NOTNETS_TEST_POLLONLY") != "" {
-		lopts = append(lopts, notnets.WithPollOnly()) // the slots, as across hosts
+		lopts = append(lopts, notnets.WithPollOnly()) // poll-only waiting
+	}
+	if os.Getenv(crossHostEnv) != "" {
+		lopts = append(lopts, notnets.WithCrossHost()) // makes the pool cross-host, or asserts it is
 	}
 	if g := os.Getenv("NOTNETS_TEST_GROUP"); g != "" {
 		lopts = append(lopts, notnets.WithPoolGroup(g))
@@ -333,6 +367,9 @@ func runServer() {
 	}
 	if os.Getenv("NOTNETS_TEST_BIG") != "" {
 		opts = append(opts, notnets.MaxRecvMsgSize(bigLimit), notnets.MaxSendMsgSize(bigLimit), bigLiveness)
+	}
+	if d, err := time.ParseDuration(os.Getenv(livenessEnv)); err == nil {
+		opts = append(opts, notnets.WithLivenessTimeout(d))
 	}
 	if n, err := strconv.Atoi(os.Getenv("NOTNETS_TEST_MAXSTREAMS")); err == nil {
 		opts = append(opts, notnets.MaxConcurrentStreams(uint32(n)))
@@ -603,6 +640,8 @@ func (s *semantics) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*t
 		return body(fmt.Sprintf("%d %d %d %v", a.UID, a.GID, a.PID, a.PIDVerified)), nil
 	case "work":
 		return work(ctx, mdValue(ctx, "x-id"))
+	case "whoami":
+		return whoami()
 	case "block":
 		return nil, s.block(ctx)
 	case "started":

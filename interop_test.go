@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,6 +84,9 @@ func TestInterop(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
 			cmd.Env = append(os.Environ(), roleEnv+"=interop-client", caseEnv+"="+name, "NOTNETS_POOL="+srv.pool)
+			if asHosts() {
+				asHost(t, cmd, "client-"+strings.ReplaceAll(name, "_", "-")) // a host of its own too
+			}
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("interop case %s failed: %v\n%s", name, err, out)

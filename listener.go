@@ -71,7 +71,10 @@ var ErrInstanceExists = transport.ErrInstanceExists
 // number of server processes may serve one name, and clients balance
 // their calls over them (WithBalancing). With WithExclusive it fails if
 // a live instance already serves the name. It fails with an error
-// wrapping ErrPoolExhausted when the pool has no room.
+// wrapping ErrPoolExhausted when the pool has no room. With
+// WithCrossHost it makes the pool cross-host; without it, it follows
+// what the pool says it is, as do the connections a Server accepts
+// through it.
 func Listen(name string, opts ...ListenOption) (*Listener, error) {
 	l, _, err := listen(name, opts, false)
 	if err != nil {
@@ -95,7 +98,7 @@ func listen(name string, opts []ListenOption, stream bool) (*transport.Listener,
 	if err != nil {
 		return nil, nil, err
 	}
-	l, err := transport.Listen(o.pool, name, access, transport.ListenConfig{Wait: o.wait, Exclusive: o.exclusive, Stream: stream})
+	l, err := transport.Listen(o.pool, name, access, transport.ListenConfig{Wait: o.wait, Exclusive: o.exclusive, Stream: stream, CrossHost: o.crossHost})
 	if errors.Is(err, pool.ErrExhausted) {
 		return nil, nil, exhaustedError{err}
 	}
@@ -112,3 +115,8 @@ func (l *Listener) Addr() net.Addr {
 
 // Close removes the listener from the pool. Accepted connections stay open.
 func (l *Listener) Close() error { return l.l.Close() }
+
+// CrossHost reports whether the listener's pool is cross-host
+// (WithCrossHost): its connections then poll only, are set up through
+// the listener's slots, and know their clients by heartbeat alone.
+func (l *Listener) CrossHost() bool { return l.l.CrossHost() }

@@ -24,21 +24,25 @@ import (
 // and a server stream wait on it, and checks that both end with
 // Unavailable in time: within a few heartbeats when the client may check the
 // server's pid (one host), and after the liveness timeout when it may not
-// (poll-only mode, as for a pool shared across hosts).
+// (a cross-host pool: heartbeats alone). TestCrossHostServerKilled does
+// the same with the server in namespaces of its own.
 func TestServerKilled(t *testing.T) {
 	const timeout = time.Second
 	for _, tc := range []struct {
-		name     string
-		env      []string
-		opts     []notnets.DialOption
-		min, max time.Duration
+		name      string
+		crossHost bool
+		min, max  time.Duration
 	}{
-		{"pid check", nil, nil, 0, 500 * time.Millisecond},
-		{"heartbeat only", []string{"NOTNETS_TEST_POLLONLY=1"}, []notnets.DialOption{notnets.WithPollOnly()}, timeout - 200*time.Millisecond, timeout + 500*time.Millisecond},
+		{"pid check", false, 0, 500 * time.Millisecond},
+		{"heartbeat only", true, timeout - 200*time.Millisecond, timeout + 500*time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startServer(t, tc.env...)
-			c := semanticsClient(srv.dial(t, append(tc.opts, notnets.WithLivenessTimeout(timeout))...))
+			dir := testPool(t)
+			if tc.crossHost {
+				dir = crossHostPool(t)
+			}
+			srv := startServerIn(t, dir)
+			c := semanticsClient(srv.dial(t, notnets.WithLivenessTimeout(timeout)))
 			ctx := context.Background()
 			unary := make(chan error, 1)
 			go func() {

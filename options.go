@@ -51,8 +51,12 @@ func (l LivenessOption) applyListen(o *listenOptions) { o.liveness = time.Durati
 // WithLivenessTimeout sets how long a peer's heartbeat may stand still
 // before its connection fails with Unavailable (default
 // DefaultLivenessTimeout; 0 turns the check off, though this side still
-// beats for its peer). On one host (unless WithPollOnly) a peer whose
-// process has exited is noticed within about 100 ms, whatever the timeout.
+// beats for its peer). A peer of this host and pid namespace, in a pool
+// that is not cross-host, whose process has exited is noticed within
+// about 100 ms, whatever the timeout; other peers (WithCrossHost, other
+// pid namespaces) by their heartbeat alone. A client also gives up
+// connecting to an instance whose listener's heartbeat stands still for
+// the timeout.
 func WithLivenessTimeout(d time.Duration) LivenessOption { return LivenessOption(d) }
 
 // waitConfig says how a side waits for its peer (transport.Wait).
@@ -88,6 +92,7 @@ type dialOptions struct {
 	badConfig    error                           // WithDefaultServiceConfig's parse error
 	userAgent    string                          // WithUserAgent, before notnets' own
 	maxHeader    uint32                          // WithMaxHeaderListSize; 0 for the default
+	crossHost    bool                            // WithCrossHost
 }
 
 // fallbackConfig is WithFallback's target and options.
@@ -121,6 +126,7 @@ type listenOptions struct {
 	group     string
 	wait      waitConfig
 	exclusive bool
+	crossHost bool          // WithCrossHost
 	liveness  time.Duration // ListenConn's connections
 }
 
@@ -254,12 +260,52 @@ func WithIdleStrategy(s IdleStrategy) WaitOption {
 }
 
 // WithPollOnly makes the side never use a futex doorbell: after spinning it
-// sleeps and polls again. Use it for pools shared across hosts, where a futex
-// cannot reach the peer; wake-up latency is then that of time.Sleep (about
-// 1 ms on Linux).
+// sleeps and polls again; wake-up latency is then that of time.Sleep
+// (about 1 ms on Linux). It changes how this side waits, nothing else:
+// each side of a connection may choose. A pool shared across hosts is not
+// made by this option but by the pool itself (WithCrossHost): every
+// process in a cross-host pool polls only, whether or not it says so.
 func WithPollOnly() WaitOption {
 	return WaitOption{func(w *waitConfig) { w.PollOnly = true }}
 }
+
+// CrossHostOption asks for a cross-host pool; it is both a ListenOption
+// and a DialOption (WithCrossHost).
+type CrossHostOption struct{}
+
+func (CrossHostOption) applyListen(o *listenOptions) { o.crossHost = true }
+func (CrossHostOption) applyDial(o *dialOptions)     { o.crossHost = true }
+
+// WithCrossHost says that the pool is shared by processes on different
+// hosts (a DAX or CXL file system that several machines map), where no
+// futex, Unix socket or pid reaches from one to another.
+//
+// On Listen it makes the pool cross-host: a pool that does not exist is
+// made with a marker (the file hosts, docs/PROTOCOL.md 3.7) already in
+// it, and an existing pool that nobody uses yet (no listener, connection
+// or socket in it) gets one; a cross-host pool is taken as it is. An
+// existing pool of one host that is in use is an error (wrapping
+// ErrPoolInUse): marking it under processes that already run there would
+// change their peers' mode under them. `notnets pool init -cross-host
+// DIR` does the same from the command line.
+//
+// The marker, not this option, is what every process of the pool obeys:
+// Listen, NewServer's connections, Dial and NewClient, ListenConn and
+// ContextDialer, and notnets pool ls and clean all read it, and in a
+// cross-host pool they never wait on a futex (poll-only waiting), never
+// use the Unix socket (connections are set up through the listener's
+// slots), never look a peer's pid up, and judge liveness by heartbeats
+// alone, whatever their own options say: the settings cannot disagree.
+// On Dial, NewClient and ContextDialer the option only asserts: a pool
+// without the marker makes their connections fail with
+// FailedPrecondition, rather than treat as local the peers the caller
+// says are remote (an error rather than a warning, since going on is the
+// mismatch the marker exists to prevent).
+func WithCrossHost() CrossHostOption { return CrossHostOption{} }
+
+// ErrPoolInUse is wrapped by the error of Listen WithCrossHost in an
+// existing pool of one host that has listeners or connections.
+var ErrPoolInUse = pool.ErrPoolInUse
 
 // WithRingSize sets the capacity of each ring of connections this client
 // makes: a power of two from 4 KiB to 1 GiB. Messages larger than half the
@@ -517,8 +563,8 @@ func WithFallback(target string, opts ...grpc.DialOption) DialOption {
 // them, and the kernel must report one of them for the server process
 // when the connection is made. Instances of other users (in a pool shared
 // by a group, WithPoolGroup) are never called. It is the notnets
-// counterpart of checking a TLS server name. On a poll-only pool
-// (WithPollOnly) there is no kernel to ask: the check rests on the
+// counterpart of checking a TLS server name. In a cross-host pool
+// (WithCrossHost) there is no kernel to ask: the check rests on the
 // listener file's owner alone (docs/SECURITY.md).
 func WithServerUIDs(uids ...uint32) DialOption {
 	return dialFunc(func(o *dialOptions) { o.serverUIDs = append([]uint32{}, uids...) })

@@ -52,8 +52,9 @@ func smallTmpfs(t *testing.T, size int) string {
 
 // TestFullPool fills a small pool's file system from another process, as
 // a user with no access to the pool can fill /dev/shm: a Listen and a Dial
-// that need room fail with ResourceExhausted, and a live connection (poll
-// only, so that its segment lies in the pool) carries a ring call and a
+// that need room fail with ResourceExhausted, and a live connection (in a
+// cross-host pool, so that its segment lies in the pool) carries a ring
+// call and a
 // 3 MiB call, whose heap blocks cannot be allocated, through its rings.
 // Before notnets allocated blocks before writing them, each of these died
 // of SIGBUS. Once the pool has room again, large messages go through the
@@ -61,8 +62,8 @@ func smallTmpfs(t *testing.T, size int) string {
 func TestFullPool(t *testing.T) {
 	mnt := smallTmpfs(t, 16<<20)
 	dir := filepath.Join(mnt, "pool")
-	srv := startServerIn(t, dir, "NOTNETS_TEST_POLLONLY=1")
-	cc := srv.dial(t, notnets.WithPollOnly())
+	srv := startServerIn(t, dir, crossHostEnv+"=1")
+	cc := srv.dial(t)
 	c := semanticsClient(cc)
 	ctx := context.Background()
 	if _, err := c.UnaryCall(withMode(ctx, "echo", "before"), &testpb.SimpleRequest{}); err != nil {
@@ -83,8 +84,8 @@ func TestFullPool(t *testing.T) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := notnets.Dial(dctx, listenName, notnets.WithPool(dir), notnets.WithPollOnly()); status.Code(err) != codes.ResourceExhausted {
-		t.Errorf("poll-only Dial in a full pool: %v, want ResourceExhausted", err)
+	if _, err := notnets.Dial(dctx, listenName, notnets.WithPool(dir)); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("Dial in a full cross-host pool: %v, want ResourceExhausted", err)
 	}
 
 	if _, err := c.UnaryCall(withMode(ctx, "echo", "ring"), &testpb.SimpleRequest{}); err != nil {

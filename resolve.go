@@ -70,6 +70,20 @@ func (cc *ClientConn) resolveLoop() {
 // draining, their process gone): a listener's owner and state never come
 // back, so they are not opened again while their files are listed.
 func (cc *ClientConn) resolve(rejected map[string]bool) {
+	// The pool's marker first (F13): it says how instances are judged.
+	mode, err := pool.ReadMode(cc.opts.pool, cc.opts.access)
+	switch {
+	case err != nil:
+	case cc.opts.crossHost && !mode.CrossHost:
+		cc.failResolve(transport.NotCrossHost(cc.opts.pool, mode))
+		return
+	default:
+		cc.cross.Store(mode.CrossHost)
+	}
+	if errors.Is(err, pool.ErrAccess) {
+		cc.failResolve(status.Error(codes.PermissionDenied, err.Error()))
+		return
+	}
 	bases, err := pool.ListInstances(cc.opts.pool, cc.name, cc.opts.access)
 	for b := range rejected {
 		if !slices.Contains(bases, b) {
@@ -105,7 +119,12 @@ func (cc *ClientConn) resolve(rejected map[string]bool) {
 		}
 		if cc.instanceGone(in) {
 			// Closed, or left by a process that died: not an instance.
-			rejected[b] = true
+			// One judged by a heartbeat that stood still is looked at
+			// again: it may beat again (a stopped process, a host that
+			// stalled).
+			if !in.Open() || !cc.cross.Load() && in.Host.Local() {
+				rejected[b] = true
+			}
 			in.Close()
 			continue
 		}
@@ -145,15 +164,42 @@ func (cc *ClientConn) resolve(rejected map[string]bool) {
 	cc.progressed()
 }
 
+// failResolve records why the pool cannot be used at all (its marker
+// refuses it, or contradicts WithCrossHost): no instance is connected
+// and calls fail with err.
+func (cc *ClientConn) failResolve(err error) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.closed {
+		return
+	}
+	cc.lastErr = err
+	cc.resolved = true
+	cc.updateState()
+	cc.progressed()
+}
+
 // instanceGone reports whether in no longer takes connections: its
-// listener is closed or draining, or (on one host) its process is gone
-// (PROTOCOL.md F9; the name and header were checked by ListInstances and
-// OpenInstance).
+// listener is closed or draining, or its process is gone (PROTOCOL.md
+// F9; the name and header were checked by ListInstances and
+// OpenInstance): looked up by pid where the instance is of this
+// process's pid domain in a pool of one host, else judged by its
+// heartbeat (F14), which must have stood still for the liveness timeout
+// across two looks.
 func (cc *ClientConn) instanceGone(in *balance.Instance) bool {
+	return instanceGone(in, cc.cross.Load(), cc.opts.liveness)
+}
+
+// instanceGone is ClientConn.instanceGone for a pool whose marker says
+// cross, with the liveness timeout liveness.
+func instanceGone(in *balance.Instance, cross bool, liveness time.Duration) bool {
 	if !in.Open() {
 		return true
 	}
-	return !cc.opts.wait.PollOnly && !pool.ProcessAlive(in.PID)
+	if cross || !in.Host.Local() {
+		return !in.Beating(liveness)
+	}
+	return !pool.ProcessAlive(in.PID)
 }
 
 // trustInstance checks the owner of an instance's listener against
@@ -170,7 +216,7 @@ func (o *dialOptions) trustInstance(in *balance.Instance) error {
 }
 
 // trustPeer checks the server process of a new connection, as the kernel
-// (or, across hosts, the segment's owner) reports it, against
+// (or, through the slots, the segment's owner) reports it, against
 // WithServerUIDs and WithServerGIDs.
 func (cc *ClientConn) trustPeer(sc *subConn, id transport.Identity) error {
 	return cc.opts.trustPeer(sc.inst.Base, id)

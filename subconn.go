@@ -172,6 +172,13 @@ func (cc *ClientConn) connect(ctx context.Context, sc *subConn) (transport.Clien
 	}
 	cfg := cc.dial
 	cfg.Name = sc.inst.Base
+	if cc.cross.Load() || !sc.inst.Host.Local() {
+		// A reading of its heartbeat before the attempt: an attempt on a
+		// dead instance gives up once the heartbeat has stood still for
+		// the liveness timeout, and the reading after it (instanceGone)
+		// then finds it still for that long, and drops the instance.
+		sc.inst.Beating(cc.opts.liveness)
+	}
 	t, err := transport.Dial(ctx, &cfg, events)
 	if err != nil {
 		return nil, err // not a nil *Client in a non-nil interface

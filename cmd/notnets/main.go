@@ -1,7 +1,8 @@
 // Command notnets is the notnets tool.
 //
 //	notnets bench [flags]          measure notnets against grpc-go, side by side (see -h)
-//	notnets pool [-dir DIR] ls     list a pool's services, their instances and load, and its files
+//	notnets pool init [-cross-host] DIR   make a pool; -cross-host: one shared by processes on several hosts
+//	notnets pool [-dir DIR] ls     list a pool's services, their instances (with their hosts) and load, and its files
 //	notnets pool [-dir DIR] clean  remove the stale ones
 //	notnets bridge -listen ADDR -to NAME   serve a pool service as gRPC over HTTP/2 on a Unix socket or loopback port
 //	notnets bridge -reverse -target TARGET -as NAME   put a network gRPC service in the pool
@@ -49,8 +50,9 @@ commands:
            a bare ring ping-pong, with the server in another process, and
            print latency percentiles, throughput and CPU per call side by side
            (notnets bench -h lists its flags)
-  pool     ls: list a pool's services, each instance's state, owner and
-           load, and the pool's files and which are stale (left by
+  pool     init [-cross-host]: make a pool, or one shared across hosts;
+           ls: list a pool's services, each instance's state, host, owner
+           and load, and the pool's files and which are stale (left by
            processes that died); clean: remove the stale ones
   bridge   serve services of the pool as ordinary gRPC over HTTP/2 on a Unix
            socket or a loopback TCP port, for grpcurl, health probes and

@@ -18,34 +18,53 @@ import (
 	"github.com/notnets/notnets/internal/pool"
 )
 
-// poolCmd lists or cleans a pool directory.
+// poolCmd makes, lists or cleans a pool directory.
 func poolCmd(args []string) error {
 	fs := flag.NewFlagSet("pool", flag.ContinueOnError)
 	dir := fs.String("dir", pool.DefaultDir(), "pool directory ($NOTNETS_POOL, else /dev/shm/notnets-<uid>)")
 	group := fs.String("group", "", "the pool's group (name or number), as given to WithPoolGroup; empty for a pool of one user")
 	filesOnly := fs.Bool("files", false, "ls: list only the pool's files (the FILES table alone)")
 	beat := fs.Bool("beat", false, fmt.Sprintf("ls: read each instance's heartbeat twice, %v apart, and call one whose heartbeat stood still stale", beatWait))
+	crossHost := fs.Bool("cross-host", false, "init: make the pool cross-host (shared by processes on several hosts), as WithCrossHost on Listen does")
+	watch := fs.Duration("watch", 0, fmt.Sprintf("clean: read the pool, wait this long (at least %v), and remove listeners whose heartbeat stood still meanwhile that cannot be judged by their pid (another host or pid namespace, or any in a cross-host pool; Listen and clients judge them over %v)", pool.MinRemoteStaleAfter, pool.RemoteStaleAfter))
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `usage: notnets pool [-dir DIR] [-group GROUP] ls [-files] [-beat] | clean
+		fmt.Fprint(fs.Output(), `usage: notnets pool [-dir DIR] [-group GROUP] init [-cross-host] [DIR] | ls [-files] [-beat] | clean [-watch D]
 
-  ls      list the pool's services: the registry's generation, each
-          service with its instances, and each instance's id, pid, owner,
-          state (open, draining, closed, or stale and why), calls in
-          flight and queued, workers and heartbeat; then the pool's files:
-          listeners and their sockets, connection segments being
-          announced, the registry, and which of them are stale (left by
+  init    make the pool directory (mode 0700, or 03770 with -group), as
+          the first Listen does; with -cross-host, a pool shared by
+          processes on several hosts (a DAX or CXL file system): it gets a
+          marker, the file hosts, that makes every process that opens the
+          pool treat its peers as remote (no futex, no Unix socket, no pid;
+          heartbeats alone), whatever its options say. An existing pool is
+          marked only if nobody uses it yet (no listener, connection or
+          socket in it) and this user owns it; a cross-host pool is left
+          as it is. DIR, if given, is the pool directory.
+  ls      list the pool's services: the registry's generation and the
+          pool's mode (one host, or cross-host), each service with its
+          instances, and each instance's id, pid, host, owner, state
+          (open, draining, closed, or stale and why), calls in flight and
+          queued, workers and heartbeat; then the pool's files: listeners
+          and their sockets, connection segments being announced, the
+          registry, the marker, and which of them are stale (left by
           processes that died)
-  clean   remove the stale files
+  clean   remove the stale files. A listener whose pid cannot be looked
+          up here (made on another host or in another pid namespace, or
+          any listener of a cross-host pool) is stale only once its
+          heartbeat has stood still between two readings far enough
+          apart: -watch D reads the pool, waits D and cleans
 
 ls reads the pool without mapping anything (pread of each listener), so it
 changes nothing. Every value it shows but the owners comes from shared
-memory that the instances write: a number, not a promise.
+memory that the instances write: a number, not a promise. HOST is the
+host name and the start of the host id (its boot id) that the instance
+wrote: a pid means something only on its host, in its pid namespace.
 
 The pool directory is checked as Listen and Dial check it, and refused if
 it is a symbolic link, writable by others (or by its group, unless -group
 names it), or owned by someone other than this user or root: run the
 command as the pool's user. Files are removed relative to the directory
-that was checked, never through a link.
+that was checked, never through a link. A pool whose hosts file is not a
+valid marker of its owner is refused by clean (ls shows why).
 
 flags (before or after the command):
 `)
@@ -55,14 +74,21 @@ flags (before or after the command):
 		return err
 	}
 	cmd := fs.Arg(0)
-	if fs.NArg() > 1 { // flags after the command
-		if err := fs.Parse(fs.Args()[1:]); err != nil {
+	var operands []string
+	for rest := fs.Args(); len(rest) > 1; rest = fs.Args() { // flags after the command, and operands
+		if err := fs.Parse(rest[1:]); err != nil {
 			return err
 		}
 		if fs.NArg() > 0 {
-			fs.Usage()
-			return fmt.Errorf("unexpected arguments %q", fs.Args())
+			operands = append(operands, fs.Arg(0))
 		}
+	}
+	switch {
+	case cmd == "init" && len(operands) == 1:
+		*dir = operands[0]
+	case len(operands) > 0:
+		fs.Usage()
+		return fmt.Errorf("unexpected arguments %q", operands)
 	}
 	access := pool.OwnerOnly
 	if *group != "" {
@@ -73,6 +99,8 @@ flags (before or after the command):
 		access = a
 	}
 	switch cmd {
+	case "init":
+		return initPool(os.Stdout, *dir, access, *crossHost)
 	case "ls", "":
 		entries, err := pool.ScanIn(*dir, access)
 		if err != nil {
@@ -87,18 +115,80 @@ flags (before or after the command):
 		}
 		return lsFiles(os.Stdout, entries)
 	case "clean":
-		removed, err := pool.CleanIn(*dir, access)
-		if err != nil {
-			return err
-		}
-		for _, e := range removed {
-			fmt.Printf("removed %s (%s)\n", shown(e.Name), e.Why)
-		}
-		fmt.Printf("%d stale files removed from %s\n", len(removed), *dir)
-		return nil
+		return clean(os.Stdout, *dir, access, *watch)
 	}
 	fs.Usage()
 	return fmt.Errorf("unknown pool command %q", cmd)
+}
+
+// initPool makes the pool dir, cross-host or not, and says what it is.
+func initPool(w io.Writer, dir string, a pool.Access, crossHost bool) error {
+	prepare := pool.Prepare
+	if crossHost {
+		prepare = pool.PrepareCrossHost
+	}
+	if err := prepare(dir, a); err != nil {
+		return err
+	}
+	mode, err := pool.ReadMode(dir, a)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "pool %s: %s\n", dir, modeLine(mode))
+	return nil
+}
+
+// modeLine says what a pool's marker makes of it.
+func modeLine(m pool.Mode) string {
+	switch {
+	case m.CrossHost:
+		return "cross-host (marked by " + shown(m.Creator.String()) + "): every process treats its peers as remote, and judges them by heartbeat"
+	case m.Ignored != "":
+		return "one host (its hosts file is ignored: " + m.Ignored + ")"
+	}
+	return "one host (no hosts marker)"
+}
+
+// clean removes the stale files of the pool dir; with watch, after
+// reading the pool, waiting watch and reading it again, so that listeners
+// judged by their heartbeat can be judged.
+func clean(w io.Writer, dir string, a pool.Access, watch time.Duration) error {
+	after := pool.RemoteStaleAfter
+	if watch > 0 {
+		if watch < pool.MinRemoteStaleAfter {
+			return fmt.Errorf("clean -watch %v: at least %v (docs/PROTOCOL.md 3.6)", watch, pool.MinRemoteStaleAfter)
+		}
+		if _, err := pool.ScanAfter(dir, a, watch); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "watching the heartbeats of %s for %v\n", dir, watch)
+		time.Sleep(watch) // the measurement itself, not a synchronization
+		after = watch
+	}
+	removed, err := pool.CleanAfter(dir, a, after)
+	if err != nil {
+		return err
+	}
+	for _, e := range removed {
+		fmt.Fprintf(w, "removed %s (%s)\n", shown(e.Name), e.Why)
+	}
+	fmt.Fprintf(w, "%d stale files removed from %s\n", len(removed), dir)
+	if watch == 0 {
+		entries, err := pool.ScanIn(dir, a)
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, e := range entries {
+			if e.Kind == "listener" && !e.Stale && strings.Contains(e.Why, "stale once its heartbeat") {
+				n++
+			}
+		}
+		if n > 0 {
+			fmt.Fprintf(w, "%d listeners can be judged by their heartbeat alone, which one reading cannot do: clean -watch %v judges them\n", n, pool.RemoteStaleAfter)
+		}
+	}
+	return nil
 }
 
 // lsFiles prints the table of the pool's files.
@@ -145,6 +235,14 @@ func lsServices(w io.Writer, dir string, a pool.Access, entries []pool.Entry, be
 	default:
 		fmt.Fprintf(w, "pool %s: registry unreadable: %v\n", dir, err)
 	}
+	mode, merr := pool.ReadMode(dir, a)
+	if merr != nil {
+		fmt.Fprintf(w, "mode: refused: %v\n", merr)
+	} else {
+		fmt.Fprintf(w, "mode: %s\n", modeLine(mode))
+	}
+	// Whether instances' pids can be looked up here (F14).
+	remote := func(h pool.Host) bool { return merr != nil || mode.CrossHost || !h.Local() }
 	var ins []*instance
 	for _, e := range entries {
 		base, ok := strings.CutSuffix(e.Name, pool.ListenerSuffix)
@@ -182,7 +280,7 @@ func lsServices(w io.Writer, dir string, a pool.Access, entries []pool.Entry, be
 		}
 	}
 	for _, in := range ins {
-		in.state, in.why, in.counts = instanceState(in)
+		in.state, in.why, in.counts = instanceState(in, remote(in.info.Host))
 	}
 	sort.Slice(ins, func(i, j int) bool {
 		if ins[i].service != ins[j].service {
@@ -236,21 +334,21 @@ func lsServices(w io.Writer, dir string, a pool.Access, entries []pool.Entry, be
 
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "SERVICE\tINSTANCE\tPID\tOWNER\tSTATE\tIN-FLIGHT\tQUEUED\tWORKERS\tHEARTBEAT\tWHY\n")
+	fmt.Fprintf(tw, "SERVICE\tINSTANCE\tPID\tHOST\tOWNER\tSTATE\tIN-FLIGHT\tQUEUED\tWORKERS\tHEARTBEAT\tWHY\n")
 	owners := map[uint32]string{}
 	for _, in := range ins {
-		pid, owner, load := "-", "-", [3]string{"-", "-", "-"}
+		pid, host, owner, load := "-", "-", "-", [3]string{"-", "-", "-"}
 		if in.info.Owner.Ino != 0 { // the file was opened
 			owner = ownerName(owners, in.info.Owner.UID)
 		}
 		if in.err == nil {
-			pid = strconv.Itoa(in.info.PID)
+			pid, host = strconv.Itoa(in.info.PID), shown(in.info.Host.String())
 			load = [3]string{strconv.FormatUint(uint64(in.info.InFlight), 10),
 				strconv.FormatUint(uint64(in.info.Queued), 10), strconv.FormatUint(uint64(in.info.Workers), 10)}
 		} else {
 			in.beat = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", in.service, in.id, pid, owner, in.state, load[0], load[1], load[2], in.beat)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", in.service, in.id, pid, host, owner, in.state, load[0], load[1], load[2], in.beat)
 		if in.why != "" { // else no padding at the end of the line
 			fmt.Fprintf(tw, "\t%s", in.why)
 		}
@@ -262,8 +360,9 @@ func lsServices(w io.Writer, dir string, a pool.Access, entries []pool.Entry, be
 // instanceState returns the STATE and WHY columns of in, and whether its
 // load counts in its service's sums. Stale first: the scan's verdict (its
 // process is gone, or its header unreadable for long) is also clean's;
-// then what the listener page says.
-func instanceState(in *instance) (state, why string, counts bool) {
+// then what the listener page says. remote: its pid cannot be looked up
+// here (another host or pid namespace, or a cross-host pool).
+func instanceState(in *instance, remote bool) (state, why string, counts bool) {
 	switch {
 	case in.file.Stale:
 		return "stale", in.file.Why, false
@@ -275,6 +374,9 @@ func instanceState(in *instance) (state, why string, counts bool) {
 	st := in.info.State
 	live := st == pool.StateOpen || st == pool.StateClosed && in.info.Draining != 0
 	if live && strings.HasSuffix(in.beat, "(stopped)") {
+		if remote {
+			return "stale", fmt.Sprintf("no heartbeat in %v from pid %d of %s (its pid cannot be looked up here: gone, stopped, or its host down)", beatWait, in.info.PID, shown(in.info.Host.String())), false
+		}
 		return "stale", fmt.Sprintf("no heartbeat in %v though process %d exists (stopped, or its pid reused)", beatWait, in.info.PID), false
 	}
 	switch {

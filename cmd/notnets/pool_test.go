@@ -47,7 +47,7 @@ func TestPoolLsAndClean(t *testing.T) {
 	}
 	ls := run("ls")
 	_, deadID, _ := pool.ParseInstance(dead)
-	if r := lsRow(ls, "dead", deadID); r == nil || r[4] != "stale" || !strings.HasSuffix(strings.Join(r, " "), "is gone") {
+	if r := lsRow(ls, "dead", deadID); r == nil || r[5] != "stale" || !strings.HasSuffix(strings.Join(r, " "), "is gone") {
 		t.Errorf("pool ls does not call the dead instance stale (its process is gone): %q\n%s", r, ls)
 	}
 	for _, want := range []string{live + ".listener", live + ".sock", dead + ".listener", dead + ".sock", "is gone", "is alive",
@@ -316,7 +316,7 @@ func TestPoolLsServices(t *testing.T) {
 	}
 	until("the first instance draining", func(out string) bool {
 		r := lsRow(out, "alpha", draining.id)
-		return r != nil && r[4] == "draining"
+		return r != nil && r[5] == "draining"
 	})
 	open := startBlocked(t, ctx, dir, "alpha")
 	child, beta := startInstance(t, dir, "beta")
@@ -325,7 +325,7 @@ func TestPoolLsServices(t *testing.T) {
 
 	out := until("both services, each alpha instance with its call", func(out string) bool {
 		a, b := lsRow(out, "alpha", open.id), lsRow(out, "alpha", draining.id)
-		return a != nil && b != nil && a[5] == "1" && b[5] == "1" && lsRow(out, "beta", betaID) != nil
+		return a != nil && b != nil && a[6] == "1" && b[6] == "1" && lsRow(out, "beta", betaID) != nil
 	})
 	t.Logf("pool ls:\n%s", out)
 	// SERVICE INSTANCES OPEN DRAINING STALE IN-FLIGHT QUEUED
@@ -335,15 +335,16 @@ func TestPoolLsServices(t *testing.T) {
 	if r := lsRow(out, "beta", "1"); !slicesEqual(r, []string{"beta", "1", "1", "0", "0", "0", "0"}) {
 		t.Errorf("beta's line: %q, want 1 instance, open, idle", r)
 	}
-	// SERVICE INSTANCE PID OWNER STATE IN-FLIGHT QUEUED WORKERS HEARTBEAT
+	// SERVICE INSTANCE PID HOST OWNER STATE IN-FLIGHT QUEUED WORKERS HEARTBEAT
 	owner := strconv.Itoa(os.Geteuid())
+	host := pool.LocalHost().String()
 	if u, err := userName(os.Geteuid()); err == nil {
 		owner = u
 	}
 	for _, want := range [][]string{
-		{"alpha", open.id, me, owner, "open", "1", "0"},
-		{"alpha", draining.id, me, owner, "draining", "1", "0"},
-		{"beta", betaID, strconv.Itoa(child.Process.Pid), owner, "open", "0", "0"},
+		{"alpha", open.id, me, host, owner, "open", "1", "0"},
+		{"alpha", draining.id, me, host, owner, "draining", "1", "0"},
+		{"beta", betaID, strconv.Itoa(child.Process.Pid), host, owner, "open", "0", "0"},
 	} {
 		if r := lsRow(out, want[:2]...); r == nil || !slicesEqual(r[:len(want)], want) {
 			t.Errorf("instance line %q, want it to start %q", r, want)
@@ -363,14 +364,14 @@ func TestPoolLsServices(t *testing.T) {
 	// -beat: live hearts move; a stopped process's does not.
 	out = until("the heartbeats move", func(out string) bool {
 		r := lsRow(out, "alpha", open.id)
-		return r != nil && strings.HasPrefix(r[9], "(+")
+		return r != nil && strings.HasPrefix(r[10], "(+")
 	}, "-beat")
 	if err := child.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	out = until("the stopped child stale", func(out string) bool {
 		r := lsRow(out, "beta", betaID)
-		return r != nil && r[4] == "stale" && strings.Contains(out, "no heartbeat")
+		return r != nil && r[5] == "stale" && strings.Contains(out, "no heartbeat")
 	}, "-beat")
 	t.Logf("pool ls -beat, beta's process stopped:\n%s", out)
 	if r := lsRow(out, "beta", "1"); r == nil || r[4] != "1" {

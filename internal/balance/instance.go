@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+	"time"
 
 	"github.com/notnets/notnets/internal/pool"
 )
@@ -21,8 +22,11 @@ type Instance struct {
 	Base  string         // the instance's base name, <service>+<id>
 	Owner pool.FileOwner // the listener file's owner, uid and gid
 	PID   int            // the instance's pid, from its header
-	lay   *pool.ListenerLayout
-	seg   *pool.Segment
+	// Host is the instance's host identity, from its header: whether PID
+	// names a process of this host and pid namespace (Host.Local, F14).
+	Host pool.Host
+	lay  *pool.ListenerLayout
+	seg  *pool.Segment
 	// cleanup unmaps seg once the Instance is unreachable; Close does it
 	// sooner.
 	cleanup runtime.Cleanup
@@ -43,7 +47,7 @@ func OpenInstance(dir, base string, a pool.Access) (*Instance, error) {
 		seg.Close()
 		return nil, fmt.Errorf("notnets: instance %s: %w", base, err)
 	}
-	in := &Instance{Base: base, Owner: seg.Owner, PID: lay.PID, lay: lay, seg: seg}
+	in := &Instance{Base: base, Owner: seg.Owner, PID: lay.PID, Host: lay.Host, lay: lay, seg: seg}
 	in.cleanup = runtime.AddCleanup(in, func(s *pool.Segment) { s.Close() }, seg)
 	return in, nil
 }
@@ -86,6 +90,19 @@ func (in *Instance) Heartbeat() (b uint64) {
 	}()
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	return in.lay.Server.Heartbeat.Load()
+}
+
+// Beating reports whether the instance's heartbeat may still be moving:
+// false once this process has read the same heartbeat in its listener
+// for timeout or more (pool.ObserveBeat: readings of any of this
+// process's views of the listener count). A timeout of 0 never says no.
+// For instances whose pid cannot be looked up here (another host or pid
+// namespace, a cross-host pool): a client calls it whenever it looks at
+// the instance, and so knows, after two looks far enough apart, whether
+// it died.
+func (in *Instance) Beating(timeout time.Duration) bool {
+	stood := pool.ObserveBeat(in.Owner, in.PID, in.Host, in.Heartbeat())
+	return timeout <= 0 || stood < timeout
 }
 
 // maxLoad bounds a published load, so that load times workers cannot

@@ -15,15 +15,20 @@ import (
 // sleeps on the registry's generation word (a futex, as a listener sleeps
 // on its knock word) and signals every subscriber when it changes: a
 // ClientConn learns of a new or departed instance within a wake-up,
-// without reading the directory per call or on a timer. Poll-only
-// subscribers (pools shared across hosts, where no futex reaches) make
-// it poll every pollInterval instead. While the registry cannot be
+// without reading the directory per call or on a timer. In a cross-host
+// pool (its marker, PROTOCOL.md 3.7: a server on another host cannot wake
+// a futex here), and for poll-only subscribers (WithPollOnly), it reads
+// the word every pollInterval instead. While the registry cannot be
 // mapped (no pool yet, or a file it refuses), subscribers are signalled
 // every pollInterval and read the directory themselves.
 
 // pollInterval is how often the generation is read when it cannot be
 // waited on, well within the 100 ms in which a client must see a change.
 const pollInterval = 20 * time.Millisecond
+
+// modeEvery is how often a watcher that waits on a futex reads the pool's
+// marker again.
+const modeEvery = time.Second
 
 // watchers holds the process's watchers by pool directory.
 // Locks: watchers.mu guards the map and every watcher's subs; nothing
@@ -121,7 +126,9 @@ func (w *watcher) run() {
 
 // follow waits on the registry's generation and signals subscribers on
 // each change, until no subscriber is left (false) or the registry page
-// faults (true: map it again).
+// faults (true: map it again). It polls in a cross-host pool, whose
+// marker it reads now and again: an unused pool may be marked after a
+// client made its registry (pool.MarkCrossHost).
 func (w *watcher) follow(reg *pool.Registry) (alive bool) {
 	defer func() {
 		if recover() != nil { // the file was truncated under us
@@ -135,12 +142,18 @@ func (w *watcher) follow(reg *pool.Registry) (alive bool) {
 	if alive, _ := w.notify(); !alive {
 		return false
 	}
+	var cross bool
+	var modeRead time.Time
 	for {
 		alive, poll := w.subscribed()
 		if !alive {
 			return false
 		}
-		if poll {
+		if !cross && time.Since(modeRead) >= modeEvery {
+			mode, _ := pool.ReadMode(w.dir, w.access)
+			cross, modeRead = mode.CrossHost, time.Now()
+		}
+		if poll || cross {
 			time.Sleep(pollInterval)
 		} else {
 			doorbell.WaitKnock(reg.Generation, seen, false)

@@ -69,7 +69,8 @@ func (a Access) fileMode() uint32 {
 }
 
 // ErrAccess wraps every refusal of a pool directory or file on the grounds
-// of its owner, group, mode or type.
+// of its owner, group, mode or type, and of a pool whose marker fails
+// rule F13 (ReadMode).
 var ErrAccess = errors.New("notnets: pool refused")
 
 // checkDir checks the result of lstat on a pool directory.
@@ -219,26 +220,33 @@ func OpenDir(dir string, a Access) (int, error) { return openDir(dir, a) }
 // opened and created relative to the descriptor, in the very directory
 // that was checked, whatever happens to the path meanwhile.
 func openDir(dir string, a Access) (int, error) {
+	fd, _, err := openDirStat(dir, a)
+	return fd, err
+}
+
+// openDirStat is openDir, and also returns what fstat said of the
+// directory (its owner: the marker's, F13).
+func openDirStat(dir string, a Access) (int, unix.Stat_t, error) {
+	var st unix.Stat_t
 	dir = filepath.Clean(dir) // "link/" would follow the link
 	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 			if cerr := CheckDir(dir, a); cerr != nil {
-				return -1, cerr // says which: a link, or not a directory
+				return -1, st, cerr // says which: a link, or not a directory
 			}
 		}
-		return -1, fmt.Errorf("notnets: pool directory %s: %w", dir, err)
+		return -1, st, fmt.Errorf("notnets: pool directory %s: %w", dir, err)
 	}
-	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("notnets: pool directory %s: %w", dir, err)
+		return -1, st, fmt.Errorf("notnets: pool directory %s: %w", dir, err)
 	}
 	if err := a.checkDir(dir, &st); err != nil {
 		unix.Close(fd)
-		return -1, err
+		return -1, st, err
 	}
-	return fd, nil
+	return fd, st, nil
 }
 
 // CheckDir checks that dir can be trusted as a pool: a real directory (not

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,12 +19,16 @@ import (
 // Entry describes one file of a pool.
 type Entry struct {
 	Name     string
-	Kind     string // "listener", "connection", "socket", "registry" or "other"
+	Kind     string // "listener", "connection", "socket", "registry", "hosts" (the marker) or "other"
 	Size     int64
 	Modified time.Time
-	PID      int    // the creator's pid from the segment header (a socket: its listener's), 0 if unknown
-	Stale    bool   // left by a process that is gone, or unreadable and old
-	Why      string // why Stale, or the state of a live file
+	PID      int // the creator's pid from the segment header (a socket: its listener's), 0 if unknown
+	// Host is the creator's host identity from the segment header (a
+	// socket: its listener's), zero if unknown: whether PID names a
+	// process of this host (Host.Local).
+	Host  Host
+	Stale bool   // left by a process that is gone, or unreadable and old
+	Why   string // why Stale, or the state of a live file
 
 	// What was judged: Clean removes the name only if it still names
 	// this file.
@@ -47,6 +52,19 @@ const staleUnreadable = time.Minute
 // only while the client announces it, which Dial bounds by its timeout.
 const staleConnection = 10 * time.Minute
 
+// RemoteStaleAfter is how long a listener that a process cannot judge by
+// its pid (one of another host or pid namespace, or any listener of a
+// cross-host pool) must have kept the same heartbeat, seen in two
+// readings of that process at least this far apart, before it is stale
+// (PROTOCOL.md 3.6, rule F15): ten times the default liveness timeout.
+// A live listener beats every 100 ms; this leaves room for a host that
+// stalls for seconds.
+const RemoteStaleAfter = 20 * time.Second
+
+// MinRemoteStaleAfter is the least bound PROTOCOL.md 3.6 allows in place
+// of RemoteStaleAfter (20 heartbeats).
+const MinRemoteStaleAfter = 2 * time.Second
+
 // Scan lists the files of the pool dir of one user; see ScanIn.
 func Scan(dir string) ([]Entry, error) { return ScanIn(dir, OwnerOnly) }
 
@@ -69,13 +87,33 @@ func Scan(dir string) ([]Entry, error) { return ScanIn(dir, OwnerOnly) }
 // of this network namespace; a refused connect is the kernel's own answer
 // for the very file, wherever its listener runs. A socket whose listener
 // is live is not probed.
-func ScanIn(dir string, a Access) ([]Entry, error) {
+//
+// A listener whose pid this process cannot look up (it was made on
+// another host or in another pid namespace, Host.Local, or the pool is
+// cross-host: every listener then) is judged by its heartbeat alone: it
+// is stale once this process has read the same heartbeat in it at least
+// RemoteStaleAfter apart (a process remembers the heartbeats it read).
+// A single scan therefore never finds it stale; a process that scans
+// again later may. Connection segments of other hosts are stale by age
+// alone. The pool's marker (hosts) is never stale; a pool whose marker
+// fails rule F13 is still listed, its listeners judged as remote, its
+// marker's entry saying why (CleanIn refuses such a pool).
+func ScanIn(dir string, a Access) ([]Entry, error) { return ScanAfter(dir, a, RemoteStaleAfter) }
+
+// ScanAfter is ScanIn with another bound than RemoteStaleAfter for
+// listeners judged by their heartbeat; a bound below MinRemoteStaleAfter
+// is taken as MinRemoteStaleAfter.
+func ScanAfter(dir string, a Access, after time.Duration) ([]Entry, error) {
 	f, err := openDirList(dir, a)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return scanAt(f, dir)
+	j, err := newJudging(f, dir, after)
+	if err != nil {
+		return nil, err
+	}
+	return scanAt(f, dir, j)
 }
 
 // Clean removes the stale files of the pool dir of one user; see CleanIn.
@@ -90,24 +128,63 @@ func Clean(dir string) ([]Entry, error) { return CleanIn(dir, OwnerOnly) }
 // type, pid): a listener that took a stale listener's name meanwhile
 // keeps its file. (Between that last check and unlinkat there is no
 // atomic way to make sure; the window is a few system calls.)
-func CleanIn(dir string, a Access) ([]Entry, error) {
+//
+// A pool whose marker fails rule F13 is refused (the error wraps
+// ErrAccess): what is stale there depends on a mode nobody can read.
+func CleanIn(dir string, a Access) ([]Entry, error) { return CleanAfter(dir, a, RemoteStaleAfter) }
+
+// CleanAfter is CleanIn with another bound than RemoteStaleAfter for
+// listeners judged by their heartbeat (see ScanAfter).
+func CleanAfter(dir string, a Access, after time.Duration) ([]Entry, error) {
 	f, err := openDirList(dir, a)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	entries, err := scanAt(f, dir)
+	j, err := newJudging(f, dir, after)
+	if err != nil {
+		return nil, err
+	}
+	if j.modeErr != nil {
+		return nil, j.modeErr
+	}
+	entries, err := scanAt(f, dir, j)
 	if err != nil {
 		return nil, err
 	}
 	dfd := int(f.Fd())
 	var removed []Entry
 	for _, e := range entries {
-		if e.Stale && removeAt(dfd, dir, &e) == nil {
+		if e.Stale && removeAt(dfd, dir, &e, j) == nil {
 			removed = append(removed, e)
 		}
 	}
 	return removed, nil
+}
+
+// judging is what a scan judges the files of a pool by.
+type judging struct {
+	mode    Mode
+	modeErr error // the marker fails F13: listeners are judged as remote
+	after   time.Duration
+}
+
+// newJudging reads the mode of the pool directory f for a scan.
+func newJudging(f *os.File, dir string, after time.Duration) (*judging, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("notnets: scan pool %s: %w", dir, err)
+	}
+	j := &judging{after: max(after, MinRemoteStaleAfter)}
+	j.mode, j.modeErr = readModeAt(int(f.Fd()), dir, st.Uid)
+	return j, nil
+}
+
+// remote reports whether the pid written by a process of host h must not
+// be looked up here: the pool is cross-host (or its marker unreadable),
+// or h is another host or pid namespace (PROTOCOL.md F14).
+func (j *judging) remote(h Host) bool {
+	return j.mode.CrossHost || j.modeErr != nil || !h.Local()
 }
 
 // openDirList opens the pool directory dir for listing, without following
@@ -136,7 +213,7 @@ func openDirList(dir string, a Access) (*os.File, error) {
 }
 
 // scanAt lists and judges the files of the directory f.
-func scanAt(f *os.File, dir string) ([]Entry, error) {
+func scanAt(f *os.File, dir string, j *judging) ([]Entry, error) {
 	names, err := f.Readdirnames(-1)
 	if err != nil {
 		return nil, fmt.Errorf("notnets: scan pool %s: %w", dir, err)
@@ -144,7 +221,7 @@ func scanAt(f *os.File, dir string) ([]Entry, error) {
 	dfd := int(f.Fd())
 	var out []Entry
 	for _, name := range names {
-		if e, err := judgeAt(dfd, dir, name); err == nil {
+		if e, err := judgeAt(dfd, dir, name, j); err == nil {
 			out = append(out, e)
 		} // else removed meanwhile
 	}
@@ -153,7 +230,7 @@ func scanAt(f *os.File, dir string) ([]Entry, error) {
 }
 
 // judgeAt describes and judges the file name of the directory dfd.
-func judgeAt(dfd int, dir, name string) (Entry, error) {
+func judgeAt(dfd int, dir, name string, j *judging) (Entry, error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return Entry{}, err
@@ -170,43 +247,150 @@ func judgeAt(dfd int, dir, name string) (Entry, error) {
 		e.Kind = "socket" // <service>+<id>.sock, or a <name>.sock of old
 	case name == RegistryFile:
 		e.Kind = "registry"
+	case name == HostsFile:
+		e.Kind = "hosts"
 	}
 	switch {
 	case (e.Kind == "listener" || e.Kind == "connection") && e.typ == unix.S_IFREG:
-		judge(dfd, &e)
+		judge(dfd, &e, j)
 	case e.Kind == "socket" && e.typ == unix.S_IFSOCK:
 		var lis *Entry
-		if l, err := judgeAt(dfd, dir, ListenerFile(base)); err == nil {
+		if l, err := judgeAt(dfd, dir, ListenerFile(base), j); err == nil {
 			lis = &l
 		}
 		judgeSocket(dfd, dir, &e, lis)
 	case e.Kind == "registry" && e.typ == unix.S_IFREG:
 		judgeRegistry(dfd, &e)
+	case e.Kind == "hosts":
+		judgeHosts(&e, j)
 	default:
 		e.Kind, e.Why = "other", "not a notnets file; left alone"
 	}
 	return e, nil
 }
 
-func judge(dfd int, e *Entry) {
+func judge(dfd int, e *Entry, j *judging) {
 	age := time.Since(e.Modified)
 	kind := uint16(KindListener)
 	if e.Kind == "connection" {
 		kind = KindConn
 	}
-	pid, err := headerPID(dfd, e.Name, kind)
+	h, err := readHeaderAt(dfd, e.Name, kind)
+	remote := j.remote(h.host)
 	switch {
 	case err != nil && age > staleUnreadable:
 		e.Stale, e.Why = true, fmt.Sprintf("unreadable header (%v), %v old", err, age.Round(time.Second))
 	case err != nil:
 		e.Why = fmt.Sprintf("unreadable header (%v), being created?", err)
-	case !ProcessAlive(pid):
-		e.PID, e.Stale, e.Why = pid, true, fmt.Sprintf("process %d is gone", pid)
 	case e.Kind == "connection" && age > staleConnection:
-		e.PID, e.Stale, e.Why = pid, true, fmt.Sprintf("announced %v ago and never taken", age.Round(time.Second))
+		e.PID, e.Host, e.Stale, e.Why = h.pid, h.host, true, fmt.Sprintf("announced %v ago and never taken", age.Round(time.Second))
+	case remote && e.Kind == "connection":
+		// Its pid means nothing here (F14): judged by age alone.
+		e.PID, e.Host, e.Why = h.pid, h.host, fmt.Sprintf("made by pid %d of %s, %s: judged by its age", h.pid, h.host, j.whyRemote(h.host))
+	case remote:
+		e.PID, e.Host = h.pid, h.host
+		judgeBeat(e, h, j)
+	case !ProcessAlive(h.pid):
+		e.PID, e.Host, e.Stale, e.Why = h.pid, h.host, true, fmt.Sprintf("process %d is gone", h.pid)
 	default:
-		e.PID, e.Why = pid, fmt.Sprintf("process %d is alive", pid)
+		e.PID, e.Host, e.Why = h.pid, h.host, fmt.Sprintf("process %d is alive", h.pid)
 	}
+}
+
+// whyRemote says why a process of host h is judged without its pid.
+func (j *judging) whyRemote(h Host) string {
+	switch {
+	case j.modeErr != nil:
+		return "a pool whose marker is unreadable"
+	case j.mode.CrossHost:
+		return "a cross-host pool"
+	case !h.IsZero() && h.ID == LocalHost().ID:
+		return "another pid namespace of this host"
+	}
+	return "another host"
+}
+
+// judgeBeat judges the listener e, whose pid cannot be looked up here, by
+// its heartbeat (PROTOCOL.md 3.6, F15): stale once this process has read
+// the same value in it at least j.after apart.
+func judgeBeat(e *Entry, h header, j *judging) {
+	stood := observeBeat(beatKey{e.dev, e.ino, h.pid, h.host.ID}, h.beat)
+	if stood >= j.after {
+		e.Stale, e.Why = true, fmt.Sprintf("heartbeat %d has not moved for %v (pid %d of %s, %s: judged by its heartbeat alone)", h.beat, stood.Round(time.Second), h.pid, h.host, j.whyRemote(h.host))
+		return
+	}
+	e.Why = fmt.Sprintf("heartbeat %d (pid %d of %s, %s: stale once its heartbeat stands still for %v)", h.beat, h.pid, h.host, j.whyRemote(h.host), j.after)
+}
+
+// judgeHosts describes the pool's marker, which is never stale.
+func judgeHosts(e *Entry, j *judging) {
+	switch {
+	case j.modeErr != nil:
+		e.Why = "refused: " + j.modeErr.Error()
+	case j.mode.Ignored != "":
+		e.Why = "ignored: " + j.mode.Ignored
+	case j.mode.CrossHost:
+		e.Host = j.mode.Creator
+		e.Why = "the pool is shared across hosts (marked by " + j.mode.Creator.String() + ")"
+	}
+}
+
+// beatLog is what this process has read of the heartbeats of listeners
+// it judges by their heartbeat (ObserveBeat).
+var beatLog struct {
+	sync.Mutex
+	m     map[beatKey]*beatSeen
+	prune time.Time
+}
+
+// beatKey names one listener: its file (a new file may take the inode
+// of a removed one) and who wrote it.
+type beatKey struct {
+	dev, ino uint64
+	pid      int
+	host     [16]byte
+}
+
+type beatSeen struct {
+	beat        uint64
+	since, last time.Time
+}
+
+// ObserveBeat records that this process read the heartbeat beat in the
+// listener file owner (its device and inode) written by pid of host, and
+// returns how long it has read that same value: 0 at its first reading
+// and after every change. Heartbeats are counters, not times: only two
+// readings apart tell whether one moves.
+func ObserveBeat(owner FileOwner, pid int, host Host, beat uint64) time.Duration {
+	return observeBeat(beatKey{owner.Dev, owner.Ino, pid, host.ID}, beat)
+}
+
+// clock is time.Now; tests move it.
+var clock = time.Now
+
+func observeBeat(k beatKey, beat uint64) time.Duration {
+	now := clock()
+	beatLog.Lock()
+	defer beatLog.Unlock()
+	if beatLog.m == nil {
+		beatLog.m = make(map[beatKey]*beatSeen)
+	}
+	if now.Sub(beatLog.prune) > time.Minute {
+		// Listeners not read for ten minutes are gone or forgotten.
+		for k, s := range beatLog.m {
+			if now.Sub(s.last) > 10*time.Minute {
+				delete(beatLog.m, k)
+			}
+		}
+		beatLog.prune = now
+	}
+	s := beatLog.m[k]
+	if s == nil || s.beat != beat {
+		beatLog.m[k] = &beatSeen{beat: beat, since: now, last: now}
+		return 0
+	}
+	s.last = now
+	return now.Sub(s.since)
 }
 
 // judgeRegistry judges the registry file e. A registry that clients can
@@ -281,8 +465,8 @@ func probeSocket(dfd int, dir, name string) error {
 // and its name still names the file that was judged: it judges it again
 // right before unlinking it, since a new file may have taken the name
 // (and, on most file systems, the inode number of the removed one).
-func removeAt(dfd int, dir string, e *Entry) error {
-	now, err := judgeAt(dfd, dir, e.Name)
+func removeAt(dfd int, dir string, e *Entry, j *judging) error {
+	now, err := judgeAt(dfd, dir, e.Name, j)
 	if err != nil {
 		return err
 	}
@@ -293,31 +477,86 @@ func removeAt(dfd int, dir string, e *Entry) error {
 	return unix.Unlinkat(dfd, e.Name, 0)
 }
 
+// header is what a scan reads of a segment's header page: the creator's
+// pid and host identity and, for a listener, its heartbeat.
+type header struct {
+	pid  int
+	host Host
+	beat uint64
+}
+
+// readHeaderAt reads the header of the listener or connection segment
+// name of the directory dfd, and a listener's heartbeat.
+func readHeaderAt(dfd int, name string, kind uint16) (header, error) {
+	var h header
+	fd, err := openRegular(dfd, name)
+	if err != nil {
+		return h, err
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, hostEnd)
+	if n, err := unix.Pread(fd, buf, 0); err != nil || n < len(buf) {
+		return h, errors.New("shorter than a header")
+	}
+	if err := checkMagicKind(buf, kind); err != nil {
+		return h, err
+	}
+	h.pid, h.host = int(binary.LittleEndian.Uint32(buf[offPID:])), readHost(buf)
+	if kind == KindListener {
+		var b [8]byte
+		if n, err := unix.Pread(fd, b[:], PageSize+ctlHeartbeat); err != nil || n < len(b) {
+			return h, errors.New("shorter than a listener")
+		}
+		h.beat = binary.LittleEndian.Uint64(b[:])
+	}
+	return h, nil
+}
+
 // headerPID reads the creator's pid from the header of the segment name of
 // the directory dfd.
 func headerPID(dfd int, name string, kind uint16) (int, error) {
-	// O_NONBLOCK: a FIFO put in its place since must not block the scan.
-	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	fd, err := openRegular(dfd, name)
 	if err != nil {
 		return 0, err
 	}
 	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return 0, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return 0, errors.New("not a regular file")
-	}
 	var h [24]byte
 	if n, err := unix.Pread(fd, h[:], 0); err != nil || n < len(h) {
 		return 0, errors.New("shorter than a header")
 	}
-	if binary.LittleEndian.Uint32(h[offMagic:]) != Magic {
-		return 0, errors.New("bad magic")
-	}
-	if binary.LittleEndian.Uint16(h[offKind:]) != kind {
-		return 0, errors.New("wrong kind")
+	if err := checkMagicKind(h[:], kind); err != nil {
+		return 0, err
 	}
 	return int(binary.LittleEndian.Uint32(h[offPID:])), nil
+}
+
+// openRegular opens the file name of the directory dfd for reading, and
+// checks that it is a regular file.
+func openRegular(dfd int, name string) (int, error) {
+	// O_NONBLOCK: a FIFO put in its place since must not block the scan.
+	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return -1, errors.New("not a regular file")
+	}
+	return fd, nil
+}
+
+// checkMagicKind checks the magic and kind at the start of a header.
+func checkMagicKind(h []byte, kind uint16) error {
+	if binary.LittleEndian.Uint32(h[offMagic:]) != Magic {
+		return errors.New("bad magic")
+	}
+	if binary.LittleEndian.Uint16(h[offKind:]) != kind {
+		return errors.New("wrong kind")
+	}
+	return nil
 }

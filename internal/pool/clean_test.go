@@ -329,6 +329,9 @@ func TestScanRegistry(t *testing.T) {
 
 // TestCleanLeavesReplacedFiles: a stale file replaced after Scan judged
 // it, by a live one of the same name, is not removed.
+// testJudging judges a pool of one host with the default bounds.
+var testJudging = &judging{after: RemoteStaleAfter}
+
 func TestCleanLeavesReplacedFiles(t *testing.T) {
 	dir := t.TempDir()
 	seg, err := Create(dir, "svc.listener", 3*PageSize)
@@ -342,7 +345,7 @@ func TestCleanLeavesReplacedFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	entries, err := scanAt(f, dir)
+	entries, err := scanAt(f, dir, testJudging)
 	if err != nil || len(entries) != 1 || !entries[0].Stale {
 		t.Fatalf("scan: %+v, %v", entries, err)
 	}
@@ -354,7 +357,7 @@ func TestCleanLeavesReplacedFiles(t *testing.T) {
 	}
 	writeHeader(seg.Mem, KindListener, 0, 0, os.Getpid())
 	seg.Close()
-	if err := removeAt(int(f.Fd()), dir, &entries[0]); err == nil {
+	if err := removeAt(int(f.Fd()), dir, &entries[0], testJudging); err == nil {
 		t.Error("removeAt removed a file that replaced the one judged")
 	}
 	if _, err := os.Lstat(filepath.Join(dir, "svc.listener")); err != nil {

@@ -122,6 +122,7 @@ func loadAt(mem []byte, off int) Load {
 type ListenerInfo struct {
 	Owner     FileOwner // the file's owner and identity, as fstat says
 	PID       int       // the creator's pid, from the header
+	Host      Host      // the creator's host identity, from the header (F14)
 	State     uint32    // the server control block's state word: StateNew, StateOpen, StateClosed, or anything
 	Heartbeat uint64    // the server control block's heartbeat
 	// The load words (Load) as read.
@@ -150,7 +151,7 @@ func ReadListener(dir, base string, a Access) (ListenerInfo, error) {
 	if err != nil {
 		return info, fmt.Errorf("notnets: listener %s: %w", base, err)
 	}
-	info.PID = lay.PID
+	info.PID, info.Host = lay.PID, lay.Host
 	info.State, info.Heartbeat = lay.Server.State.Load(), lay.Server.Heartbeat.Load()
 	info.InFlight, info.Queued = lay.Load.InFlight.Load(), lay.Load.Queued.Load()
 	info.Workers, info.Draining = lay.Load.Workers.Load(), lay.Load.Draining.Load()

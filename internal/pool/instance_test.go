@@ -39,7 +39,7 @@ func TestReadListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := ListenerInfo{Owner: info.Owner, PID: 4242, State: StateOpen, Heartbeat: 77, InFlight: 3, Queued: 1, Workers: 2, Draining: 1}
+	want := ListenerInfo{Owner: info.Owner, PID: 4242, Host: LocalHost(), State: StateOpen, Heartbeat: 77, InFlight: 3, Queued: 1, Workers: 2, Draining: 1}
 	if info != want || info.Owner.UID != uint32(os.Geteuid()) {
 		t.Errorf("ReadListener = %+v, want %+v owned by uid %d", info, want, os.Geteuid())
 	}

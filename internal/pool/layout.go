@@ -19,7 +19,7 @@ import (
 //	offset size field
 //	0      4    magic "NNTS" (0x53544e4e little-endian)
 //	4      2    protocol version (Version)
-//	6      2    kind: 1 connection, 2 listener
+//	6      2    kind: 1 connection, 2 listener, 3 registry, 4 hosts marker
 //	8      8    segment size in bytes
 //	16     4    creator's process id
 //	20     4    connection: client-to-server ring capacity; listener: slot count
@@ -33,6 +33,11 @@ import (
 //	44     2    connection: length of the client's user agent, at most
 //	            MaxUserAgent
 //	46     ...  connection: the client's user agent
+//	1088   16   listener, connection, hosts marker: the creator's host id
+//	            (host.go: its boot id)
+//	1104   8    its pid namespace (inode)
+//	1112   2    its host name's length, at most MaxHostName
+//	1114   ...  its host name
 //
 // A connection segment then has one control page per side, client first,
 // then the client-to-server ring data, then the server-to-client ring data:
@@ -152,6 +157,7 @@ func controlAt(mem []byte, off int) Control {
 
 // writeHeader writes the header page of mem, whose blocks the caller has
 // allocated (see reserve.go): a store into a hole of a full pool faults.
+// Every segment but the registry gets this process's host identity.
 func writeHeader(mem []byte, kind uint16, a, b uint32, pid int, extra ...uint32) {
 	binary.LittleEndian.PutUint32(mem[offMagic:], Magic)
 	binary.LittleEndian.PutUint16(mem[offVersion:], Version)
@@ -162,6 +168,10 @@ func writeHeader(mem []byte, kind uint16, a, b uint32, pid int, extra ...uint32)
 	binary.LittleEndian.PutUint32(mem[offParamB:], b)
 	for i, v := range extra {
 		binary.LittleEndian.PutUint32(mem[offParamC+4*i:], v)
+	}
+	if kind != KindRegistry {
+		// Who wrote the pid (F14); the registry has no creator process.
+		writeHost(mem, LocalHost())
 	}
 }
 
@@ -209,6 +219,9 @@ type ConnLayout struct {
 	C2SHeap, S2CHeap       []byte
 	C2SReturns, S2CReturns []byte
 	PeerPID                int // the client's pid, from the header
+	// Host is the client's host identity, from the header: whether
+	// PeerPID names a process of this host (Host.Local, rule F14).
+	Host Host
 	// Info is what the client's header says of it (WriteConnInfo).
 	Info ConnInfo
 	// Spec gives the sizes of the regions, from the header.
@@ -284,9 +297,10 @@ func ConnSize(c2s, s2c int) int { return ConnSpec{C2S: c2s, S2C: s2c}.Size() }
 // InitConn writes the header of a new connection segment without heaps.
 func InitConn(mem []byte, c2s, s2c, pid int) { InitConnSpec(mem, ConnSpec{C2S: c2s, S2C: s2c}, pid) }
 
-// InitConnSpec writes the header of a new connection segment. It writes
-// only the header page, which must be allocated (CreateConn allocates it;
-// for a memfd, Allocate or Segment.Reserve of spec.Fixed()).
+// InitConnSpec writes the header of a new connection segment, with this
+// process's host identity. It writes only the header page, which must be
+// allocated (CreateConn allocates it; for a memfd, Allocate or
+// Segment.Reserve of spec.Fixed()).
 func InitConnSpec(mem []byte, s ConnSpec, pid int) {
 	writeHeader(mem, KindConn, uint32(s.C2S), uint32(s.S2C), pid, uint32(s.C2SHeap), uint32(s.S2CHeap), s.Flags)
 }
@@ -363,7 +377,7 @@ func MapConn(mem []byte, checkCap func(int) error) (*ConnLayout, error) {
 		off += n
 		return r
 	}
-	lay := &ConnLayout{Client: controlAt(mem, PageSize), Server: controlAt(mem, 2*PageSize), PeerPID: pid, Spec: spec, Info: connInfo(h)}
+	lay := &ConnLayout{Client: controlAt(mem, PageSize), Server: controlAt(mem, 2*PageSize), PeerPID: pid, Spec: spec, Info: connInfo(h), Host: readHost(h[:])}
 	lay.C2S, lay.S2C = next(spec.C2S), next(spec.S2C)
 	lay.C2SHeap, lay.S2CHeap = next(spec.C2SHeap), next(spec.S2CHeap)
 	lay.C2SReturns, lay.S2CReturns = next(ReturnsSize(spec.C2SHeap)), next(ReturnsSize(spec.S2CHeap))
@@ -448,7 +462,10 @@ type ListenerLayout struct {
 	Knock  *atomic.Uint32
 	Slots  []Slot
 	PID    int
-	Flags  uint32 // ListenerSocketOnly, ListenerByteStream
+	// Host is the server's host identity: whether PID names a process
+	// of this host (Host.Local, rule F14).
+	Host  Host
+	Flags uint32 // ListenerSocketOnly, ListenerByteStream
 	// Load is what the instance publishes for balancers (instance.go).
 	Load Load
 }
@@ -456,9 +473,10 @@ type ListenerLayout struct {
 // ListenerSize is the size of a listener segment.
 const ListenerSize = 3 * PageSize
 
-// InitListener writes the header of a new listener segment. mem must be
-// allocated (CreateIn allocates the whole file before mapping it), so
-// that these stores cannot fault on a full pool.
+// InitListener writes the header of a new listener segment, with this
+// process's host identity. mem must be allocated (CreateIn allocates the
+// whole file before mapping it), so that these stores cannot fault on a
+// full pool.
 func InitListener(mem []byte, pid int, flags uint32) {
 	writeHeader(mem, KindListener, Slots, flags, pid)
 }
@@ -484,7 +502,8 @@ func MapListener(mem []byte) (*ListenerLayout, error) {
 	if n != Slots || len(mem) != ListenerSize {
 		return nil, fmt.Errorf("listener with %d slots in %d bytes, want %d slots in %d", n, len(mem), Slots, ListenerSize)
 	}
-	l := &ListenerLayout{Server: controlAt(mem, PageSize), Knock: u32(mem, 2*PageSize), PID: pid, Flags: flags, Load: loadAt(mem, PageSize)}
+	h, _ := headerCopy(mem)
+	l := &ListenerLayout{Server: controlAt(mem, PageSize), Knock: u32(mem, 2*PageSize), PID: pid, Host: readHost(h[:]), Flags: flags, Load: loadAt(mem, PageSize)}
 	for i := 0; i < Slots; i++ {
 		off := 2*PageSize + 64 + i*SlotSize
 		sm := mem[off : off+SlotSize : off+SlotSize]

@@ -23,10 +23,11 @@ const handshakeTimeout = 2 * time.Second
 // they time out. A client beyond it is refused at once.
 const maxHandshakes = 128
 
-// listenCreds starts the listener's socket, unless the pool is shared
-// across hosts (clients then use the slots).
+// listenCreds starts the listener's socket, unless the pool is
+// cross-host (clients then use the slots: a socket connects only
+// processes of one kernel, PROTOCOL.md 3.7).
 func (l *Listener) listenCreds() error {
-	if l.wait.PollOnly {
+	if l.cross {
 		return nil
 	}
 	dfd, err := pool.OpenDir(l.dir, l.access)

@@ -81,6 +81,9 @@ type Client struct {
 	c      *conn
 	events ClientEvents
 	server Identity // the server's identity, from its listener or the kernel
+	// livePID is the server's pid where this process can look it up, else
+	// 0 (another host or pid namespace, a cross-host pool: F14).
+	livePID int
 
 	mu      sync.Mutex
 	streams map[uint32]*ClientStream
@@ -103,12 +106,13 @@ var _ ClientTransport = (*Client)(nil)
 // Dial makes a connection as cfg says, bounded by ctx, and starts its
 // reader and its liveness watch.
 func Dial(ctx context.Context, cfg *DialConfig, events ClientEvents) (*Client, error) {
-	seg, lay, server, err := connect(ctx, cfg)
+	d, err := connect(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	t := &Client{events: events, streams: make(map[uint32]*ClientStream), server: server, maxStreams: lay.Server.MaxStreams.Load(), goingAway: make(chan struct{})}
-	t.c = newConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, cfg.Wait)
+	lay := d.lay
+	t := &Client{events: events, streams: make(map[uint32]*ClientStream), server: d.server, livePID: d.livePID, maxStreams: lay.Server.MaxStreams.Load(), goingAway: make(chan struct{})}
+	t.c = newConn(d.seg, lay.Client, lay.Server, lay.C2S, lay.S2C, d.wait)
 	t.c.initHeaps(lay.C2SHeap, lay.C2SReturns, lay.S2CHeap, lay.S2CReturns, cfg.Wait.CheckViews)
 	t.c.onFrame = t.onFrame
 	t.c.onClose = t.onClose
@@ -117,7 +121,7 @@ func Dial(ctx context.Context, cfg *DialConfig, events ClientEvents) (*Client, e
 	t.c.headerLimit = headerLimit(cfg.Info.MaxHeader)
 	t.c.peerHeaderLimit = headerLimit(lay.Server.MaxHeader.Load())
 	go t.readLoop()
-	watch(t.c, cfg.Liveness, localPID(cfg.Wait, server.PID))
+	watch(t.c, cfg.Liveness, d.livePID)
 	return t, nil
 }
 
@@ -263,7 +267,8 @@ func (t *Client) onClose(err error) {
 
 // serverStopped reports whether the server consumes nothing more from
 // this connection: it stored its closed state (after which it reads no
-// frame, PROTOCOL.md 10.8), or, on one host, its process is gone. A
+// frame, PROTOCOL.md 10.8), or, where its pid is of this process's pid
+// domain, its process is gone. A
 // connection this side closed on its own (a liveness timeout) may still
 // be read by a server that is only slow.
 func (t *Client) serverStopped() bool {
@@ -273,7 +278,7 @@ func (t *Client) serverStopped() bool {
 	if closed {
 		return true
 	}
-	return !t.c.wait.PollOnly && t.server.PID != 0 && !pool.ProcessAlive(t.server.PID)
+	return t.livePID != 0 && !pool.ProcessAlive(t.livePID)
 }
 
 // peerHead returns how far the server has consumed the client-to-server

@@ -15,8 +15,10 @@ type Wait struct {
 	Spin time.Duration
 	// Idle chooses how a side waits (idle.go).
 	Idle IdleStrategy
-	// PollOnly: never block in a futex; sleep instead (pools shared across
-	// hosts, where a futex cannot reach the peer).
+	// PollOnly: never block in a futex; sleep instead. WithPollOnly sets
+	// it, and every connection and listener of a cross-host pool has it
+	// whatever the caller's Wait says (Listen, connect): a futex cannot
+	// reach a peer on another host.
 	PollOnly bool
 	// CheckViews protects each received heap block while nobody holds it
 	// (WithViewChecks).
@@ -40,6 +42,11 @@ type DialConfig struct {
 	// instead of a frame connection: to instances that serve byte
 	// streams only, without heaps.
 	Stream bool
+	// CrossHost says the caller expects a cross-host pool
+	// (WithCrossHost): connecting in a pool without the marker fails
+	// with FailedPrecondition instead of treating peers as local. A
+	// cross-host pool is one whatever this says (pool.ReadMode).
+	CrossHost bool
 }
 
 // spec is the connection segment the client creates: byte-stream

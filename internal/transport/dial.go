@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -16,64 +17,104 @@ import (
 	"github.com/notnets/notnets/internal/ring"
 )
 
+// dialed is a connection segment that the server has opened, and what
+// the client knows of the server.
+type dialed struct {
+	seg    *pool.Segment
+	lay    *pool.ConnLayout
+	server Identity // from the kernel (socket), else from the listener
+	// livePID is the server's pid where this process can look it up
+	// (the kernel's pid, or the listener's of the same pid domain, F14),
+	// else 0: liveness by heartbeat alone.
+	livePID int
+	// wait is the caller's, poll-only in a cross-host pool.
+	wait Wait
+}
+
 // connect creates a connection segment, announces it through the listener
 // name, and waits until the server has mapped it. The segment's file is
 // removed from the pool as soon as both sides have it mapped.
 // It also returns what it knows of the server, from its listener.
-func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayout, Identity, error) {
+//
+// The pool's marker decides how (PROTOCOL.md 3.7, F13): in a cross-host
+// pool the client never uses the socket, never looks up the server's pid
+// and never waits on a futex, whatever o.Wait says; elsewhere it uses
+// the socket, and the server's pid where it is of its pid domain (F14).
+func connect(ctx context.Context, o *DialConfig) (*dialed, error) {
 	name := o.Name
+	mode, err := pool.ReadMode(o.Pool, o.Access)
+	if errors.Is(err, pool.ErrAccess) {
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "notnets: pool %s: %v", o.Pool, err)
+	}
+	if o.CrossHost && !mode.CrossHost {
+		return nil, NotCrossHost(o.Pool, mode)
+	}
+	d := &dialed{wait: o.Wait}
+	if mode.CrossHost {
+		d.wait.PollOnly = true // no futex reaches another host
+	}
 	// Read only: a listener taking connections through its socket is
 	// writable by its server alone (3.2); the slots' path opens it again
 	// for writing below.
 	lseg, err := pool.OpenReadOnlyIn(o.Pool, pool.ListenerFile(name), pool.ListenerSize, pool.ListenerSize, o.Access)
 	if errors.Is(err, pool.ErrAccess) {
-		return nil, nil, Identity{}, status.Error(codes.PermissionDenied, err.Error())
+		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
 	if err != nil {
-		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: no listener %q in pool %s: %v", name, o.Pool, err)
+		return nil, status.Errorf(codes.Unavailable, "notnets: no listener %q in pool %s: %v", name, o.Pool, err)
 	}
 	defer lseg.Close()
 	lis, err := mapListener(lseg, name)
 	if err != nil {
-		return nil, nil, Identity{}, err
+		return nil, err
 	}
-	server := identityOf(lseg, lis.PID) // while the server has its listener mapped
-	if server.Mismatch {
-		return nil, nil, Identity{}, status.Errorf(codes.PermissionDenied, "notnets: listener %q belongs to uid %d but process %d, which maps it, runs as another user", name, server.UID, server.PID)
+	// Whether the listener's pid is one of this process's pid domain.
+	remote := mode.CrossHost || !lis.Host.Local()
+	// While the server has its listener mapped.
+	d.server = peerIdentity(lseg, lis.PID, remote)
+	if d.server.Mismatch {
+		return nil, status.Errorf(codes.PermissionDenied, "notnets: listener %q belongs to uid %d but process %d, which maps it, runs as another user", name, d.server.UID, d.server.PID)
 	}
 	if err := checkKind(name, lis, o.Stream); err != nil {
-		return nil, nil, Identity{}, err
+		return nil, err
 	}
-	if seg, lay, cred, tried, err := dialCreds(ctx, o, name, lis, lseg.Owner.UID); tried {
-		return seg, lay, cred, err
+	if !mode.CrossHost {
+		if tried, err := dialCreds(ctx, o, d, name, lis, lseg.Owner.UID, remote); tried {
+			return d, err
+		}
 	}
 	if lis.Flags&pool.ListenerSocketOnly != 0 {
-		// Its slots are not read: someone removed the socket, or this
-		// client is poll-only and cannot use it.
-		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: listener %q takes connections only through its socket %s, which this client cannot use (removed, or WithPollOnly)", name, sockName(name))
+		// Its slots are not read: someone removed the socket, or the
+		// listener is on another host (a pool shared across hosts but
+		// not marked so), or the pool was marked cross-host after it
+		// listened.
+		return nil, status.Errorf(codes.Unavailable, "notnets: listener %q takes connections only through its socket %s, which this client cannot use (removed, or the listener is on another host: a pool shared by hosts must be made cross-host, with WithCrossHost on Listen or notnets pool init -cross-host)", name, sockName(name))
 	}
 	wseg, err := pool.OpenIn(o.Pool, pool.ListenerFile(name), pool.ListenerSize, pool.ListenerSize, o.Access)
 	if err != nil {
-		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: open the slots of listener %q: %v", name, err)
+		return nil, status.Errorf(codes.Unavailable, "notnets: open the slots of listener %q: %v", name, err)
 	}
 	defer wseg.Close()
 	if wseg.Owner.Dev != lseg.Owner.Dev || wseg.Owner.Ino != lseg.Owner.Ino {
-		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: listener %q was replaced while connecting", name)
+		return nil, status.Errorf(codes.Unavailable, "notnets: listener %q was replaced while connecting", name)
 	}
 	if lis, err = mapListener(wseg, name); err != nil {
-		return nil, nil, Identity{}, err
+		return nil, err
 	}
 	if lis.Server.State.Load() != pool.StateOpen {
-		return nil, nil, Identity{}, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
+		return nil, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
 	}
 	segName, err := pool.NewConnName()
 	if err != nil {
-		return nil, nil, Identity{}, err
+		return nil, err
 	}
 	spec := o.spec()
 	seg, err := pool.CreateConn(o.Pool, segName, spec, o.Access)
 	if err != nil {
-		return nil, nil, Identity{}, createError(err)
+		return nil, createError(err)
 	}
 	pool.InitConnSpec(seg.Mem, spec, os.Getpid())
 	err = pool.WriteConnInfo(seg.Mem, o.Info)
@@ -87,17 +128,33 @@ func connect(ctx context.Context, o *DialConfig) (*pool.Segment, *pool.ConnLayou
 	if err != nil {
 		seg.Unlink()
 		seg.Close()
-		return nil, nil, Identity{}, err
+		return nil, err
 	}
 	lay.Client.State.Store(pool.StateOpen)
-	if err := announce(ctx, o, lis, segName, lay); err != nil {
+	if err := announce(ctx, o, name, lis, segName, lay); err != nil {
 		lay.Client.State.Store(pool.StateClosed)
 		seg.Unlink()
 		seg.Close()
-		return nil, nil, Identity{}, err
+		return nil, err
 	}
 	seg.Unlink()
-	return seg, lay, server, nil
+	d.seg, d.lay = seg, lay
+	if !remote {
+		d.livePID = lis.PID
+	}
+	return d, nil
+}
+
+// NotCrossHost is the error (FailedPrecondition) of a client that asked
+// for a cross-host pool (WithCrossHost) in the pool dir, whose marker
+// says mode: going on would treat as local the peers the caller says are
+// remote, which is the mismatch the marker exists to prevent.
+func NotCrossHost(dir string, mode pool.Mode) error {
+	why := "it has no " + pool.HostsFile + " marker"
+	if mode.Ignored != "" {
+		why = "its " + pool.HostsFile + " file is ignored, " + mode.Ignored
+	}
+	return status.Errorf(codes.FailedPrecondition, "notnets: WithCrossHost was given, but pool %s is a pool of one host (%s); a pool becomes cross-host when it is made: WithCrossHost on the first Listen, or notnets pool init -cross-host", dir, why)
 }
 
 // mapListener validates the listener segment seg, whose file its owner
@@ -138,13 +195,25 @@ func createError(err error) error {
 }
 
 // announce puts segName in a free slot of the listener and waits for the
-// server to open the connection.
-func announce(ctx context.Context, o *DialConfig, lis *pool.ListenerLayout, segName string, lay *pool.ConnLayout) error {
+// server to open the connection. A listener whose heartbeat stands still
+// for the liveness timeout meanwhile has lost its process (or its host):
+// the client gives up then rather than at its deadline.
+func announce(ctx context.Context, o *DialConfig, name string, lis *pool.ListenerLayout, segName string, lay *pool.ConnLayout) error {
 	var slot pool.Slot
 	var word uint32
-	err := setupPoll(ctx, o.Wait.Spin, func() (bool, error) {
+	beat := newBeatWatch(lis.Server.Heartbeat, o.Liveness)
+	gone := func() error {
 		if lis.Server.State.Load() != pool.StateOpen {
-			return false, status.Error(codes.Unavailable, "notnets: listener closed")
+			return status.Error(codes.Unavailable, "notnets: listener closed")
+		}
+		if d := beat.stood(); d > 0 {
+			return status.Errorf(codes.Unavailable, "notnets: instance %q stopped beating (its listener's heartbeat has not moved for %v): its process or its host is gone", name, d.Round(time.Millisecond))
+		}
+		return nil
+	}
+	err := setupPoll(ctx, o.Wait.Spin, func() (bool, error) {
+		if err := gone(); err != nil {
+			return false, err
 		}
 		for _, s := range lis.Slots {
 			w, ok := s.Claim()
@@ -169,12 +238,38 @@ func announce(ctx context.Context, o *DialConfig, lis *pool.ListenerLayout, segN
 		if lis.Server.State.Load() != pool.StateOpen {
 			return status.Error(codes.Unavailable, "notnets: listener closed before accepting")
 		}
-		return nil
+		return gone()
 	})
 	if err != nil {
 		slot.Free(word) // withdraw, unless the server has taken it
 	}
 	return err
+}
+
+// beatWatch follows a heartbeat word while a client waits on its
+// listener.
+type beatWatch struct {
+	word    *atomic.Uint64
+	timeout time.Duration
+	last    uint64
+	since   time.Time
+}
+
+func newBeatWatch(word *atomic.Uint64, timeout time.Duration) *beatWatch {
+	return &beatWatch{word: word, timeout: timeout, last: word.Load(), since: time.Now()}
+}
+
+// stood returns how long the heartbeat has stood still, once that is
+// the timeout or more; else 0. A timeout of 0 never gives up.
+func (b *beatWatch) stood() time.Duration {
+	if v := b.word.Load(); v != b.last {
+		b.last, b.since = v, time.Now()
+		return 0
+	}
+	if d := time.Since(b.since); b.timeout > 0 && d >= b.timeout {
+		return d
+	}
+	return 0
 }
 
 // waitAccepted waits until the server opens the connection of lay, or

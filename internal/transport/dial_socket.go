@@ -2,8 +2,11 @@ package transport
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
@@ -12,52 +15,51 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// dialCreds connects through the listener's socket if there is one. It
-// reports tried false when there is none (or the pool is shared across
-// hosts, or this process cannot make a memfd), for the caller to use the
-// slots if the listener allows. The process holding the socket must be
-// the one that published the listener lis, whose file belongs to owner.
-func dialCreds(ctx context.Context, o *DialConfig, name string, lis *pool.ListenerLayout, owner uint32) (seg *pool.Segment, lay *pool.ConnLayout, server Identity, tried bool, err error) {
-	if o.Wait.PollOnly {
-		return nil, nil, Identity{}, false, nil
-	}
+// dialCreds connects through the listener's socket if there is one, and
+// fills d. It reports tried false when there is none (or this process
+// cannot make a memfd), for the caller to use the slots if the listener
+// allows; the caller does not call it in a cross-host pool. The process
+// holding the socket must be the one that published the listener lis,
+// whose file belongs to owner; remote says that the listener's pid is
+// not of this process's pid domain (F14).
+func dialCreds(ctx context.Context, o *DialConfig, d *dialed, name string, lis *pool.ListenerLayout, owner uint32, remote bool) (tried bool, err error) {
 	dfd, err := pool.OpenDir(o.Pool, o.Access)
 	if err != nil {
-		return nil, nil, Identity{}, false, nil // the slots' path says why
+		return false, nil // the slots' path says why
 	}
 	defer unix.Close(dfd)
 	path := sockPath(o.Pool, dfd, name)
 	if path == "" {
-		return nil, nil, Identity{}, false, nil
+		return false, nil
 	}
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "unix", path)
+	var dl net.Dialer
+	nc, err := dl.DialContext(ctx, "unix", path)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, nil, Identity{}, true, status.Errorf(status.FromContextError(ctx.Err()).Code(), "notnets: connect: %v", ctx.Err())
+			return true, status.Errorf(status.FromContextError(ctx.Err()).Code(), "notnets: connect: %v", ctx.Err())
 		}
-		return nil, nil, Identity{}, false, nil
+		return false, nil
 	}
 	conn := nc.(*net.UnixConn)
 	defer conn.Close()
 	cred, err := peerCred(conn)
 	if err != nil {
-		return nil, nil, Identity{}, true, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
+		return true, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
 	}
-	if int(cred.Pid) != lis.PID || cred.Uid != owner {
-		return nil, nil, Identity{}, true, status.Errorf(codes.PermissionDenied, "notnets: the socket of listener %q is held by pid %d (uid %d), not by the listener's pid %d (uid %d)", name, cred.Pid, cred.Uid, lis.PID, owner)
+	if err := socketHolder(cred, name, lis, owner, remote); err != nil {
+		return true, err
 	}
-	server = credIdentity(cred)
+	server := credIdentity(cred)
 	seg, lay, fd, err := newSealedSegment(o)
 	if err != nil {
 		// No memfd here (a sandbox, say): the slots, where the listener
 		// offers them.
-		return nil, nil, Identity{}, lis.Flags&pool.ListenerSocketOnly != 0, err
+		return lis.Flags&pool.ListenerSocketOnly != 0, err
 	}
-	fail := func(err error) (*pool.Segment, *pool.ConnLayout, Identity, bool, error) {
+	fail := func(err error) (bool, error) {
 		lay.Client.State.Store(pool.StateClosed)
 		seg.Close()
-		return nil, nil, Identity{}, true, err
+		return true, err
 	}
 	lay.Client.State.Store(pool.StateOpen)
 	if dl, ok := ctx.Deadline(); ok {
@@ -70,7 +72,9 @@ func dialCreds(ctx context.Context, o *DialConfig, name string, lis *pool.Listen
 	}
 	hung := hangUp(conn)
 	err = waitAccepted(ctx, o, lay, func() error {
-		if !pool.ProcessAlive(int(cred.Pid)) {
+		// The kernel's pid is of this pid namespace, or 0 for a server in
+		// one this process cannot see into.
+		if cred.Pid != 0 && !pool.ProcessAlive(int(cred.Pid)) {
 			return status.Errorf(codes.Unavailable, "notnets: server process %d exited before accepting", cred.Pid)
 		}
 		select {
@@ -88,7 +92,60 @@ func dialCreds(ctx context.Context, o *DialConfig, name string, lis *pool.Listen
 	if err != nil {
 		return fail(err)
 	}
-	return seg, lay, server, true, nil
+	d.seg, d.lay, d.server, d.livePID = seg, lay, server, int(cred.Pid)
+	return true, nil
+}
+
+// socketHolder checks that the process holding the socket of the
+// listener lis, as the kernel reports it (cred), is the listener's
+// (PROTOCOL.md 10.4 client step 1): the listener file's owner, and the
+// listener's pid. A listener of another pid namespace of this host
+// (remote, F14) wrote a pid of its namespace: the kernel's pid is then
+// this namespace's number for the same process, compared through
+// /proc/<pid>/status (NSpid) and /proc/<pid>/ns/pid where this process
+// can see into the server's namespace; where it cannot (the kernel
+// reports pid 0: the server's namespace is not below this one), the
+// owner alone is checked: only the owner can bind a socket of its
+// listener's name in the pool (3.6), and the pool's users are trusted
+// with their own files (docs/SECURITY.md).
+func socketHolder(cred *unix.Ucred, name string, lis *pool.ListenerLayout, owner uint32, remote bool) error {
+	switch {
+	case cred.Uid != owner:
+		return status.Errorf(codes.PermissionDenied, "notnets: the socket of listener %q is held by pid %d (uid %d), not by the listener's owner (uid %d)", name, cred.Pid, cred.Uid, owner)
+	case !remote && int(cred.Pid) != lis.PID:
+		return status.Errorf(codes.PermissionDenied, "notnets: the socket of listener %q is held by pid %d (uid %d), not by the listener's pid %d (uid %d)", name, cred.Pid, cred.Uid, lis.PID, owner)
+	case remote && cred.Pid != 0:
+		ns, inner, err := nsPID(int(cred.Pid))
+		if err != nil || ns != lis.Host.PIDNS || inner != lis.PID {
+			return status.Errorf(codes.PermissionDenied, "notnets: the socket of listener %q is held by pid %d (uid %d), which is not the listener's process (pid %d of pid namespace %d; the holder is pid %d of pid namespace %d, %v)", name, cred.Pid, cred.Uid, lis.PID, lis.Host.PIDNS, inner, ns, err)
+		}
+	}
+	return nil
+}
+
+// nsPID returns the pid namespace (its inode) of process pid of this
+// namespace, and its pid in that namespace (the last NSpid of its
+// status).
+func nsPID(pid int) (ns uint64, inner int, err error) {
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/pid", pid), &st); err != nil {
+		return 0, 0, err
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(v)
+			if len(f) == 0 {
+				break
+			}
+			inner, err = strconv.Atoi(f[len(f)-1])
+			return st.Ino, inner, err
+		}
+	}
+	return 0, 0, fmt.Errorf("no NSpid in /proc/%d/status", pid)
 }
 
 // hangUp returns a channel closed when the server closes the handshake

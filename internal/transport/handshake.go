@@ -19,7 +19,8 @@ import (
 // the kernel (SO_PEERCRED), so no member of a shared pool can pass as
 // another, and nobody but the two peers can ever open the segment. The
 // socket carries one byte and one descriptor per connection, never a call.
-// Pools shared across hosts (WithPollOnly) use the listener's slots.
+// Cross-host pools (their marker, PROTOCOL.md 3.7) use the listener's
+// slots.
 
 // requiredSeals are the seals a memfd segment must carry: its size can
 // then never change, so neither side can be made to fault (SIGBUS) by the

@@ -24,6 +24,18 @@ type Identity struct {
 	Groups      []uint32
 }
 
+// peerIdentity is the Identity of the peer that created seg and wrote
+// pid into its header: identityOf where that pid is of this process's pid
+// domain, else (remote: another host or pid namespace, or a cross-host
+// pool, F14) the file's owner and the pid as claimed, unverified: this
+// process's /proc knows nothing of it.
+func peerIdentity(seg *pool.Segment, pid int, remote bool) Identity {
+	if remote {
+		return Identity{UID: seg.Owner.UID, GID: seg.Owner.GID, PID: pid}
+	}
+	return identityOf(seg, pid)
+}
+
 // identityOf builds the Identity of the peer that created seg and claims
 // to be pid.
 func identityOf(seg *pool.Segment, pid int) Identity {

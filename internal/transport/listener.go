@@ -33,6 +33,10 @@ type Listener struct {
 	seg       *pool.Segment
 	lay       *pool.ListenerLayout
 	wait      Wait
+	// cross: the pool is cross-host (its marker, PROTOCOL.md 3.7): no
+	// socket, slots only, no pid looked up, and wait is poll-only, for
+	// the listener and every connection it accepts.
+	cross bool
 
 	// creds is the socket of the credentialed handshake (handshake.go), or
 	// nil; incoming carries what it receives to accept.
@@ -60,6 +64,11 @@ type ListenConfig struct {
 	// Stream publishes an instance that serves byte-stream connections
 	// (PROTOCOL.md 17; NewStreamServer serves them), not frames.
 	Stream bool
+	// CrossHost makes the pool cross-host if it does not exist yet, or
+	// marks it if nobody uses it (pool.PrepareCrossHost), and fails
+	// otherwise. Without it, Listen follows whatever the pool's marker
+	// says.
+	CrossHost bool
 }
 
 // ErrInstanceExists is wrapped by the error of an exclusive Listen of a
@@ -74,8 +83,21 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 	if err := pool.ValidName(service); err != nil {
 		return nil, err
 	}
-	if err := pool.Prepare(dir, access); err != nil {
+	prepare := pool.Prepare
+	if cfg.CrossHost {
+		prepare = pool.PrepareCrossHost
+	}
+	if err := prepare(dir, access); err != nil {
 		return nil, err
+	}
+	// The pool's marker decides, not this process's options (F13).
+	mode, err := pool.ReadMode(dir, access)
+	if err != nil {
+		return nil, err
+	}
+	wait := cfg.Wait
+	if mode.CrossHost {
+		wait.PollOnly = true // no futex reaches another host
 	}
 	pool.CleanIn(dir, access) // best effort: files of processes that died
 
@@ -88,7 +110,7 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{dir: dir, name: base, service: service, access: access, stream: cfg.Stream, seg: seg, wait: cfg.Wait, done: make(chan struct{})}
+	l := &Listener{dir: dir, name: base, service: service, access: access, stream: cfg.Stream, cross: mode.CrossHost, seg: seg, wait: wait, done: make(chan struct{})}
 	if err := l.listenCreds(); err != nil {
 		seg.Unlink()
 		seg.Close()
@@ -120,7 +142,7 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 	// refers to the listener.
 	runtime.AddCleanup(l, func(s *pool.Segment) { s.Close() }, seg)
 	if cfg.Exclusive {
-		if pid := liveInstance(dir, service, base, access, cfg.Stream, seg.Owner.UID); pid != 0 {
+		if pid := liveInstance(dir, service, base, access, cfg.Stream, seg.Owner.UID, mode.CrossHost); pid != 0 {
 			l.Close()
 			return nil, fmt.Errorf("%w: listen %s/%s: instance of process %d is live", ErrInstanceExists, dir, service, pid)
 		}
@@ -134,8 +156,11 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 // base, run by uid and serving the same kind of connection (byte streams
 // or not), or 0. Another user's instance in a group pool does not count:
 // it could otherwise keep every exclusive Listen out; nor does one of the
-// other kind, which has other clients (F11).
-func liveInstance(dir, service, base string, access pool.Access, stream bool, uid uint32) int {
+// other kind, which has other clients (F11). An instance whose pid
+// cannot be looked up here (cross: a cross-host pool; or another host or
+// pid namespace, F14) is live if its heartbeat moves within
+// remoteLiveWait.
+func liveInstance(dir, service, base string, access pool.Access, stream bool, uid uint32, cross bool) int {
 	bases, err := pool.ListInstances(dir, service, access)
 	if err != nil {
 		return 0
@@ -145,11 +170,36 @@ func liveInstance(dir, service, base string, access pool.Access, stream bool, ui
 			continue
 		}
 		in, err := balance.OpenInstance(dir, b, access)
-		if err == nil && in.Owner.UID == uid && in.ByteStream() == stream && in.Open() && pool.ProcessAlive(in.PID) {
+		if err != nil || in.Owner.UID != uid || in.ByteStream() != stream || !in.Open() {
+			continue
+		}
+		if cross || !in.Host.Local() {
+			if beating(in) {
+				return in.PID
+			}
+		} else if pool.ProcessAlive(in.PID) {
 			return in.PID
 		}
 	}
 	return 0
+}
+
+// remoteLiveWait is how long an exclusive Listen watches the heartbeat of
+// an instance it cannot judge by its pid: three beats, so that a tick a
+// little late does not read as a dead instance.
+const remoteLiveWait = 3 * beatInterval
+
+// beating reports whether in's heartbeat moves within remoteLiveWait.
+func beating(in *balance.Instance) bool {
+	first := in.Heartbeat()
+	deadline := time.Now().Add(remoteLiveWait)
+	for time.Now().Before(deadline) {
+		if in.Heartbeat() != first {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond) // heartbeats move every 100 ms: a sample, not a wait for an event
+	}
+	return false
 }
 
 // Dir returns the pool directory the listener is published in.
@@ -160,6 +210,11 @@ func (l *Listener) Name() string { return l.service }
 
 // Instance returns the listener's instance name, <service>+<id>.
 func (l *Listener) Instance() string { return l.name }
+
+// CrossHost reports whether the listener's pool is cross-host (its
+// marker): its connections then poll only and know their clients by
+// heartbeat alone.
+func (l *Listener) CrossHost() bool { return l.cross }
 
 // Load returns the load words the instance publishes; the server counts
 // its calls in them. They stay valid after Close.
@@ -268,23 +323,46 @@ func (a *Accepted) settled() {
 
 // Peer returns the client's identity: the kernel's, when the segment came
 // through the socket, else what the segment file and the client's header
-// say (identityOf).
+// say (peerIdentity: verified through /proc only for a client of this
+// process's pid domain in a pool of one host).
 func (a *Accepted) Peer() Identity {
 	if a.auth != nil {
 		return *a.auth
 	}
-	return identityOf(a.seg, a.lay.PeerPID)
+	return peerIdentity(a.seg, a.lay.PeerPID, a.remote())
+}
+
+// remote reports whether the client's header pid is not of this
+// process's pid domain: the pool is cross-host, or the client wrote
+// another host identity (F14).
+func (a *Accepted) remote() bool {
+	return (a.lis != nil && a.lis.cross) || !a.lay.Host.Local()
+}
+
+// wait returns w as the connection must wait: poll-only in a cross-host
+// pool, whatever the server's options say.
+func (a *Accepted) wait(w Wait) Wait {
+	if a.lis != nil && a.lis.cross {
+		w.PollOnly = true
+	}
+	return w
 }
 
 // UserAgent returns the user agent the client wrote in its connection
 // header, or "" (PROTOCOL.md 4, rule F11).
 func (a *Accepted) UserAgent() string { return a.lay.Info.UserAgent }
 
-// peerPID is the client's pid: the kernel's, when the segment came through
-// the socket, else the one the client wrote into its header.
-func (a *Accepted) peerPID() int {
-	if a.auth != nil {
+// livePID is the client's pid where this process can look it up: the
+// kernel's, when the segment came through the socket (0 for a client in
+// a pid namespace this process cannot see into), else the one the client
+// wrote into its header, if it is of this process's pid domain; else 0
+// (liveness by heartbeat alone).
+func (a *Accepted) livePID() int {
+	switch {
+	case a.auth != nil:
 		return a.auth.PID
+	case a.remote():
+		return 0
 	}
 	return a.lay.PeerPID
 }
@@ -358,8 +436,10 @@ func (l *Listener) reclaim(i int, s pool.Slot, w uint32) {
 	// The pid may still be the slot's previous user's for a moment after a
 	// claim, so a dead pid counts only once the claim is a second old.
 	age := time.Since(l.claimed[i].since)
+	// A slot's pid is a raw number of the claimer's pid namespace: in a
+	// cross-host pool it is never looked up, and the claim only times out.
 	pid := int(s.PID.Load())
-	if (age > time.Second && pid != 0 && !pool.ProcessAlive(pid)) || age > claimLimit {
+	if (age > time.Second && pid != 0 && !l.cross && !pool.ProcessAlive(pid)) || age > claimLimit {
 		s.Free(w)
 	}
 }

@@ -14,9 +14,10 @@ import (
 // Liveness without the kernel on the data path: every side increments the
 // heartbeat word of its control block every beatInterval, and watches its
 // peer's. A peer whose heartbeat has not moved for the liveness timeout is
-// dead or hung, and the connection fails with Unavailable. On one host the
-// peer's pid is also checked, which notices a killed process within one
-// beat. One goroutine per process does this for all its connections, so an
+// dead or hung, and the connection fails with Unavailable. Where the
+// peer's pid is of this process's pid domain (one host and pid namespace,
+// in a pool that is not cross-host: F14) it is also checked, which
+// notices a killed process within one beat. One goroutine per process does this for all its connections, so an
 // idle process wakes beatInterval times a second whatever its number of
 // connections.
 
@@ -89,16 +90,6 @@ func (w *watched) peerAlive() bool {
 	}
 	start, ok := pool.ProcessStart(w.pid)
 	return ok && start == w.start
-}
-
-// localPID returns pid if peers share this host (they do unless the side
-// polls only, as for a pool shared across hosts), else 0: a pid from
-// another host names nothing here.
-func localPID(w Wait, pid int) int {
-	if w.PollOnly {
-		return 0
-	}
-	return pid
 }
 
 // watch puts c under the liveness watch until it closes: its heartbeat is

@@ -66,7 +66,9 @@ type Server struct {
 	// streams to end: open registers none after that.
 	closedStreams bool
 	peer          Identity
-	peerPID       int
+	// livePID is the client's pid where this process can look it up,
+	// else 0 (Accepted.livePID).
+	livePID int
 
 	mu      sync.Mutex
 	streams map[uint32]*ServerStream
@@ -90,14 +92,16 @@ type Server struct {
 }
 
 // NewServer makes the server's side of the accepted connection a. Serve
-// starts it.
+// starts it. In a cross-host pool the connection polls only, whatever
+// cfg.Wait says: the listener, which read the pool's marker, decides.
 func NewServer(a *Accepted, cfg ServerConfig, workers *Workers, h ServerHandler) *Server {
+	cfg.Wait = a.wait(cfg.Wait)
 	t := &Server{
 		cfg:     cfg,
 		handler: h,
 		workers: workers,
 		peer:    a.Peer(),
-		peerPID: a.peerPID(),
+		livePID: a.livePID(),
 		streams: make(map[uint32]*ServerStream),
 		lis:     a.lis,
 	}
@@ -130,7 +134,7 @@ func (t *Server) Peer() Identity { return t.peer }
 func (t *Server) Serve() {
 	t.workers.add(t)
 	t.workers.submit(t.readRole)
-	watch(t.c, t.cfg.Liveness, localPID(t.cfg.Wait, t.peerPID))
+	watch(t.c, t.cfg.Liveness, t.livePID)
 }
 
 // Refuse closes a connection that will never be served with err.

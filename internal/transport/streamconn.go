@@ -119,18 +119,21 @@ func newStreamConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, w
 func DialStream(ctx context.Context, cfg *DialConfig) (*StreamConn, error) {
 	o := *cfg
 	o.Stream = true
-	seg, lay, server, err := connect(ctx, &o)
+	d, err := connect(ctx, &o)
 	if err != nil {
 		return nil, err
 	}
-	c := newStreamConn(seg, lay.Client, lay.Server, lay.C2S, lay.S2C, o.Wait, server)
-	watch(c, o.Liveness, localPID(o.Wait, server.PID))
+	lay := d.lay
+	c := newStreamConn(d.seg, lay.Client, lay.Server, lay.C2S, lay.S2C, d.wait, d.server)
+	watch(c, o.Liveness, d.livePID)
 	return c, nil
 }
 
 // NewStreamServer opens the byte-stream connection a, which a listener
-// that serves byte streams accepted, and starts its liveness watch.
+// that serves byte streams accepted, and starts its liveness watch. In a
+// cross-host pool it polls only, whatever wait says.
 func NewStreamServer(a *Accepted, wait Wait, liveness time.Duration) *StreamConn {
+	wait = a.wait(wait)
 	c := newStreamConn(a.seg, a.lay.Server, a.lay.Client, a.lay.S2C, a.lay.C2S, wait, a.Peer())
 	c.lis = a.lis
 	// As for a frame connection (NewServer): the server allocates the
@@ -139,7 +142,7 @@ func NewStreamServer(a *Accepted, wait Wait, liveness time.Duration) *StreamConn
 	c.out.SetPrepare(func(off, n int) error { return a.seg.ReserveBytes(s2c[off : off+n]) }, 0)
 	a.lay.Server.State.Store(pool.StateOpen) // the client may write
 	a.settled()
-	watch(c, liveness, localPID(wait, a.peerPID()))
+	watch(c, liveness, a.livePID())
 	return c
 }
 

@@ -35,14 +35,14 @@ func streamPool(t testing.TB) string {
 }
 
 // streamPair connects a byte stream to a listener of its own in this
-// process, through the socket handshake (or, with pollOnly, the slots),
-// with rings of ringSize bytes, and returns the client's and the server's
-// side.
-func streamPair(t testing.TB, ringSize int, pollOnly bool) (client, server *StreamConn) {
+// process, through the socket handshake (or, with crossHost, in a
+// cross-host pool: the slots, polling only), with rings of ringSize
+// bytes, and returns the client's and the server's side.
+func streamPair(t testing.TB, ringSize int, crossHost bool) (client, server *StreamConn) {
 	t.Helper()
 	dir := streamPool(t)
-	wait := Wait{Spin: 100 * time.Microsecond, PollOnly: pollOnly}
-	l, err := Listen(dir, "svc", pool.OwnerOnly, ListenConfig{Wait: wait, Stream: true})
+	wait := Wait{Spin: 100 * time.Microsecond}
+	l, err := Listen(dir, "svc", pool.OwnerOnly, ListenConfig{Wait: wait, Stream: true, CrossHost: crossHost})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,8 +85,8 @@ func readFull(t *testing.T, c net.Conn, n int) []byte {
 // 4096 bytes takes at most 2032 bytes a record, and fills: the writer
 // waits for the reader) and over both handshakes.
 func TestStreamConnBytes(t *testing.T) {
-	for _, pollOnly := range []bool{false, true} {
-		client, server := streamPair(t, ring.MinCap, pollOnly)
+	for _, crossHost := range []bool{false, true} {
+		client, server := streamPair(t, ring.MinCap, crossHost)
 		msg := bytes.Repeat([]byte("0123456789abcdef-"), 6000) // 102 000 bytes
 		for _, dir := range []struct{ w, r *StreamConn }{{client, server}, {server, client}} {
 			done := make(chan error, 1)
@@ -98,7 +98,7 @@ func TestStreamConnBytes(t *testing.T) {
 				done <- err
 			}()
 			if got := readFull(t, dir.r, len(msg)); !bytes.Equal(got, msg) {
-				t.Fatalf("pollOnly %v: read bytes differ from those written", pollOnly)
+				t.Fatalf("crossHost %v: read bytes differ from those written", crossHost)
 			}
 			if err := <-done; err != nil {
 				t.Fatalf("write: %v", err)
@@ -312,7 +312,7 @@ func TestStreamKinds(t *testing.T) {
 			}
 		}()
 		cfg := &DialConfig{Pool: dir, Access: pool.OwnerOnly, Name: l.Instance(), RingSize: ring.MinCap, Stream: !stream, Wait: Wait{Spin: time.Millisecond}}
-		_, _, _, err = connect(ctx, cfg)
+		_, err = connect(ctx, cfg)
 		if err == nil || !strings.Contains(err.Error(), "serves") {
 			t.Fatalf("listener stream=%v, client stream=%v: connect: %v, want a refusal by the listener's flag", stream, !stream, err)
 		}
@@ -326,7 +326,7 @@ func TestStreamKinds(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		_, _, _, tried, err := dialCreds(ctx, cfg, l.Instance(), lis, lseg.Owner.UID)
+		tried, err := dialCreds(ctx, cfg, &dialed{}, l.Instance(), lis, lseg.Owner.UID, false)
 		lseg.Close()
 		if !tried || err == nil || !strings.Contains(err.Error(), "refused") {
 			t.Fatalf("listener stream=%v, segment stream=%v: %v (tried %v), want the server's refusal", stream, !stream, err, tried)

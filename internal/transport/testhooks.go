@@ -146,6 +146,10 @@ func (c *conn) HeapsUnmapped() bool { return c.unmappedNow() }
 // Refs returns how many messages went through the heaps each way.
 func (c *conn) Refs() (sent, recv uint64) { return c.refsSent.Load(), c.refsRecv.Load() }
 
+// PollsOnly reports whether the connection never waits on a futex (its
+// Wait.PollOnly, as set by WithPollOnly or a cross-host pool).
+func (c *conn) PollsOnly() bool { return c.wait.PollOnly }
+
 // NewConnForTest makes one side of the connection segment lay, as the
 // client or the server does.
 func NewConnForTest(seg *pool.Segment, lay *pool.ConnLayout, client bool, w Wait) *Conn {
