@@ -340,29 +340,7 @@ func TestCrossHostServerKilled(t *testing.T) {
 	const timeout = time.Second
 	srv := startAsHost(t, crossHostPool(t), "doomed")
 	c := semanticsClient(srv.dial(t, notnets.WithLivenessTimeout(timeout)))
-	ctx := context.Background()
-	unary := make(chan error, 1)
-	go func() {
-		_, err := c.UnaryCall(withMode(ctx, "block", "u"), &testpb.SimpleRequest{})
-		unary <- err
-	}()
-	if _, err := c.UnaryCall(withMode(ctx, "started", "u"), &testpb.SimpleRequest{}); err != nil {
-		t.Fatal(err)
-	}
-	stream, err := c.StreamingOutputCall(withMode(ctx, "block", "s"), &testpb.StreamingOutputCallRequest{
-		ResponseParameters: []*testpb.ResponseParameters{{Size: 1}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stream.Recv(); err != nil {
-		t.Fatal(err)
-	}
-	streamErr := make(chan error, 1)
-	go func() {
-		_, err := stream.Recv()
-		streamErr <- err
-	}()
+	unary, streamErr := blockedCalls(t, c)
 	killed := time.Now()
 	if err := srv.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -382,7 +360,7 @@ func TestCrossHostServerKilled(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	if _, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable || time.Since(start) > time.Second {
+	if _, err := c.UnaryCall(context.Background(), &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable || time.Since(start) > time.Second {
 		t.Errorf("call on the dead connection = %v after %v, want Unavailable at once", err, time.Since(start))
 	}
 }

@@ -43,29 +43,7 @@ func TestServerKilled(t *testing.T) {
 			}
 			srv := startServerIn(t, dir)
 			c := semanticsClient(srv.dial(t, notnets.WithLivenessTimeout(timeout)))
-			ctx := context.Background()
-			unary := make(chan error, 1)
-			go func() {
-				_, err := c.UnaryCall(withMode(ctx, "block", "u"), &testpb.SimpleRequest{})
-				unary <- err
-			}()
-			if _, err := c.UnaryCall(withMode(ctx, "started", "u"), &testpb.SimpleRequest{}); err != nil {
-				t.Fatal(err)
-			}
-			stream, err := c.StreamingOutputCall(withMode(ctx, "block", "s"), &testpb.StreamingOutputCallRequest{
-				ResponseParameters: []*testpb.ResponseParameters{{Size: 1}},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := stream.Recv(); err != nil {
-				t.Fatal(err)
-			}
-			streamErr := make(chan error, 1)
-			go func() {
-				_, err := stream.Recv()
-				streamErr <- err
-			}()
+			unary, streamErr := blockedCalls(t, c)
 
 			killed := time.Now()
 			if err := srv.cmd.Process.Kill(); err != nil {
@@ -87,7 +65,7 @@ func TestServerKilled(t *testing.T) {
 			}
 			// New calls on the dead connection fail fast.
 			start := time.Now()
-			if _, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable || time.Since(start) > time.Second {
+			if _, err := c.UnaryCall(context.Background(), &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable || time.Since(start) > time.Second {
 				t.Errorf("call on the dead connection = %v after %v, want Unavailable at once", err, time.Since(start))
 			}
 		})
@@ -256,4 +234,34 @@ func TestConnectivityState(t *testing.T) {
 	if cc.WaitForStateChange(done, connectivity.Shutdown) {
 		t.Error("WaitForStateChange from SHUTDOWN reported a change")
 	}
+}
+
+// blockedCalls starts a unary call and a server stream that block in the
+// server until their contexts end, waits until both have reached it, and
+// returns the channels their errors arrive on.
+func blockedCalls(t *testing.T, c testgrpc.TestServiceClient) (unary, stream chan error) {
+	t.Helper()
+	ctx := context.Background()
+	unary, stream = make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := c.UnaryCall(withMode(ctx, "block", "u"), &testpb.SimpleRequest{})
+		unary <- err
+	}()
+	if _, err := c.UnaryCall(withMode(ctx, "started", "u"), &testpb.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.StreamingOutputCall(withMode(ctx, "block", "s"), &testpb.StreamingOutputCallRequest{
+		ResponseParameters: []*testpb.ResponseParameters{{Size: 1}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_, err := s.Recv()
+		stream <- err
+	}()
+	return unary, stream
 }
