@@ -61,7 +61,7 @@ func TestSoftwareKeepsData(t *testing.T) {
 func TestSimCatchesAMissingFlush(t *testing.T) {
 	run := func(flushPayload bool) (stale int) {
 		shared := make([]byte, 4096)
-		w, r := NewSim(shared), NewSim(shared)
+		w, r := newSim(t, shared), newSim(t, shared)
 		payload, seq := 128, 0 // offsets: the payload on its own line, the sequence number on line 0
 		for i := uint64(1); i <= 100; i++ {
 			binary.LittleEndian.PutUint64(w.View[payload:], i*1000)
@@ -94,7 +94,7 @@ func TestSimCatchesAMissingFlush(t *testing.T) {
 // store is lost when it invalidates the line, as a cache line would be.
 func TestSimInvalidateDropsUnflushedStores(t *testing.T) {
 	shared := bytes.Repeat([]byte{7}, 256)
-	s := NewSim(shared)
+	s := newSim(t, shared)
 	s.View[70] = 9
 	s.Invalidate(s.View[64:65])
 	if s.View[70] != 7 || shared[70] != 7 {
@@ -201,4 +201,15 @@ func sizeName(n int) string {
 		return "4KiB"
 	}
 	return "64B"
+}
+
+// newSim returns a simulated side of shared, closed when t ends.
+func newSim(t testing.TB, shared []byte) *Sim {
+	t.Helper()
+	s, err := NewSim(shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }

@@ -28,6 +28,16 @@
 // consumer last stored it), every record lies inside the published bytes and
 // inside the data region, and its kind is not 0. A
 // violation is reported as an error; the ring is not used after that.
+//
+// # Memory without hardware coherence
+//
+// On memory that hardware does not keep coherent between the two sides
+// (SetCoherence; PROTOCOL.md 18), the producer writes back the bytes of
+// the records it publishes before it stores the tail, and the tail's line
+// after; the consumer drops its cached copy of the tail's line before it
+// loads the tail, and of the newly published bytes before it reads them;
+// the head goes back the same way. Without SetCoherence none of this is
+// done, and the ring costs what it always did.
 package ring
 
 import (
@@ -35,6 +45,8 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+
+	"github.com/notnets/notnets/internal/coherence"
 )
 
 // HeaderSize is the size of a record header in bytes.
@@ -76,6 +88,7 @@ type Producer struct {
 	headSeen   uint64                 // last head loaded from the consumer
 	prepare    func(off, n int) error // allocates bytes of data before their first write (SetPrepare)
 	prepared   uint64                 // data[:prepared] is allocated
+	coh        coherence.Coherence    // nil on coherent memory (SetCoherence)
 }
 
 // NewProducer returns the producer of the ring over data with the given
@@ -184,7 +197,7 @@ func (p *Producer) fits(size uint64) bool {
 	if p.next+size-p.headSeen <= uint64(len(p.data)) {
 		return true
 	}
-	p.headSeen = p.head.Load()
+	p.headSeen = p.loadHead()
 	return p.next+size-p.headSeen <= uint64(len(p.data))
 }
 
@@ -196,18 +209,57 @@ func (p *Producer) Unpublished() bool { return p.next != p.published }
 // been consumed.
 func (p *Producer) Reserved() uint64 { return p.next }
 
-// Publish makes every reserved record visible to the consumer.
+// Publish makes every reserved record visible to the consumer. On memory
+// without coherence it writes the records back first, then the tail
+// (PROTOCOL.md 18.2).
 func (p *Producer) Publish() {
+	if p.coh != nil {
+		eachPart(p.data, p.mask, p.published, p.next, p.coh.Flush)
+	}
 	p.published = p.next
 	p.tail.Store(p.next)
+	if p.coh != nil {
+		p.coh.Flush(word(p.tail))
+	}
+}
+
+// SetCoherence makes the producer write back what it publishes and read
+// the consumer's head from memory, through c, for memory that hardware
+// does not keep coherent (package coherence). Call it before the first
+// Reserve.
+func (p *Producer) SetCoherence(c coherence.Coherence) { p.coh = c }
+
+// loadHead loads the consumer's head, from memory when it is not coherent.
+func (p *Producer) loadHead() uint64 {
+	if p.coh != nil {
+		p.coh.Invalidate(word(p.head))
+	}
+	return p.head.Load()
 }
 
 // Empty reports whether the consumer has freed everything published.
-func (p *Producer) Empty() bool { return p.head.Load() == p.published }
+func (p *Producer) Empty() bool { return p.loadHead() == p.published }
 
 // String describes the producer's counters, for diagnostics.
 func (p *Producer) String() string {
 	return fmt.Sprintf("out{next=%d published=%d head=%d}", p.next, p.published, p.head.Load())
+}
+
+// eachPart calls fn with the bytes of data between the counters from and
+// to (to-from <= len(data)): one slice, or two when the range wraps.
+func eachPart(data []byte, mask, from, to uint64, fn func([]byte)) {
+	if from == to {
+		return
+	}
+	lo, hi := from&mask, to&mask
+	if hi > lo {
+		fn(data[lo:hi])
+		return
+	}
+	fn(data[lo:])
+	if hi > 0 {
+		fn(data[:hi])
+	}
 }
 
 func writeHeader(b []byte, n int, kind byte) {
@@ -224,6 +276,21 @@ type Consumer struct {
 	read       uint64 // head including records returned but not released
 	released   uint64 // head as last stored; a valid tail is at most Cap past it
 	tailSeen   uint64
+	coh        coherence.Coherence // nil on coherent memory (SetCoherence)
+}
+
+// SetCoherence makes the consumer read the tail and the records from
+// memory, and write its head back, through c, for memory that hardware
+// does not keep coherent (package coherence). Call it before the first
+// Next.
+func (c *Consumer) SetCoherence(coh coherence.Coherence) { c.coh = coh }
+
+// loadTail loads the producer's tail, from memory when it is not coherent.
+func (c *Consumer) loadTail() uint64 {
+	if c.coh != nil {
+		c.coh.Invalidate(word(c.tail))
+	}
+	return c.tail.Load()
 }
 
 // NewConsumer returns the consumer of the ring over data with the given
@@ -248,12 +315,15 @@ func (c *Consumer) Next() ([]byte, error) {
 	}
 	for {
 		if c.read == c.tailSeen {
-			t := c.tail.Load()
+			t := c.loadTail()
 			if t == c.read {
 				return nil, nil
 			}
 			if t%Align != 0 || t < c.read || t-c.released > uint64(len(c.data)) {
 				return nil, fmt.Errorf("%w: tail %d with head %d and capacity %d", ErrCorrupt, t, c.released, len(c.data))
+			}
+			if c.coh != nil { // the bytes published since, from memory (18.2)
+				eachPart(c.data, c.mask, c.tailSeen, t, c.coh.Invalidate)
 			}
 			c.tailSeen = t
 		}
@@ -280,11 +350,14 @@ func (c *Consumer) Release() {
 	if c.released != c.read {
 		c.released = c.read
 		c.head.Store(c.read)
+		if c.coh != nil {
+			c.coh.Flush(word(c.head))
+		}
 	}
 }
 
 // Published reports whether records are waiting past everything read.
-func (c *Consumer) Published() bool { return c.tail.Load() != c.read }
+func (c *Consumer) Published() bool { return c.loadTail() != c.read }
 
 // TailWord returns the low 32 bits of the tail counter as a word to wait on
 // with a futex: it changes whenever the producer publishes.
