@@ -90,20 +90,27 @@ func TestSimCatchesAMissingFlush(t *testing.T) {
 	}
 }
 
-// TestSimInvalidateDropsUnflushedStores checks that a side's unflushed
-// store is lost when it invalidates the line, as a cache line would be.
-func TestSimInvalidateDropsUnflushedStores(t *testing.T) {
+// TestSimInvalidateKeepsUnflushedStores checks that a side's store
+// survives its own invalidate of the line (another goroutine of the side
+// may invalidate it), that the other words of the line take the memory's
+// values, and that the store reaches the memory only when flushed.
+func TestSimInvalidateKeepsUnflushedStores(t *testing.T) {
 	shared := bytes.Repeat([]byte{7}, 256)
 	s := newSim(t, shared)
-	s.View[70] = 9
+	s.View[64] = 9 // the word at 64 is now this side's
+	shared[72] = 5 // the other side's store, flushed
 	s.Invalidate(s.View[64:65])
-	if s.View[70] != 7 || shared[70] != 7 {
-		t.Fatalf("after invalidate: view %d, shared %d; want 7 and 7", s.View[70], shared[70])
+	if s.View[64] != 9 || s.View[72] != 5 || shared[64] != 7 {
+		t.Fatalf("after invalidate: view %d and %d, shared %d; want 9, 5 and 7", s.View[64], s.View[72], shared[64])
 	}
-	s.View[70] = 9
-	s.Flush(s.View[70:71])
-	if shared[70] != 9 || shared[64] != 7 {
-		t.Fatalf("after flush: shared[70] %d, shared[64] %d; want 9 and 7", shared[70], shared[64])
+	s.Flush(s.View[64:65])
+	if shared[64] != 9 || shared[72] != 5 {
+		t.Fatalf("after flush: shared %d and %d; want 9 and 5", shared[64], shared[72])
+	}
+	shared[64] = 3 // the other side's, now that this side's store is written back
+	s.Invalidate(s.View[64:65])
+	if s.View[64] != 3 {
+		t.Fatalf("a flushed word did not take the memory's new value: %d, want 3", s.View[64])
 	}
 }
 

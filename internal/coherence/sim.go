@@ -6,27 +6,33 @@ import (
 	"unsafe"
 )
 
-// Sim simulates memory that hardware does not keep coherent: a side reads
-// and writes View, its private copy of Shared (what it would hold in its
-// cache), and only Flush and Invalidate move whole lines between the two.
-// A store to View that is not flushed never reaches Shared, and a line of
-// Shared changed by the other side is not seen in View until it is
-// invalidated: a protocol that misses either hangs or reads stale data
-// under Sim, on one machine.
+// Sim simulates memory that hardware does not keep coherent: a side (a
+// host: all its goroutines share it, as a host's cores share a coherent
+// cache) reads and writes View, its private copy of Shared, and only
+// Flush and Invalidate move whole lines between the two. A store to View
+// that is not flushed never reaches Shared, and a line of Shared changed
+// by the other side is not seen in View until it is invalidated: a
+// protocol that misses either hangs or reads stale data under Sim, on one
+// machine.
 //
 // Flush and Invalidate take sub-slices of View; the same offsets of Shared
 // are the memory. Lines move 8 bytes at a time with atomic loads and
 // stores, as a cache moves a line: a word is never torn, whichever side
-// copies what at the same moment. Two goroutines of one side may Flush
-// and Invalidate at once; a line written by one side and invalidated by
-// it before a flush loses the write, as a real one may.
+// copies what at the same moment. Invalidate keeps the words this side
+// stored since it last flushed or invalidated them (a processor writes a
+// dirty line back before it drops it, and one goroutine's Invalidate must
+// not undo another's store), but does not write them back: only Flush
+// makes a store visible, so a missing Flush is still caught. Sim tells
+// such words from the others by a third copy, Clean, of what each word of
+// View last held in common with Shared.
 //
-// View is memory of its own, outside the Go heap (NewSim maps it), so that
-// the race detector, which does not see another process's stores to a
-// shared mapping, does not see a side's copies either.
+// View and Clean are memory of their own, outside the Go heap (NewSim maps
+// them), so that the race detector, which does not see another process's
+// stores to a shared mapping, does not see a side's copies either.
 type Sim struct {
 	Shared []byte // the memory both sides map
 	View   []byte // this side's private copy of Shared, 64-byte aligned
+	clean  []byte // what View held when it last agreed with Shared, per word
 	base   uintptr
 	unmap  func() error
 }
@@ -34,15 +40,17 @@ type Sim struct {
 // NewSim returns a side's simulated view of shared, which it starts as a
 // copy of; Close releases it.
 func NewSim(shared []byte) (*Sim, error) {
-	view, unmap, err := private(len(shared))
+	mem, unmap, err := private(2 * len(shared))
 	if err != nil {
 		return nil, fmt.Errorf("coherence: private copy of %d bytes: %w", len(shared), err)
 	}
-	s := &Sim{Shared: shared, View: view, unmap: unmap}
-	if len(view) > 0 {
-		s.base = uintptr(unsafe.Pointer(&view[0]))
+	n := len(shared)
+	s := &Sim{Shared: shared, View: mem[:n:n], clean: mem[n:], unmap: unmap}
+	if n > 0 {
+		s.base = uintptr(unsafe.Pointer(&s.View[0]))
 	}
-	s.Invalidate(view)
+	copyWords(s.View, shared)
+	copyWords(s.clean, shared)
 	return s, nil
 }
 
@@ -68,26 +76,42 @@ func (s *Sim) span(b []byte) (lo, hi int) {
 // Flush writes the lines of b back: copies them from View to Shared.
 func (s *Sim) Flush(b []byte) {
 	lo, hi := s.span(b)
-	copyWords(s.Shared[lo:hi], s.View[lo:hi])
+	view, shared, clean := words(s.View[lo:hi]), words(s.Shared[lo:hi]), words(s.clean[lo:hi])
+	for i := range view {
+		v := view[i].Load()
+		shared[i].Store(v)
+		clean[i].Store(v)
+	}
 }
 
-// Invalidate drops the cached lines of b: copies them from Shared to View,
-// losing whatever this side stored there without flushing it.
+// Invalidate drops the cached lines of b: copies every word of them from
+// Shared to View, but for the words this side stored since they were last
+// flushed or invalidated.
 func (s *Sim) Invalidate(b []byte) {
 	lo, hi := s.span(b)
-	copyWords(s.View[lo:hi], s.Shared[lo:hi])
+	view, shared, clean := words(s.View[lo:hi]), words(s.Shared[lo:hi]), words(s.clean[lo:hi])
+	for i := range view {
+		c, m := clean[i].Load(), shared[i].Load()
+		// Fails, keeping the word, if this side stored to it since.
+		if view[i].CompareAndSwap(c, m) {
+			clean[i].Store(m)
+		}
+	}
+}
+
+// words returns b (8-byte aligned, a multiple of 8 bytes long) as words.
+func words(b []byte) []atomic.Uint64 {
+	if len(b) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*atomic.Uint64)(unsafe.Pointer(&b[0])), len(b)/8)
 }
 
 // copyWords copies src to dst (of one length, a multiple of 8, both
-// 8-byte aligned: whole lines of page-aligned mappings) a word at a time,
-// each word with one atomic load and one atomic store.
+// 8-byte aligned) a word at a time, each word with one atomic load and one
+// atomic store.
 func copyWords(dst, src []byte) {
-	if len(src) == 0 {
-		return
-	}
-	n := len(src) / 8
-	d := unsafe.Slice((*atomic.Uint64)(unsafe.Pointer(&dst[0])), n)
-	s := unsafe.Slice((*atomic.Uint64)(unsafe.Pointer(&src[0])), n)
+	d, s := words(dst), words(src)
 	for i := range s {
 		d[i].Store(s[i].Load())
 	}
