@@ -136,7 +136,7 @@ func (d *streamDialer) instances(service, instance string) ([]*balance.Instance,
 	var out []*balance.Instance
 	var why error
 	for _, b := range bases {
-		in, err := balance.OpenInstance(d.o.pool, b, d.o.access)
+		in, err := balance.OpenInstance(d.o.pool, b, d.o.access, mode.Coherence)
 		if err != nil {
 			why = instanceError(err)
 			continue

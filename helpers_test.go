@@ -99,7 +99,8 @@ func TestMain(m *testing.M) {
 }
 
 // testPool makes a pool directory of the test's own on tmpfs: a
-// cross-host pool when the suite runs as separate hosts (hostsEnv).
+// cross-host pool when the suite runs as separate hosts (hostsEnv), or
+// with a coherence other than the hardware's (coherenceEnv).
 func testPool(t testing.TB) string {
 	base := "/dev/shm"
 	if _, err := os.Stat(base); err != nil {
@@ -110,7 +111,11 @@ func testPool(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	if asHosts() {
+	if c, ok := testCoherence(t); ok {
+		if err := pool.PrepareCoherence(dir, pool.OwnerOnly, c); err != nil {
+			t.Fatal(err)
+		}
+	} else if asHosts() {
 		if err := pool.PrepareCrossHost(dir, pool.OwnerOnly); err != nil {
 			t.Fatal(err)
 		}

@@ -222,16 +222,24 @@ func TestAsSeparateHosts(t *testing.T) {
 	}
 	needHosts(t)
 	startAsHost(t, crossHostPool(t), "probe") // skips where namespaces are not permitted
+	runSuite(t, "as separate hosts", hostsEnv+"=1")
+}
+
+// runSuite runs hostsSuite in a child test process with env added to its
+// environment: every test must pass, none may skip.
+func runSuite(t *testing.T, what string, env ...string) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run", hostsSuite, "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), hostsEnv+"=1")
+	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "\nPASS") || strings.Contains(string(out), "--- FAIL") {
-		t.Fatalf("suite as separate hosts: %v\n%s", err, out)
+		t.Fatalf("suite %s: %v\n%s", what, err, out)
 	}
 	passed := regexp.MustCompile(`(?m)^--- PASS: Test`).FindAllIndex(out, -1)
 	if n := len(passed); n != hostsSuiteTests || strings.Contains(string(out), "--- SKIP") {
-		t.Fatalf("suite as separate hosts passed %d of %d tests (skips: %v):\n%s", n, hostsSuiteTests, strings.Contains(string(out), "--- SKIP"), out)
+		t.Fatalf("suite %s passed %d of %d tests (skips: %v):\n%s", what, n, hostsSuiteTests, strings.Contains(string(out), "--- SKIP"), out)
 	}
+	t.Logf("suite %s: %d tests passed", what, hostsSuiteTests)
 }
 
 // TestCrossHostCalls: a server started as another host in a cross-host

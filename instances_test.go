@@ -236,7 +236,7 @@ func instanceOf(t testing.TB, dir string, pid int) *balance.Instance {
 		t.Fatal(err)
 	}
 	for _, b := range bases {
-		if in, err := balance.OpenInstance(dir, b, pool.OwnerOnly); err == nil && in.PID == pid {
+		if in, err := balance.OpenInstance(dir, b, pool.OwnerOnly, pool.CoherenceHardware); err == nil && in.PID == pid {
 			return in
 		}
 	}
@@ -394,7 +394,7 @@ func TestImpostorInstanceIsNeverCalled(t *testing.T) {
 	// The impostor's user cannot take the real instance's files away.
 	bases, _ := pool.ListInstances(dir, listenName, pool.Access{Shared: true, Group: notnets.TestGroup})
 	for _, b := range bases {
-		in, err := balance.OpenInstance(dir, b, pool.Access{Shared: true, Group: notnets.TestGroup})
+		in, err := balance.OpenInstance(dir, b, pool.Access{Shared: true, Group: notnets.TestGroup}, pool.CoherenceHardware)
 		if err != nil || in.PID != real.cmd.Process.Pid {
 			continue
 		}

@@ -102,7 +102,7 @@ func (cc *ClientConn) resolve(rejected map[string]bool) {
 		if known[b] || rejected[b] {
 			continue
 		}
-		in, err := balance.OpenInstance(cc.opts.pool, b, cc.opts.access)
+		in, err := balance.OpenInstance(cc.opts.pool, b, cc.opts.access, mode.Coherence)
 		if err != nil {
 			why = err // perhaps being created: tried again next time
 			continue

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync/atomic"
 	"unsafe"
+
+	"github.com/notnets/notnets/internal/coherence"
 )
 
 // A return queue hands blocks back from the receiver of a heap's messages
@@ -20,6 +22,7 @@ type ReturnWriter struct {
 	q          []atomic.Uint32
 	tail, head *atomic.Uint64 // tail: ours; head: the sender's
 	next       uint64
+	coh        coherence.Coherence // nil on coherent memory
 }
 
 // ReturnReader is the sender's end of a return queue. It is not safe for
@@ -28,7 +31,17 @@ type ReturnReader struct {
 	q          []atomic.Uint32
 	tail, head *atomic.Uint64 // tail: the receiver's; head: ours
 	next       uint64
+	coh        coherence.Coherence // nil on coherent memory
 }
+
+// SetCoherence makes the writer keep memory coherent through c.
+func (w *ReturnWriter) SetCoherence(c coherence.Coherence) { w.coh = c }
+
+// SetCoherence makes the reader keep memory coherent through c.
+func (r *ReturnReader) SetCoherence(c coherence.Coherence) { r.coh = c }
+
+// bytesOf returns the bytes of a word of shared memory, for c.
+func bytesOf[T any](p *T) []byte { return unsafe.Slice((*byte)(unsafe.Pointer(p)), unsafe.Sizeof(*p)) }
 
 func entries(region []byte, heapSize int) []atomic.Uint32 {
 	n := heapSize / MinBlock
@@ -54,13 +67,23 @@ func NewReturnReader(region []byte, heapSize int, tail, head *atomic.Uint64) *Re
 // full, which only a sender that does not take its blocks back, or that
 // references blocks it has not got back, can cause.
 func (w *ReturnWriter) Push(page uint32) error {
+	if w.coh != nil {
+		w.coh.Invalidate(bytesOf(w.head))
+	}
 	h := w.head.Load()
 	if h > w.next || w.next-h >= uint64(len(w.q)) {
 		return fmt.Errorf("%w: return queue full or corrupt (head %d, tail %d, capacity %d): the peer does not take back its blocks", ErrRef, h, w.next, len(w.q))
 	}
-	w.q[w.next%uint64(len(w.q))].Store(page)
+	e := &w.q[w.next%uint64(len(w.q))]
+	e.Store(page)
 	w.next++
+	if w.coh != nil {
+		w.coh.Flush(bytesOf(e))
+	}
 	w.tail.Store(w.next)
+	if w.coh != nil {
+		w.coh.Flush(bytesOf(w.tail))
+	}
 	return nil
 }
 
@@ -68,6 +91,9 @@ func (w *ReturnWriter) Push(page uint32) error {
 // publishes the new head. It stops at the first error, from fn or from a
 // tail that breaks the queue's invariants.
 func (r *ReturnReader) Drain(fn func(page uint32) error) error {
+	if r.coh != nil {
+		r.coh.Invalidate(bytesOf(r.tail))
+	}
 	t := r.tail.Load()
 	if t == r.next {
 		return nil
@@ -75,9 +101,18 @@ func (r *ReturnReader) Drain(fn func(page uint32) error) error {
 	if t < r.next || t-r.next > uint64(len(r.q)) {
 		return fmt.Errorf("%w: return queue tail %d is outside [%d, %d]", ErrRef, t, r.next, r.next+uint64(len(r.q)))
 	}
-	defer func() { r.head.Store(r.next) }()
+	defer func() {
+		r.head.Store(r.next)
+		if r.coh != nil {
+			r.coh.Flush(bytesOf(r.head))
+		}
+	}()
 	for ; r.next < t; r.next++ {
-		if err := fn(r.q[r.next%uint64(len(r.q))].Load()); err != nil {
+		e := &r.q[r.next%uint64(len(r.q))]
+		if r.coh != nil {
+			r.coh.Invalidate(bytesOf(e))
+		}
+		if err := fn(e.Load()); err != nil {
 			r.next++
 			return err
 		}

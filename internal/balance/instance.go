@@ -32,14 +32,20 @@ type Instance struct {
 	cleanup runtime.Cleanup
 }
 
-// OpenInstance maps the listener of the instance base in the pool dir.
-func OpenInstance(dir, base string, a pool.Access) (*Instance, error) {
+// OpenInstance maps the listener of the instance base in the pool dir,
+// whose memory is kept coherent as c says (the pool's Mode.Coherence).
+func OpenInstance(dir, base string, a pool.Access, c pool.Coherence) (*Instance, error) {
 	seg, err := pool.OpenReadOnlyIn(dir, pool.ListenerFile(base), pool.ListenerSize, pool.ListenerSize, a)
 	if err != nil {
 		return nil, err
 	}
+	if err := seg.UseCoherence(c); err != nil {
+		seg.Close()
+		return nil, fmt.Errorf("notnets: instance %s: %w", base, err)
+	}
 	var lay *pool.ListenerLayout
 	err = pool.Guard("listener "+base, func() (err error) {
+		seg.Invalidate(seg.Mem[:pool.PageSize]) // PROTOCOL.md 18.3
 		lay, err = pool.MapListener(seg.Mem)
 		return err
 	})
@@ -47,6 +53,7 @@ func OpenInstance(dir, base string, a pool.Access) (*Instance, error) {
 		seg.Close()
 		return nil, fmt.Errorf("notnets: instance %s: %w", base, err)
 	}
+	lay.SetCoherence(seg.Coherence())
 	in := &Instance{Base: base, Owner: seg.Owner, PID: lay.PID, Host: lay.Host, lay: lay, seg: seg}
 	in.cleanup = runtime.AddCleanup(in, func(s *pool.Segment) { s.Close() }, seg)
 	return in, nil

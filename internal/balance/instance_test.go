@@ -44,7 +44,7 @@ func publishInstances(tb testing.TB, n int) []published {
 		}
 		lay.Load.Workers.Store(2)
 		lay.Server.State.Store(pool.StateOpen)
-		in, err := OpenInstance(dir, base, pool.OwnerOnly)
+		in, err := OpenInstance(dir, base, pool.OwnerOnly, pool.CoherenceHardware)
 		if err != nil {
 			tb.Fatal(err)
 		}

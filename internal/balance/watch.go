@@ -108,9 +108,13 @@ func (w *watcher) subscribed() (alive, poll bool) {
 
 func (w *watcher) run() {
 	for {
-		reg, err := pool.OpenRegistry(w.dir, w.access)
+		mode, err := pool.ReadMode(w.dir, w.access)
+		var reg *pool.Registry
 		if err == nil {
-			ok := w.follow(reg)
+			reg, err = pool.OpenRegistry(w.dir, w.access, mode.Coherence)
+		}
+		if err == nil {
+			ok := w.follow(reg, mode)
 			reg.Close()
 			if !ok {
 				return
@@ -128,8 +132,10 @@ func (w *watcher) run() {
 // each change, until no subscriber is left (false) or the registry page
 // faults (true: map it again). It polls in a cross-host pool, whose
 // marker it reads now and again: an unused pool may be marked after a
-// client made its registry (pool.MarkCrossHost).
-func (w *watcher) follow(reg *pool.Registry) (alive bool) {
+// client made its registry (pool.MarkCrossHost); if the marker then asks
+// for another coherence than the registry was opened with (mode), it
+// returns true to open it again.
+func (w *watcher) follow(reg *pool.Registry, mode pool.Mode) (alive bool) {
 	defer func() {
 		if recover() != nil { // the file was truncated under us
 			alive = true
@@ -142,21 +148,23 @@ func (w *watcher) follow(reg *pool.Registry) (alive bool) {
 	if alive, _ := w.notify(); !alive {
 		return false
 	}
-	var cross bool
-	var modeRead time.Time
+	cross, modeRead := mode.CrossHost, time.Now()
 	for {
 		alive, poll := w.subscribed()
 		if !alive {
 			return false
 		}
 		if !cross && time.Since(modeRead) >= modeEvery {
-			mode, _ := pool.ReadMode(w.dir, w.access)
-			cross, modeRead = mode.CrossHost, time.Now()
+			now, _ := pool.ReadMode(w.dir, w.access)
+			if now.Coherence != mode.Coherence {
+				return true
+			}
+			cross, modeRead = now.CrossHost, time.Now()
 		}
 		if poll || cross {
 			time.Sleep(pollInterval)
 		} else {
-			doorbell.WaitKnock(reg.Generation, seen, false)
+			doorbell.WaitKnock(reg.Generation.Ptr(), seen, false)
 		}
 		if g := reg.Generation.Load(); g != seen {
 			seen = g
@@ -171,7 +179,11 @@ func (w *watcher) follow(reg *pool.Registry) (alive bool) {
 // closed in the pool dir. It is best effort: without a registry, clients
 // find instances when they next read the directory.
 func Announce(dir string, a pool.Access) {
-	reg, err := pool.OpenRegistry(dir, a)
+	mode, err := pool.ReadMode(dir, a)
+	if err != nil {
+		return
+	}
+	reg, err := pool.OpenRegistry(dir, a, mode.Coherence)
 	if err != nil {
 		return
 	}
@@ -179,6 +191,6 @@ func Announce(dir string, a pool.Access) {
 	func() {
 		defer func() { recover() }()
 		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-		doorbell.Knock(reg.Generation, 1<<30)
+		doorbell.KnockWord(reg.Generation, 1<<30)
 	}()
 }

@@ -221,6 +221,25 @@ func Knock(word *atomic.Uint32, n int) {
 	futexWake(word, n)
 }
 
+// Word is a knock word of a segment whose memory may not be coherent
+// (pool.Word32): Add makes its change visible to the other hosts, and
+// Coherent says whether a futex can reach waiters at all.
+type Word interface {
+	Add(delta uint32) uint32
+	Ptr() *atomic.Uint32
+	Coherent() bool
+}
+
+// KnockWord is Knock on a Word: on memory without coherence it only
+// changes the word (written back), which the other side polls.
+func KnockWord(w Word, n int) {
+	if !w.Coherent() {
+		w.Add(1)
+		return
+	}
+	Knock(w.Ptr(), n)
+}
+
 // WaitKnock waits until the knock word no longer holds seen, or MaxBlock
 // passes; with pollOnly it sleeps PollSleep instead.
 func WaitKnock(word *atomic.Uint32, seen uint32, pollOnly bool) {

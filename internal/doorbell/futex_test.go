@@ -145,10 +145,10 @@ func TestFutexWakeAcrossMappings(t *testing.T) {
 
 	returned := make(chan struct{})
 	go func() {
-		futexWait(la.Knock, 3, time.Hour)
+		futexWait(la.Knock.Ptr(), 3, time.Hour)
 		close(returned)
 	}()
-	wakeUntilReturned(t, lb.Knock, returned)
+	wakeUntilReturned(t, lb.Knock.Ptr(), returned)
 }
 
 func TestFutexWakeWithoutWaiters(t *testing.T) {

@@ -95,9 +95,9 @@ func Open(dir, name string) (*Conn, error) {
 func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte) *Conn {
 	return &Conn{
 		seg: seg, self: self, peer: peer,
-		out:  ring.NewProducerAt(out, self.Tail, peer.Head, 0),
-		in:   ring.NewConsumerAt(in, peer.Tail, self.Head, 0),
-		bell: doorbell.New(ring.TailWord(self.Tail), self.Sleeping, ring.TailWord(peer.Tail), peer.Sleeping, false),
+		out:  ring.NewProducerAt(out, self.Tail.Ptr(), peer.Head.Ptr(), 0),
+		in:   ring.NewConsumerAt(in, peer.Tail.Ptr(), self.Head.Ptr(), 0),
+		bell: doorbell.New(ring.TailWord(self.Tail.Ptr()), self.Sleeping.Ptr(), ring.TailWord(peer.Tail.Ptr()), peer.Sleeping.Ptr(), false),
 	}
 }
 

@@ -299,7 +299,7 @@ func TestStaleSockets(t *testing.T) {
 // made is stale.
 func TestScanRegistry(t *testing.T) {
 	dir := t.TempDir()
-	reg, err := OpenRegistry(dir, OwnerOnly)
+	reg, err := OpenRegistry(dir, OwnerOnly, CoherenceHardware)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -122,7 +122,7 @@ func TestPrepareCrossHost(t *testing.T) {
 	if mode, err := ReadMode(unused, OwnerOnly); err != nil || mode.CrossHost {
 		t.Fatalf("ReadMode of a pool without a marker = %+v, %v", mode, err)
 	}
-	if _, err := OpenRegistry(unused, OwnerOnly); err != nil { // a waiting client makes it
+	if _, err := OpenRegistry(unused, OwnerOnly, CoherenceHardware); err != nil { // a waiting client makes it
 		t.Fatal(err)
 	}
 	if err := PrepareCrossHost(unused, OwnerOnly); err != nil {
@@ -206,9 +206,19 @@ func TestReadModeRefuses(t *testing.T) {
 		}, "segment kind 3"},
 		{"unknown flags", func(p string) error {
 			b := append([]byte{}, good...)
-			binary.LittleEndian.PutUint32(b[offParamA:], PoolCrossHost|2)
+			binary.LittleEndian.PutUint32(b[offParamA:], PoolCrossHost|8)
 			return os.WriteFile(p, b, 0o600)
-		}, "flags 0x3"},
+		}, "flags 0x9"},
+		{"two coherences", func(p string) error {
+			b := append([]byte{}, good...)
+			binary.LittleEndian.PutUint32(b[offParamA:], PoolCrossHost|PoolFlushes|PoolSimulated)
+			return os.WriteFile(p, b, 0o600)
+		}, "flags 0x7"},
+		{"coherence of one host", func(p string) error {
+			b := append([]byte{}, good...)
+			binary.LittleEndian.PutUint32(b[offParamA:], PoolFlushes)
+			return os.WriteFile(p, b, 0o600)
+		}, "flags 0x2"},
 		{"no flag", func(p string) error {
 			b := append([]byte{}, good...)
 			binary.LittleEndian.PutUint32(b[offParamA:], 0)

@@ -8,9 +8,10 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/notnets/notnets/internal/coherence"
 )
 
 // Instances. A service name may be served by any number of server
@@ -92,10 +93,10 @@ func ListInstances(dir, service string, a Access) ([]string, error) {
 // page, for clients' balancers to read without a system call
 // (PROTOCOL.md 10.6). Only the instance writes it.
 type Load struct {
-	InFlight *atomic.Uint32 // handlers running
-	Queued   *atomic.Uint32 // calls received whose handler has not started
-	Workers  *atomic.Uint32 // threads the instance runs handlers on (GOMAXPROCS), at least 1
-	Draining *atomic.Uint32 // 1 once the instance takes no new calls
+	InFlight Word32 // handlers running
+	Queued   Word32 // calls received whose handler has not started
+	Workers  Word32 // threads the instance runs handlers on (GOMAXPROCS), at least 1
+	Draining Word32 // 1 once the instance takes no new calls
 }
 
 // Offsets of the load words in a listener's server control page, on a
@@ -106,6 +107,11 @@ const (
 	ctlWorkers  = 456
 	ctlDraining = 460
 )
+
+// with returns the load words with coherence coh.
+func (l Load) with(coh coherence.Coherence) Load {
+	return Load{InFlight: l.InFlight.with(coh), Queued: l.Queued.with(coh), Workers: l.Workers.with(coh), Draining: l.Draining.with(coh)}
+}
 
 func loadAt(mem []byte, off int) Load {
 	return Load{

@@ -64,7 +64,7 @@ func TestReadGeneration(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(dir, RegistryFile)); !os.IsNotExist(err) {
 		t.Errorf("ReadGeneration made a registry: %v", err)
 	}
-	reg, err := OpenRegistry(dir, OwnerOnly)
+	reg, err := OpenRegistry(dir, OwnerOnly, CoherenceHardware)
 	if err != nil {
 		t.Fatal(err)
 	}

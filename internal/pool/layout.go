@@ -6,8 +6,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
-	"sync/atomic"
-	"unsafe"
+
+	"github.com/notnets/notnets/internal/coherence"
 )
 
 // Segment layouts. docs/PROTOCOL.md is the normative description; the
@@ -116,29 +116,33 @@ const (
 
 // Control is a view of one side's control block.
 type Control struct {
-	State     *atomic.Uint32
-	Heartbeat *atomic.Uint64
-	Tail      *atomic.Uint64
-	Head      *atomic.Uint64
-	Sleeping  *atomic.Uint32
+	State     Word32
+	Heartbeat Word64
+	Tail      Word64
+	Head      Word64
+	Sleeping  Word32
 	// ReturnTail and ReturnHead are the counters of the return queues: the
 	// one this side writes (blocks of the peer's heap it is done with) and
 	// the one it reads (blocks of its own heap the peer gave back).
-	ReturnTail *atomic.Uint64
-	ReturnHead *atomic.Uint64
+	ReturnTail Word64
+	ReturnHead Word64
 	// MaxStreams is the server's limit on the streams a client may have
 	// open at once, 0 for none; written by the server before it opens the
 	// connection. Unused in the client's control block.
-	MaxStreams *atomic.Uint32
+	MaxStreams Word32
 	// MaxHeader is the largest header block the server accepts, 0 for
 	// DefaultHeaderLimit; written by the server before it opens the
 	// connection. Unused in the client's control block (the client's
 	// limit is in the header, ConnInfo).
-	MaxHeader *atomic.Uint32
+	MaxHeader Word32
 }
 
-func u32(mem []byte, off int) *atomic.Uint32 { return (*atomic.Uint32)(unsafe.Pointer(&mem[off])) }
-func u64(mem []byte, off int) *atomic.Uint64 { return (*atomic.Uint64)(unsafe.Pointer(&mem[off])) }
+// with returns the control block with coherence coh.
+func (c Control) with(coh coherence.Coherence) Control {
+	return Control{State: c.State.with(coh), Heartbeat: c.Heartbeat.with(coh), Tail: c.Tail.with(coh), Head: c.Head.with(coh),
+		Sleeping: c.Sleeping.with(coh), ReturnTail: c.ReturnTail.with(coh), ReturnHead: c.ReturnHead.with(coh),
+		MaxStreams: c.MaxStreams.with(coh), MaxHeader: c.MaxHeader.with(coh)}
+}
 
 func controlAt(mem []byte, off int) Control {
 	return Control{
@@ -226,6 +230,16 @@ type ConnLayout struct {
 	Info ConnInfo
 	// Spec gives the sizes of the regions, from the header.
 	Spec ConnSpec
+	// Coh keeps the memory coherent for the rings and heaps, or is nil
+	// when the hardware does (SetCoherence).
+	Coh coherence.Coherence
+}
+
+// SetCoherence makes the layout's control words, and the rings and heaps
+// built from Coh, keep memory coherent through coh (Segment.Coherence);
+// nil for coherent memory.
+func (l *ConnLayout) SetCoherence(coh coherence.Coherence) {
+	l.Coh, l.Client, l.Server = coh, l.Client.with(coh), l.Server.with(coh)
 }
 
 // ConnSpec gives the sizes of a connection segment's regions, and its
@@ -408,9 +422,10 @@ const (
 
 // Slot is a view of one listener slot.
 type Slot struct {
-	State *atomic.Uint32
-	PID   *atomic.Uint32
+	State Word32
+	PID   Word32
 	mem   []byte
+	coh   coherence.Coherence // nil: coherent memory
 }
 
 // Claim takes the slot for a client if it is free, and returns the state
@@ -445,10 +460,16 @@ func SlotState(w uint32) uint32 { return w & 0xff }
 func (s Slot) SetName(name string) {
 	binary.LittleEndian.PutUint32(s.mem[8:], uint32(len(name)))
 	copy(s.mem[16:16+SlotNameMax], name)
+	if s.coh != nil {
+		s.coh.Flush(s.mem[8 : 16+SlotNameMax])
+	}
 }
 
 // Name returns the name stored in the slot, checking its length.
 func (s Slot) Name() (string, error) {
+	if s.coh != nil {
+		s.coh.Invalidate(s.mem[8 : 16+SlotNameMax])
+	}
 	n := binary.LittleEndian.Uint32(s.mem[8:])
 	if n > SlotNameMax {
 		return "", fmt.Errorf("slot name length %d exceeds %d", n, SlotNameMax)
@@ -459,7 +480,7 @@ func (s Slot) Name() (string, error) {
 // ListenerLayout is a view of a listener segment.
 type ListenerLayout struct {
 	Server Control
-	Knock  *atomic.Uint32
+	Knock  Word32
 	Slots  []Slot
 	PID    int
 	// Host is the server's host identity: whether PID names a process
@@ -468,6 +489,15 @@ type ListenerLayout struct {
 	Flags uint32 // ListenerSocketOnly, ListenerByteStream
 	// Load is what the instance publishes for balancers (instance.go).
 	Load Load
+}
+
+// SetCoherence makes the listener's words and slots keep memory coherent
+// through coh (Segment.Coherence); nil for coherent memory.
+func (l *ListenerLayout) SetCoherence(coh coherence.Coherence) {
+	l.Server, l.Knock, l.Load = l.Server.with(coh), l.Knock.with(coh), l.Load.with(coh)
+	for i, s := range l.Slots {
+		l.Slots[i] = Slot{State: s.State.with(coh), PID: s.PID.with(coh), mem: s.mem, coh: coh}
+	}
 }
 
 // ListenerSize is the size of a listener segment.

@@ -38,11 +38,71 @@ const HostsFile = "hosts"
 // KindHosts is the header kind of a pool's marker.
 const KindHosts = 4
 
-// PoolCrossHost, in the marker's param A, says that the pool is shared
-// across hosts. Other bits are reserved: a marker with one set is
-// refused (F13), since a mode this process does not know is one it
-// cannot follow.
-const PoolCrossHost = 1
+// Pool flags, in the marker's param A. PoolCrossHost says that the pool
+// is shared across hosts. With it, at most one of PoolFlushes and
+// PoolSimulated says how its memory is kept coherent (PROTOCOL.md 18):
+// PoolFlushes, by the processor's write-back and invalidate instructions
+// (memory that hardware does not keep coherent between hosts);
+// PoolSimulated, by the simulator of such memory (package coherence: each
+// process works on a private copy), for tests and benchmarks on one
+// machine. Other bits and combinations are refused (F13), since a mode
+// this process does not know is one it cannot follow.
+const (
+	PoolCrossHost = 1
+	PoolFlushes   = 2
+	PoolSimulated = 4
+)
+
+// Coherence is how a pool's memory is kept coherent between its
+// processes.
+type Coherence int
+
+// Coherence modes of a pool.
+const (
+	// CoherenceHardware: the hardware does (one host, or hosts sharing
+	// CXL memory with coherence); nothing is flushed.
+	CoherenceHardware Coherence = iota
+	// CoherenceSoftware: every writer writes back the lines it wrote,
+	// every reader invalidates the lines it reads (PoolFlushes).
+	CoherenceSoftware
+	// CoherenceSimulated: as CoherenceSoftware, over the simulator
+	// (PoolSimulated).
+	CoherenceSimulated
+)
+
+// String names the mode as notnets pool init -coherence takes it.
+func (c Coherence) String() string {
+	switch c {
+	case CoherenceHardware:
+		return "hardware"
+	case CoherenceSoftware:
+		return "software"
+	case CoherenceSimulated:
+		return "simulated"
+	}
+	return fmt.Sprintf("Coherence(%d)", int(c))
+}
+
+// ParseCoherence parses a mode's name (String).
+func ParseCoherence(s string) (Coherence, error) {
+	for _, c := range []Coherence{CoherenceHardware, CoherenceSoftware, CoherenceSimulated} {
+		if s == c.String() {
+			return c, nil
+		}
+	}
+	return 0, fmt.Errorf("notnets: coherence %q is not hardware, software or simulated", s)
+}
+
+// flags returns the marker flags of a cross-host pool with coherence c.
+func (c Coherence) flags() uint32 {
+	switch c {
+	case CoherenceSoftware:
+		return PoolCrossHost | PoolFlushes
+	case CoherenceSimulated:
+		return PoolCrossHost | PoolSimulated
+	}
+	return PoolCrossHost
+}
 
 // Mode is what a pool says of itself.
 type Mode struct {
@@ -50,6 +110,9 @@ type Mode struct {
 	// treats its peers as remote (no futex doorbell, no Unix socket, no
 	// pid, liveness by heartbeat alone).
 	CrossHost bool
+	// Coherence is how the pool's memory is kept coherent (only a
+	// cross-host pool's may be other than CoherenceHardware).
+	Coherence Coherence
 	// Creator is the host identity of the process that marked the pool
 	// (informational).
 	Creator Host
@@ -114,10 +177,12 @@ func readModeAt(dfd int, dir string, dirUID uint32) (Mode, error) {
 	if err != nil {
 		return Mode{}, fmt.Errorf("%w: pool marker %s: %v", ErrAccess, path, err)
 	}
-	if flags != PoolCrossHost {
-		return Mode{}, fmt.Errorf("%w: pool marker %s has flags %#x; this build knows only %#x (cross-host)", ErrAccess, path, flags, PoolCrossHost)
+	for _, c := range []Coherence{CoherenceHardware, CoherenceSoftware, CoherenceSimulated} {
+		if flags == c.flags() {
+			return Mode{CrossHost: true, Coherence: c, Creator: readHost(buf)}, nil
+		}
 	}
-	return Mode{CrossHost: true, Creator: readHost(buf)}, nil
+	return Mode{}, fmt.Errorf("%w: pool marker %s has flags %#x; this build knows %#x (cross-host) with at most one of %#x (flushes) and %#x (simulated)", ErrAccess, path, flags, PoolCrossHost, PoolFlushes, PoolSimulated)
 }
 
 // ErrPoolInUse is wrapped by the error of PrepareCrossHost for a pool
@@ -135,11 +200,22 @@ var ErrPoolInUse = errors.New("notnets: the pool is in use as a pool of one host
 // else the error says why (ErrPoolInUse, ErrAccess). The marker is
 // linked into place whole, so a reader never sees part of it.
 func PrepareCrossHost(dir string, a Access) error {
+	return PrepareCoherence(dir, a, anyCoherence)
+}
+
+// anyCoherence, given to PrepareCoherence, takes an existing cross-host
+// pool whatever its coherence, and makes a new one CoherenceHardware.
+const anyCoherence Coherence = -1
+
+// PrepareCoherence is PrepareCrossHost for a pool whose memory is kept
+// coherent as c says (Mode.Coherence); an existing cross-host pool of
+// another coherence is an error wrapping ErrPoolInUse.
+func PrepareCoherence(dir string, a Access, c Coherence) error {
 	if dir == "" {
 		return errors.New("notnets: empty pool directory")
 	}
 	dir = filepath.Clean(dir) // "link/" would follow the link
-	err := createMarked(dir, a)
+	err := createMarked(dir, a, c)
 	switch {
 	case err == nil:
 		return CheckDir(dir, a)
@@ -147,13 +223,13 @@ func PrepareCrossHost(dir string, a Access) error {
 		return err
 	}
 	stickyOwn(dir, a)
-	return MarkCrossHost(dir, a)
+	return markCoherence(dir, a, c)
 }
 
 // createMarked makes the pool directory dir with its marker: under a
 // temporary name next to it first, renamed to dir only if dir does not
 // exist (RENAME_NOREPLACE). An error wrapping EEXIST says it exists.
-func createMarked(dir string, a Access) error {
+func createMarked(dir string, a Access, c Coherence) error {
 	parent, base := filepath.Split(dir)
 	if parent == "" {
 		parent = "."
@@ -185,7 +261,7 @@ func createMarked(dir string, a Access) error {
 	if err != nil {
 		return fail(err)
 	}
-	err = writeMarker(dfd, tmp, a)
+	err = writeMarker(dfd, tmp, a, c)
 	unix.Close(dfd)
 	if err != nil {
 		return fail(err)
@@ -210,7 +286,10 @@ func createMarked(dir string, a Access) error {
 // hosts, if it is not already (see PrepareCrossHost): only its owner or
 // root may (a marker of anyone else is ignored, F13), and only while no
 // process uses it as a pool of one host.
-func MarkCrossHost(dir string, a Access) error {
+func MarkCrossHost(dir string, a Access) error { return markCoherence(dir, a, anyCoherence) }
+
+// markCoherence is MarkCrossHost with coherence c.
+func markCoherence(dir string, a Access, c Coherence) error {
 	f, err := openDirList(dir, a)
 	if err != nil {
 		return err
@@ -225,6 +304,8 @@ func MarkCrossHost(dir string, a Access) error {
 	switch {
 	case err != nil:
 		return err
+	case mode.CrossHost && c != anyCoherence && mode.Coherence != c:
+		return fmt.Errorf("%w: %s is a cross-host pool with %s coherence, not %s", ErrPoolInUse, dir, mode.Coherence, c)
 	case mode.CrossHost:
 		return nil
 	case mode.Ignored != "":
@@ -242,11 +323,11 @@ func MarkCrossHost(dir string, a Access) error {
 			return fmt.Errorf("%w: %s has %s; a pool becomes cross-host when it is made (WithCrossHost on Listen, notnets pool init -cross-host): use a new directory, or stop its processes and remove it first", ErrPoolInUse, dir, n)
 		}
 	}
-	if err := writeMarker(dfd, dir, a); err != nil {
+	if err := writeMarker(dfd, dir, a, c); err != nil {
 		return err
 	}
 	// Another process may have linked a marker first: judge what is there.
-	if mode, err := readModeAt(dfd, dir, st.Uid); err != nil || !mode.CrossHost {
+	if mode, err := readModeAt(dfd, dir, st.Uid); err != nil || !mode.CrossHost || (c != anyCoherence && mode.Coherence != c) {
 		return fmt.Errorf("notnets: mark pool %s cross-host: the marker reads back as %+v, %v", dir, mode, err)
 	}
 	return nil
@@ -256,7 +337,7 @@ func MarkCrossHost(dir string, a Access) error {
 // whole file under a temporary name first, then linked to HostsFile
 // (which fails, harmlessly, if a marker is there already), so that no
 // reader ever sees part of it.
-func writeMarker(dfd int, dir string, a Access) error {
+func writeMarker(dfd int, dir string, a Access, c Coherence) error {
 	var r [8]byte
 	rand.Read(r[:])
 	tmp := ".hosts-" + hex.EncodeToString(r[:])
@@ -283,7 +364,7 @@ func writeMarker(dfd int, dir string, a Access) error {
 		return err
 	}
 	buf := make([]byte, PageSize)
-	writeHeader(buf, KindHosts, PoolCrossHost, 0, 0)
+	writeHeader(buf, KindHosts, c.flags(), 0, 0)
 	writeHost(buf, LocalHost())
 	if n, err := unix.Pwrite(fd, buf, 0); err != nil || n != PageSize {
 		return fmt.Errorf("notnets: write the marker of pool %s: %d of %d bytes (%v)", dir, n, PageSize, err)

@@ -511,16 +511,16 @@ func TestMapConnFresh(t *testing.T) {
 		name string
 		ok   bool
 	}{
-		{"client state at 4096", at(lay.Client.State, mem, 4096)},
-		{"client heartbeat at 4104", at(lay.Client.Heartbeat, mem, 4104)},
-		{"C2S tail at 4160", at(lay.Client.Tail, mem, 4160)},
-		{"S2C head at 4224", at(lay.Client.Head, mem, 4224)},
-		{"client sleeping at 4288", at(lay.Client.Sleeping, mem, 4288)},
-		{"server state at 8192", at(lay.Server.State, mem, 8192)},
-		{"server heartbeat at 8200", at(lay.Server.Heartbeat, mem, 8200)},
-		{"S2C tail at 8256", at(lay.Server.Tail, mem, 8256)},
-		{"C2S head at 8320", at(lay.Server.Head, mem, 8320)},
-		{"server sleeping at 8384", at(lay.Server.Sleeping, mem, 8384)},
+		{"client state at 4096", at(lay.Client.State.Ptr(), mem, 4096)},
+		{"client heartbeat at 4104", at(lay.Client.Heartbeat.Ptr(), mem, 4104)},
+		{"C2S tail at 4160", at(lay.Client.Tail.Ptr(), mem, 4160)},
+		{"S2C head at 4224", at(lay.Client.Head.Ptr(), mem, 4224)},
+		{"client sleeping at 4288", at(lay.Client.Sleeping.Ptr(), mem, 4288)},
+		{"server state at 8192", at(lay.Server.State.Ptr(), mem, 8192)},
+		{"server heartbeat at 8200", at(lay.Server.Heartbeat.Ptr(), mem, 8200)},
+		{"S2C tail at 8256", at(lay.Server.Tail.Ptr(), mem, 8256)},
+		{"C2S head at 8320", at(lay.Server.Head.Ptr(), mem, 8320)},
+		{"server sleeping at 8384", at(lay.Server.Sleeping.Ptr(), mem, 8384)},
 		{"C2S data at 12288", at(&lay.C2S[0], mem, 12288)},
 		{"S2C data at 12288 + A", at(&lay.S2C[0], mem, 12288+a)},
 	} {
@@ -613,10 +613,10 @@ func TestMapListener(t *testing.T) {
 	if lay.PID != 777 {
 		t.Errorf("PID = %d", lay.PID)
 	}
-	if !at(lay.Server.State, mem, 4096) {
+	if !at(lay.Server.State.Ptr(), mem, 4096) {
 		t.Error("listener server state not at 4096")
 	}
-	if !at(lay.Knock, mem, 8192) {
+	if !at(lay.Knock.Ptr(), mem, 8192) {
 		t.Error("knock not at 8192")
 	}
 	if len(lay.Slots) != 31 {
@@ -624,7 +624,7 @@ func TestMapListener(t *testing.T) {
 	}
 	for i, s := range lay.Slots {
 		off := 8256 + 128*i
-		if !at(s.State, mem, off) || !at(s.PID, mem, off+4) {
+		if !at(s.State.Ptr(), mem, off) || !at(s.PID.Ptr(), mem, off+4) {
 			t.Errorf("slot %d: state or pid not at %d", i, off)
 		}
 	}

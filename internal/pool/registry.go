@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -29,18 +28,27 @@ type Registry struct {
 	seg *Segment
 	// Generation changes whenever an instance of any service in the pool
 	// opens or closes; waiters sleep on it as on a listener's knock word.
-	Generation *atomic.Uint32
+	Generation Word32
 }
 
 // OpenRegistry maps the registry of the pool dir, creating it if it does
 // not exist yet. A registry file of another size, or with a header that
 // is not a registry's, is an error (the file is not removed: it may be
 // another user's, and only CleanIn judges files).
-func OpenRegistry(dir string, a Access) (*Registry, error) {
+//
+// c is the pool's coherence (Mode.Coherence): the header is written back
+// after it is written and read from memory before it is checked, and the
+// generation word is a Word32 with the segment's coherence.
+func OpenRegistry(dir string, a Access, c Coherence) (*Registry, error) {
 	seg, err := CreateIn(dir, RegistryFile, PageSize, a)
 	if err == nil {
+		if err := seg.UseCoherence(c); err != nil {
+			seg.Close()
+			return nil, err
+		}
 		writeHeader(seg.Mem, KindRegistry, 0, 0, 0)
-		return &Registry{seg: seg, Generation: u32(seg.Mem, offGeneration)}, nil
+		seg.Flush(seg.Mem[:offGeneration])
+		return newRegistry(seg), nil
 	}
 	if !errors.Is(err, syscall.EEXIST) {
 		return nil, err
@@ -49,12 +57,17 @@ func OpenRegistry(dir string, a Access) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := seg.UseCoherence(c); err != nil {
+		seg.Close()
+		return nil, err
+	}
 	// PROTOCOL.md F8. A header still all zeros, or half written (the magic
 	// goes first), is
 	// one its creator is writing right now: look again for a moment.
 	for try := 0; ; try++ {
 		var zero bool
 		err := Guard("registry", func() error {
+			seg.Invalidate(seg.Mem[:offGeneration])
 			if zero = binary.LittleEndian.Uint32(seg.Mem[offMagic:]) == 0; zero {
 				return nil
 			}
@@ -70,7 +83,11 @@ func OpenRegistry(dir string, a Access) (*Registry, error) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	return &Registry{seg: seg, Generation: u32(seg.Mem, offGeneration)}, nil
+	return newRegistry(seg), nil
+}
+
+func newRegistry(seg *Segment) *Registry {
+	return &Registry{seg: seg, Generation: u32(seg.Mem, offGeneration).with(seg.Coherence())}
 }
 
 // registryTries is how many times OpenRegistry looks again at a registry

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/notnets/notnets/internal/coherence"
 )
 
 // Segment is a file of the pool mapped into this process, shared and
@@ -26,6 +28,12 @@ type Segment struct {
 	dir, name string // where Unlink removes the file; empty for a memfd
 	access    Access // how the pool directory is checked before Unlink
 	res       *reserver
+
+	// Coherence (segment_coherence.go): coh is nil on coherent memory;
+	// when simulated, Mem is sim's private copy and shared the mapping.
+	coh    coherence.Coherence
+	sim    *coherence.Sim
+	shared []byte
 }
 
 // FileOwner is the owner of a segment file and its identity.
@@ -254,6 +262,7 @@ func (s *Segment) Unlink() error {
 // the file.
 func (s *Segment) Close() error {
 	var err error
+	s.closeCoherence()
 	if s.Mem != nil {
 		err = unix.Munmap(s.Mem)
 		s.Mem = nil

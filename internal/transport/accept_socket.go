@@ -155,7 +155,7 @@ func (l *Listener) handshake(conn *net.UnixConn) {
 	a.hs = conn // closed once the server state is stored (a.settled)
 	select {
 	case l.incoming <- a:
-		doorbell.Knock(l.lay.Knock, 1) // wake Accept
+		doorbell.KnockWord(l.lay.Knock, 1) // wake Accept
 	case <-l.done:
 		a.Refuse()
 	}

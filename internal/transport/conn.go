@@ -17,6 +17,8 @@ import (
 	"github.com/notnets/notnets/internal/pool"
 	"github.com/notnets/notnets/internal/ring"
 	"github.com/notnets/notnets/internal/spin"
+
+	"github.com/notnets/notnets/internal/coherence"
 )
 
 // conn is one side of a connection segment: the ring it produces, the ring
@@ -34,6 +36,7 @@ import (
 // the others.
 type conn struct {
 	seg        *pool.Segment
+	coh        coherence.Coherence // the segment's, nil on coherent memory (PROTOCOL.md 18)
 	self, peer pool.Control
 	out        *ring.Producer
 	in         *ring.Consumer
@@ -86,16 +89,20 @@ type conn struct {
 }
 
 func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait Wait) *conn {
-	return &conn{
+	var coh coherence.Coherence
+	if seg != nil {
+		coh = seg.Coherence()
+	}
+	c := &conn{
 		headerLimit:     pool.DefaultHeaderLimit,
 		peerHeaderLimit: pool.DefaultHeaderLimit,
-		bell:            doorbell.New(ring.TailWord(self.Tail), self.Sleeping, ring.TailWord(peer.Tail), peer.Sleeping, wait.PollOnly),
+		bell:            doorbell.New(ring.TailWord(self.Tail.Ptr()), self.Sleeping.Ptr(), ring.TailWord(peer.Tail.Ptr()), peer.Sleeping.Ptr(), wait.PollOnly),
 		seg:             seg,
 		self:            self,
 		peer:            peer,
 		// Connections start fresh (checked at accept): both rings at 0.
-		out:        ring.NewProducerAt(out, self.Tail, peer.Head, 0),
-		in:         ring.NewConsumerAt(in, peer.Tail, self.Head, 0),
+		out:        ring.NewProducerAt(out, self.Tail.Ptr(), peer.Head.Ptr(), 0),
+		in:         ring.NewConsumerAt(in, peer.Tail.Ptr(), self.Head.Ptr(), 0),
 		wait:       wait,
 		wlock:      make(chan struct{}, 1),
 		done:       make(chan struct{}),
@@ -103,7 +110,11 @@ func newConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, wait Wa
 		resume:     make(chan struct{}, 1),
 		parkTimer:  time.NewTimer(time.Hour),
 		budget:     spin.NewBudget(wait.Spin),
+		coh:        coh,
 	}
+	c.out.SetCoherence(coh)
+	c.in.SetCoherence(coh)
+	return c
 }
 
 // closeErr returns why the connection closed, or nil while it is open.

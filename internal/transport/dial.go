@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -67,6 +66,9 @@ func connect(ctx context.Context, o *DialConfig) (*dialed, error) {
 		return nil, status.Errorf(codes.Unavailable, "notnets: no listener %q in pool %s: %v", name, o.Pool, err)
 	}
 	defer lseg.Close()
+	if err := lseg.UseCoherence(mode.Coherence); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
+	}
 	lis, err := mapListener(lseg, name)
 	if err != nil {
 		return nil, err
@@ -101,6 +103,9 @@ func connect(ctx context.Context, o *DialConfig) (*dialed, error) {
 	if wseg.Owner.Dev != lseg.Owner.Dev || wseg.Owner.Ino != lseg.Owner.Ino {
 		return nil, status.Errorf(codes.Unavailable, "notnets: listener %q was replaced while connecting", name)
 	}
+	if err := wseg.UseCoherence(mode.Coherence); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
+	}
 	if lis, err = mapListener(wseg, name); err != nil {
 		return nil, err
 	}
@@ -116,11 +121,18 @@ func connect(ctx context.Context, o *DialConfig) (*dialed, error) {
 	if err != nil {
 		return nil, createError(err)
 	}
-	pool.InitConnSpec(seg.Mem, spec, os.Getpid())
-	err = pool.WriteConnInfo(seg.Mem, o.Info)
+	err = seg.UseCoherence(mode.Coherence)
+	if err == nil {
+		pool.InitConnSpec(seg.Mem, spec, os.Getpid())
+		err = pool.WriteConnInfo(seg.Mem, o.Info)
+		seg.Flush(seg.Mem[:pool.PageSize]) // before the server reads it (18.3)
+	}
 	var lay *pool.ConnLayout
 	if err == nil {
 		lay, err = pool.MapConn(seg.Mem, ring.CheckCap)
+	}
+	if err == nil {
+		lay.SetCoherence(seg.Coherence())
 	}
 	if err == nil {
 		err = protectPeer(seg, lay, true)
@@ -162,12 +174,14 @@ func NotCrossHost(dir string, mode pool.Mode) error {
 func mapListener(seg *pool.Segment, name string) (*pool.ListenerLayout, error) {
 	var lis *pool.ListenerLayout
 	err := pool.Guard("listener "+name, func() (err error) {
+		seg.Invalidate(seg.Mem[:pool.PageSize]) // 18.3
 		lis, err = pool.MapListener(seg.Mem)
 		return err
 	})
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "notnets: listener %q: %v", name, err)
 	}
+	lis.SetCoherence(seg.Coherence())
 	return lis, nil
 }
 
@@ -233,7 +247,7 @@ func announce(ctx context.Context, o *DialConfig, name string, lis *pool.Listene
 	if err != nil {
 		return err
 	}
-	doorbell.Knock(lis.Knock, 1)
+	doorbell.KnockWord(lis.Knock, 1)
 	err = waitAccepted(ctx, o, lay, func() error {
 		if lis.Server.State.Load() != pool.StateOpen {
 			return status.Error(codes.Unavailable, "notnets: listener closed before accepting")
@@ -249,13 +263,13 @@ func announce(ctx context.Context, o *DialConfig, name string, lis *pool.Listene
 // beatWatch follows a heartbeat word while a client waits on its
 // listener.
 type beatWatch struct {
-	word    *atomic.Uint64
+	word    pool.Word64
 	timeout time.Duration
 	last    uint64
 	since   time.Time
 }
 
-func newBeatWatch(word *atomic.Uint64, timeout time.Duration) *beatWatch {
+func newBeatWatch(word pool.Word64, timeout time.Duration) *beatWatch {
 	return &beatWatch{word: word, timeout: timeout, last: word.Load(), since: time.Now()}
 }
 
@@ -291,7 +305,8 @@ func waitAccepted(ctx context.Context, o *DialConfig, lay *pool.ConnLayout, gone
 // record is checked as any other (14.3 to 14.5); nothing else is read, and
 // the reason is cut to a line's length.
 func refusalReason(lay *pool.ConnLayout) string {
-	in := ring.NewConsumerAt(lay.S2C, lay.Server.Tail, lay.Client.Head, 0)
+	in := ring.NewConsumerAt(lay.S2C, lay.Server.Tail.Ptr(), lay.Client.Head.Ptr(), 0)
+	in.SetCoherence(lay.Coh)
 	rec, err := in.Next()
 	if err != nil || rec == nil {
 		return ""

@@ -93,14 +93,17 @@ func (c *conn) initHeaps(own, ownReturns, peer, peerReturns []byte, check bool) 
 	h := &c.heaps
 	if len(own) > 0 {
 		h.own, h.ownMem = arena.NewHeap(own), own
-		h.returns = arena.NewReturnReader(ownReturns, len(own), c.peer.ReturnTail, c.self.ReturnHead)
+		h.returns = arena.NewReturnReader(ownReturns, len(own), c.peer.ReturnTail.Ptr(), c.self.ReturnHead.Ptr())
+		h.returns.SetCoherence(c.coh)
 	}
 	if len(peer) > 0 {
 		h.peerMem = peer
 		h.held = arena.NewHeld(len(peer))
-		h.giveBack = arena.NewReturnWriter(peerReturns, len(peer), c.self.ReturnTail, c.peer.ReturnHead)
+		h.giveBack = arena.NewReturnWriter(peerReturns, len(peer), c.self.ReturnTail.Ptr(), c.peer.ReturnHead.Ptr())
+		h.giveBack.SetCoherence(c.coh)
 		h.views = make([][]byte, len(peer)/arena.MinBlock)
-		h.check = check && unix.Mprotect(peer, unix.PROT_NONE) == nil
+		// Not over a simulated copy, which Invalidate writes into.
+		h.check = check && !c.seg.Simulated() && unix.Mprotect(peer, unix.PROT_NONE) == nil
 	}
 }
 
@@ -160,6 +163,9 @@ func (c *conn) writeRef(ctx context.Context, stream uint32, flags frame.Flags, o
 	}
 	frame.Put(rec, flags, stream, uint32(n))
 	arena.Ref{Offset: uint64(off), Length: uint64(n)}.Append(rec[frame.HeaderSize:frame.HeaderSize])
+	if c.coh != nil { // the message, before the reference is published (18.2)
+		c.coh.Flush(c.ownMem[off : off+n])
+	}
 	// Lent before the publish that shows the peer the reference.
 	c.heapMu.Lock()
 	c.own.Lend(off)
@@ -192,6 +198,9 @@ func (c *conn) takeView(p []byte) (mem.Buffer, error) {
 	pageEnd := (end + arena.MinBlock - 1) &^ (arena.MinBlock - 1)
 	v := &h.views[page]
 	*v = h.peerMem[r.Offset:end:pageEnd]
+	if c.coh != nil && r.Length > 0 { // the message, from memory (18.2)
+		c.coh.Invalidate(*v)
+	}
 	h.pins++
 	h.viewMu.Unlock()
 	h.refsRecv.Add(1)
@@ -296,7 +305,8 @@ func (c *conn) closeHeaps() {
 // own regions are protected the same way in its process.
 func protectPeer(seg *pool.Segment, lay *pool.ConnLayout, client bool) error {
 	for _, r := range lay.PeerRegions(seg.Mem, client) {
-		if err := unix.Mprotect(r, unix.PROT_READ); err != nil {
+		// The memory, not a simulated copy of it (which Invalidate writes).
+		if err := unix.Mprotect(seg.Mapped(r), unix.PROT_READ); err != nil {
 			return fmt.Errorf("notnets: protect the peer's region of %s: %w", seg.Path, err)
 		}
 	}

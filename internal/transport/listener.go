@@ -37,6 +37,9 @@ type Listener struct {
 	// socket, slots only, no pid looked up, and wait is poll-only, for
 	// the listener and every connection it accepts.
 	cross bool
+	// coherence is how the pool's memory is kept coherent (PROTOCOL.md
+	// 18), for the segments the listener maps.
+	coherence pool.Coherence
 
 	// creds is the socket of the credentialed handshake (handshake.go), or
 	// nil; incoming carries what it receives to accept.
@@ -110,7 +113,12 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{dir: dir, name: base, service: service, access: access, stream: cfg.Stream, cross: mode.CrossHost, seg: seg, wait: wait, done: make(chan struct{})}
+	l := &Listener{dir: dir, name: base, service: service, access: access, stream: cfg.Stream, cross: mode.CrossHost, coherence: mode.Coherence, seg: seg, wait: wait, done: make(chan struct{})}
+	if err := seg.UseCoherence(mode.Coherence); err != nil {
+		seg.Unlink()
+		seg.Close()
+		return nil, err
+	}
 	if err := l.listenCreds(); err != nil {
 		seg.Unlink()
 		seg.Close()
@@ -128,12 +136,14 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 		flags |= pool.ListenerByteStream // clients of the other kind skip it (F11)
 	}
 	pool.InitListener(seg.Mem, os.Getpid(), flags)
+	seg.Flush(seg.Mem[:pool.PageSize]) // before clients read it (18.3)
 	if l.lay, err = pool.MapListener(seg.Mem); err != nil {
 		l.stopCreds()
 		seg.Unlink()
 		seg.Close()
 		return nil, err
 	}
+	l.lay.SetCoherence(seg.Coherence())
 	l.lay.Load.Workers.Store(uint32(runtime.GOMAXPROCS(0)))
 	l.startCreds()
 	l.lay.Server.State.Store(pool.StateOpen)
@@ -142,7 +152,7 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 	// refers to the listener.
 	runtime.AddCleanup(l, func(s *pool.Segment) { s.Close() }, seg)
 	if cfg.Exclusive {
-		if pid := liveInstance(dir, service, base, access, cfg.Stream, seg.Owner.UID, mode.CrossHost); pid != 0 {
+		if pid := liveInstance(dir, service, base, access, cfg.Stream, seg.Owner.UID, mode); pid != 0 {
 			l.Close()
 			return nil, fmt.Errorf("%w: listen %s/%s: instance of process %d is live", ErrInstanceExists, dir, service, pid)
 		}
@@ -157,10 +167,10 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 // or not), or 0. Another user's instance in a group pool does not count:
 // it could otherwise keep every exclusive Listen out; nor does one of the
 // other kind, which has other clients (F11). An instance whose pid
-// cannot be looked up here (cross: a cross-host pool; or another host or
+// cannot be looked up here (a cross-host pool; or another host or
 // pid namespace, F14) is live if its heartbeat moves within
 // remoteLiveWait.
-func liveInstance(dir, service, base string, access pool.Access, stream bool, uid uint32, cross bool) int {
+func liveInstance(dir, service, base string, access pool.Access, stream bool, uid uint32, mode pool.Mode) int {
 	bases, err := pool.ListInstances(dir, service, access)
 	if err != nil {
 		return 0
@@ -169,11 +179,11 @@ func liveInstance(dir, service, base string, access pool.Access, stream bool, ui
 		if b == base {
 			continue
 		}
-		in, err := balance.OpenInstance(dir, b, access)
+		in, err := balance.OpenInstance(dir, b, access, mode.Coherence)
 		if err != nil || in.Owner.UID != uid || in.ByteStream() != stream || !in.Open() {
 			continue
 		}
-		if cross || !in.Host.Local() {
+		if mode.CrossHost || !in.Host.Local() {
 			if beating(in) {
 				return in.PID
 			}
@@ -249,7 +259,7 @@ func (l *Listener) Stop() {
 		l.lay.Server.State.Store(pool.StateClosed)
 		// A new knock value, so that an accept about to wait on the old
 		// one returns at once instead of after doorbell.MaxBlock.
-		doorbell.Knock(l.lay.Knock, 1<<30)
+		doorbell.KnockWord(l.lay.Knock, 1<<30)
 		l.mu.Lock() // wait for Accept to leave the segment
 		defer l.mu.Unlock()
 		for len(l.incoming) > 0 { // received, never accepted
@@ -418,7 +428,7 @@ func (l *Listener) Accept() (*Accepted, error) {
 		if time.Since(idleSince) < l.wait.Spin {
 			runtime.Gosched()
 		} else {
-			doorbell.WaitKnock(l.lay.Knock, knock, l.wait.PollOnly)
+			doorbell.WaitKnock(l.lay.Knock.Ptr(), knock, l.wait.PollOnly)
 		}
 	}
 }
@@ -461,6 +471,10 @@ func (l *Listener) take(s pool.Slot) (*Accepted, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := seg.UseCoherence(l.coherence); err != nil {
+		seg.Close()
+		return nil, err
+	}
 	return acceptSegment(seg, nil, l.stream)
 }
 
@@ -470,11 +484,13 @@ func (l *Listener) take(s pool.Slot) (*Accepted, error) {
 // client's identity when the kernel reported it; stream says whether the
 // listener serves byte streams.
 func acceptSegment(seg *pool.Segment, auth *Identity, stream bool) (*Accepted, error) {
+	seg.Invalidate(seg.Mem[:pool.PageSize]) // the client's header (18.3)
 	lay, err := pool.MapConn(seg.Mem, ring.CheckCap)
 	if err != nil {
 		seg.Close() // an invalid header: nothing written
 		return nil, err
 	}
+	lay.SetCoherence(seg.Coherence())
 	// Before this side writes anything (even the state word), it
 	// allocates what it writes at once: its control page and the return
 	// queue of the client's heap (PROTOCOL.md 3.4). An honest client

@@ -95,9 +95,9 @@ func newStreamConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, w
 		seg:      seg,
 		self:     self,
 		peer:     peer,
-		out:      ring.NewProducerAt(out, self.Tail, peer.Head, 0),
-		in:       ring.NewConsumerAt(in, peer.Tail, self.Head, 0),
-		bell:     doorbell.New(ring.TailWord(self.Tail), self.Sleeping, ring.TailWord(peer.Tail), peer.Sleeping, wait.PollOnly),
+		out:      ring.NewProducerAt(out, self.Tail.Ptr(), peer.Head.Ptr(), 0),
+		in:       ring.NewConsumerAt(in, peer.Tail.Ptr(), self.Head.Ptr(), 0),
+		bell:     doorbell.New(ring.TailWord(self.Tail.Ptr()), self.Sleeping.Ptr(), ring.TailWord(peer.Tail.Ptr()), peer.Sleeping.Ptr(), wait.PollOnly),
 		wait:     wait,
 		budget:   spin.NewBudget(wait.Spin),
 		peerID:   id,
@@ -106,6 +106,8 @@ func newStreamConn(seg *pool.Segment, self, peer pool.Control, out, in []byte, w
 		done:     make(chan struct{}),
 		released: make(chan struct{}),
 	}
+	c.out.SetCoherence(seg.Coherence()) // PROTOCOL.md 18
+	c.in.SetCoherence(seg.Coherence())
 	// A reader asleep on the doorbell wakes when its deadline passes; a
 	// writer waiting for room polls, and looks at its deadline each time.
 	c.rdl = newDeadline(c.bell.Kick)

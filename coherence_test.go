@@ -1,0 +1,58 @@
+package notnets_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/notnets/notnets/internal/coherence"
+	"github.com/notnets/notnets/internal/pool"
+)
+
+// coherenceEnv makes every pool of a test process (testPool) a
+// cross-host pool whose memory is kept coherent as it says ("software",
+// "simulated"): the suites of TestUnderSimulatedCoherence and
+// TestUnderSoftwareCoherence.
+const coherenceEnv = "NOTNETS_TEST_COHERENCE"
+
+// testCoherence returns the coherence coherenceEnv asks for, if any.
+func testCoherence(t testing.TB) (pool.Coherence, bool) {
+	s := os.Getenv(coherenceEnv)
+	if s == "" {
+		return 0, false
+	}
+	c, err := pool.ParseCoherence(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, true
+}
+
+// TestUnderSimulatedCoherence runs hostsSuite again, in a child test
+// process whose pools are simulated memory without coherence (PROTOCOL.md
+// 18): every process works on a private copy of each segment, and only
+// the flushes and invalidates the protocol lists move bytes between the
+// copy and the file, so a flush or invalidate the transport misses shows
+// up as a hang or stale data (internal/ring's TestSimCatchesARemovedFlush
+// shows that it does). Every test must pass, none may skip. It needs no
+// privilege: the servers are ordinary child processes.
+func TestUnderSimulatedCoherence(t *testing.T) {
+	if _, ok := testCoherence(t); ok || asHosts() {
+		t.Skip("skipped: already running a suite")
+	}
+	runSuite(t, "over simulated memory without coherence", coherenceEnv+"="+pool.CoherenceSimulated.String())
+}
+
+// TestUnderSoftwareCoherence runs hostsSuite with the processor's
+// write-back and invalidate instructions around every access the
+// protocol lists (PROTOCOL.md 18). This machine's memory is coherent, so
+// it shows that the instructions keep every byte and cost no correctness;
+// the simulator shows that they are enough.
+func TestUnderSoftwareCoherence(t *testing.T) {
+	if _, ok := testCoherence(t); ok || asHosts() {
+		t.Skip("skipped: already running a suite")
+	}
+	if !coherence.Supported() {
+		t.Skip("skipped: this processor has no cache-line write-back instruction that notnets knows")
+	}
+	runSuite(t, "with cache-line flushes", coherenceEnv+"="+pool.CoherenceSoftware.String())
+}
