@@ -44,7 +44,23 @@ func (Software) Invalidate(b []byte) {
 // lines returns the address of the first line that b touches and how many
 // lines it touches.
 func lines(b []byte, addr uintptr) (start uintptr, n uintptr) {
-	start = addr &^ (LineSize - 1)
-	end := (addr + uintptr(len(b)) + LineSize - 1) &^ (LineSize - 1)
-	return start, (end - start) / LineSize
+	return linesOf(addr, len(b), LineSize)
+}
+
+// linesOf returns the address of the first line of size bytes (a power of
+// two) that the n bytes at addr touch, and how many such lines they touch.
+// It is lines for a line size other than LineSize: on arm64 the loop steps
+// by the processor's own line size, which need not be 64.
+func linesOf(addr uintptr, n int, size uintptr) (start uintptr, count uintptr) {
+	start = addr &^ (size - 1)
+	end := (addr + uintptr(n) + size - 1) &^ (size - 1)
+	return start, (end - start) / size
+}
+
+// ctrDminLine returns the smallest data cache line size, in bytes, that
+// an arm64 CTR_EL0 value reports: DminLine, bits 19:16, is the log2 of
+// the number of 4-byte words in the line. It is here rather than in
+// flush_arm64.go so that it is tested on every architecture.
+func ctrDminLine(ctr uint64) uintptr {
+	return 4 << ((ctr >> 16) & 0xf)
 }

@@ -8,8 +8,15 @@
 // On amd64, Flush is CLWB (or CLFLUSHOPT, or CLFLUSH on older processors)
 // over every 64-byte line of the range, then SFENCE; Invalidate is
 // CLFLUSHOPT (or CLFLUSH) over the lines, then MFENCE, so that the loads
-// that follow miss the cache and read memory. On other architectures the
-// operations are not implemented yet and Supported reports false.
+// that follow miss the cache and read memory. On arm64, Flush is DC CVAC
+// (clean to the point of coherence) over every line of the range, then
+// DSB SY; Invalidate is DSB SY, DC CIVAC (clean and invalidate to the
+// point of coherence) over the lines, then DSB SY. The arm64 loops step by
+// the processor's smallest data line, read from CTR_EL0 at init on Linux
+// (64 bytes assumed elsewhere), and Supported reports false if that line
+// is larger than LineSize, which the shared layout is aligned to. On other
+// architectures the operations are not implemented yet and Supported
+// reports false.
 //
 // Sim stands in for non-coherent memory on one machine: each side works on
 // a private copy of a segment, and Flush and Invalidate are what copy

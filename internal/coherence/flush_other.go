@@ -1,9 +1,9 @@
-//go:build !amd64
+//go:build !amd64 && !arm64
 
 package coherence
 
-// Supported reports false: the operations are implemented on amd64 only
-// so far (arm64 would use DC CVAC and DC CIVAC with DSB).
+// Supported reports false: the operations are implemented on amd64 and
+// arm64 only so far.
 func Supported() bool { return false }
 
 // Instructions reports that there are none here.
