@@ -36,9 +36,7 @@ func testCoherence(t testing.TB) (pool.Coherence, bool) {
 // shows that it does). Every test must pass, none may skip. It needs no
 // privilege: the servers are ordinary child processes.
 func TestUnderSimulatedCoherence(t *testing.T) {
-	if _, ok := testCoherence(t); ok || asHosts() {
-		t.Skip("skipped: already running a suite")
-	}
+	skipSuite(t)
 	runSuite(t, "over simulated memory without coherence", coherenceEnv+"="+pool.CoherenceSimulated.String())
 }
 
@@ -48,11 +46,24 @@ func TestUnderSimulatedCoherence(t *testing.T) {
 // it shows that the instructions keep every byte and cost no correctness;
 // the simulator shows that they are enough.
 func TestUnderSoftwareCoherence(t *testing.T) {
-	if _, ok := testCoherence(t); ok || asHosts() {
-		t.Skip("skipped: already running a suite")
-	}
+	skipSuite(t)
 	if !coherence.Supported() {
 		t.Skip("skipped: this processor has no cache-line write-back instruction that notnets knows")
 	}
 	runSuite(t, "with cache-line flushes", coherenceEnv+"="+pool.CoherenceSoftware.String())
+}
+
+// skipSuite skips a test that runs hostsSuite in another mode when this
+// process already runs one, and under the race detector: what these
+// suites check is what crosses between processes, which the detector
+// does not see, and under it they take minutes each; the same CI run
+// runs them without it (.ci/run).
+func skipSuite(t *testing.T) {
+	t.Helper()
+	if _, ok := testCoherence(t); ok || asHosts() {
+		t.Skip("skipped: already running a suite")
+	}
+	if raceEnabled {
+		t.Skip("skipped under the race detector: it does not see what crosses between processes, which is what this suite checks, and it would take minutes; `go test ./...` runs it")
+	}
 }

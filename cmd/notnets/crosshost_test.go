@@ -30,13 +30,26 @@ func TestPoolCrossHost(t *testing.T) {
 		}
 		return string(b)
 	}
-	if out := run(false, "init", "-cross-host", dir); !strings.Contains(out, "cross-host (marked by "+pool.LocalHost().String()+")") {
+	if out := run(false, "init", "-cross-host", dir); !strings.Contains(out, "cross-host (marked by "+pool.LocalHost().String()+"), hardware coherence") {
 		t.Errorf("pool init -cross-host:\n%s", out)
 	}
 	if mode, err := pool.ReadMode(dir, pool.OwnerOnly); err != nil || !mode.CrossHost {
 		t.Fatalf("after pool init -cross-host: %+v, %v", mode, err)
 	}
 	run(false, "-dir", dir, "init", "-cross-host")
+	if out := run(true, "-dir", dir, "init", "-cross-host", "-coherence", "software"); !strings.Contains(out, "hardware coherence, not software") {
+		t.Errorf("pool init -coherence software of a pool with hardware coherence:\n%s", out)
+	}
+	sim := filepath.Join(t.TempDir(), "sim")
+	if out := run(false, "init", "-cross-host", "-coherence", "simulated", sim); !strings.Contains(out, "simulated coherence") {
+		t.Errorf("pool init -coherence simulated:\n%s", out)
+	}
+	if mode, err := pool.ReadMode(sim, pool.OwnerOnly); err != nil || mode.Coherence != pool.CoherenceSimulated {
+		t.Fatalf("after pool init -coherence simulated: %+v, %v", mode, err)
+	}
+	if out := run(true, "init", "-coherence", "software", filepath.Join(t.TempDir(), "one")); !strings.Contains(out, "needs -cross-host") {
+		t.Errorf("pool init -coherence without -cross-host:\n%s", out)
+	}
 
 	used := t.TempDir()
 	lis, err := notnets.Listen("svc", notnets.WithPool(used))

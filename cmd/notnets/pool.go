@@ -26,6 +26,7 @@ func poolCmd(args []string) error {
 	filesOnly := fs.Bool("files", false, "ls: list only the pool's files (the FILES table alone)")
 	beat := fs.Bool("beat", false, fmt.Sprintf("ls: read each instance's heartbeat twice, %v apart, and call one whose heartbeat stood still stale", beatWait))
 	crossHost := fs.Bool("cross-host", false, "init: make the pool cross-host (shared by processes on several hosts), as WithCrossHost on Listen does")
+	coh := fs.String("coherence", "hardware", "init: with -cross-host, how the pool's memory is kept coherent: hardware, software (cache-line flushes, for memory that hardware does not keep coherent between hosts) or simulated (a private copy per process: tests and benchmarks); PROTOCOL.md 18")
 	watch := fs.Duration("watch", 0, fmt.Sprintf("clean: read the pool, wait this long (at least %v), and remove listeners whose heartbeat stood still meanwhile that cannot be judged by their pid (another host or pid namespace, or any in a cross-host pool; Listen and clients judge them over %v)", pool.MinRemoteStaleAfter, pool.RemoteStaleAfter))
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `usage: notnets pool [-dir DIR] [-group GROUP] init [-cross-host] [DIR] | ls [-files] [-beat] | clean [-watch D]
@@ -100,7 +101,14 @@ flags (before or after the command):
 	}
 	switch cmd {
 	case "init":
-		return initPool(os.Stdout, *dir, access, *crossHost)
+		c, err := pool.ParseCoherence(*coh)
+		if err != nil {
+			return err
+		}
+		if c != pool.CoherenceHardware && !*crossHost {
+			return fmt.Errorf("-coherence %s needs -cross-host: a pool of one host is coherent", c)
+		}
+		return initPool(os.Stdout, *dir, access, *crossHost, c)
 	case "ls", "":
 		entries, err := pool.ScanIn(*dir, access)
 		if err != nil {
@@ -122,12 +130,17 @@ flags (before or after the command):
 }
 
 // initPool makes the pool dir, cross-host or not, and says what it is.
-func initPool(w io.Writer, dir string, a pool.Access, crossHost bool) error {
-	prepare := pool.Prepare
-	if crossHost {
-		prepare = pool.PrepareCrossHost
+func initPool(w io.Writer, dir string, a pool.Access, crossHost bool, c pool.Coherence) error {
+	var err error
+	switch {
+	case !crossHost:
+		err = pool.Prepare(dir, a)
+	case c == pool.CoherenceHardware:
+		err = pool.PrepareCrossHost(dir, a)
+	default:
+		err = pool.PrepareCoherence(dir, a, c)
 	}
-	if err := prepare(dir, a); err != nil {
+	if err != nil {
 		return err
 	}
 	mode, err := pool.ReadMode(dir, a)
@@ -142,7 +155,7 @@ func initPool(w io.Writer, dir string, a pool.Access, crossHost bool) error {
 func modeLine(m pool.Mode) string {
 	switch {
 	case m.CrossHost:
-		return "cross-host (marked by " + shown(m.Creator.String()) + "): every process treats its peers as remote, and judges them by heartbeat"
+		return "cross-host (marked by " + shown(m.Creator.String()) + "), " + m.Coherence.String() + " coherence: every process treats its peers as remote, and judges them by heartbeat"
 	case m.Ignored != "":
 		return "one host (its hosts file is ignored: " + m.Ignored + ")"
 	}

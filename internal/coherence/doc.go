@@ -23,6 +23,11 @@
 // lines between the private copy and the shared one, so a missing Flush
 // or Invalidate in a protocol shows up as stale data or a hang.
 //
-// Nothing in the data path uses this package yet: the ring, the heaps and
-// the control words are to reach it through the Coherence interface.
+// The data path reaches it through the Coherence interface alone, only in
+// a pool marked for it (docs/PROTOCOL.md 18): package ring (records and
+// counters), package arena (return queues), package pool (Word32 and
+// Word64: control, load, slot and registry words; Segment.UseCoherence
+// chooses Software or a Sim per segment) and the transport's heap blocks
+// and header pages. On coherent memory they hold a nil Coherence and
+// call nothing.
 package coherence
