@@ -111,7 +111,12 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 		return nil, err
 	}
 	l := &Listener{dir: dir, name: base, service: service, access: access, stream: cfg.Stream, cross: mode.CrossHost, seg: seg, wait: wait, done: make(chan struct{})}
-	if err := l.listenCreds(); err != nil {
+	// A pool on a device takes its connections through the slots, into
+	// the device: a socket would hand over memfds.
+	if mode.Device == nil {
+		err = l.listenCreds()
+	}
+	if err != nil {
 		seg.Unlink()
 		seg.Close()
 		return nil, err
