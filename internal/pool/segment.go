@@ -16,6 +16,10 @@ import (
 // A Segment made by CreateIn, CreateSparseIn, CreateConn, OpenIn or
 // NewSegmentFD keeps a descriptor of its file until Close, with which
 // Reserve allocates ranges of a sparse segment before they are written.
+//
+// In a pool on a device (device.go) the file is a descriptor of the
+// segment's chunks, Mem maps the device there, Owner is the descriptor
+// file's, and the Segment holds the chunks' claim until Close.
 type Segment struct {
 	Path string
 	Mem  []byte
