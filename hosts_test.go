@@ -202,15 +202,16 @@ func whoAnswered(ctx context.Context, c testpb.TestServiceClient, opts ...grpc.C
 // hostsSuite is what TestAsSeparateHosts runs with every server as
 // another host, in cross-host pools: the end-to-end semantics (all four
 // kinds of call, metadata, status, deadlines, cancellation, limits,
-// codecs), grpc-go's interop cases (each client as a host too), and the
-// heaps.
+// codecs), grpc-go's interop cases (each client as a host too), the
+// heaps, and a pool on a device.
 const hostsSuite = "^(TestUnaryConcurrentCallsGetTheirOwnReplies|TestMetadataHeadersAndTrailers|TestStreamHeaderAndTrailer|" +
 	"TestStatusCodesMessagesAndDetails|TestUnimplemented|TestDeadlineReachesTheServer|TestDeadlineExceeded|" +
 	"TestCancelReachesTheServer|TestMessageSizes|TestMessageTooLarge|TestMetadataLargerThanTheRing|TestStreamingKinds|" +
-	"TestClientInterceptorsAndCodec|TestPeerAndMethodOnTheServer|TestInterop|TestArenaBytesEcho|TestArenaProtobuf|TestArenaHeldReplies)$"
+	"TestClientInterceptorsAndCodec|TestPeerAndMethodOnTheServer|TestInterop|TestArenaBytesEcho|TestArenaProtobuf|TestArenaHeldReplies|" +
+	"TestDeviceCalls)$"
 
 // hostsSuiteTests is how many top-level tests hostsSuite names.
-const hostsSuiteTests = 18
+const hostsSuiteTests = 19
 
 // TestAsSeparateHosts runs hostsSuite again, in a child test process,
 // with every server (and every interop client) in namespaces of its own,

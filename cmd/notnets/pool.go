@@ -27,9 +27,11 @@ func poolCmd(args []string) error {
 	beat := fs.Bool("beat", false, fmt.Sprintf("ls: read each instance's heartbeat twice, %v apart, and call one whose heartbeat stood still stale", beatWait))
 	crossHost := fs.Bool("cross-host", false, "init: make the pool cross-host (shared by processes on several hosts), as WithCrossHost on Listen does")
 	coh := fs.String("coherence", "hardware", "init: with -cross-host, how the pool's memory is kept coherent: hardware, software (cache-line flushes, for memory that hardware does not keep coherent between hosts) or simulated (a private copy per process: tests and benchmarks); PROTOCOL.md 18")
+	device := fs.String("device", "", "init: keep the pool's segments in this device (a devdax device, /dev/daxX.Y, or a regular file standing in for one) instead of in files")
+	chunk := fs.Int("chunk-size", pool.DefaultChunkSize, "init -device: the unit in which segments take the device, a power of two (at least the device's alignment)")
 	watch := fs.Duration("watch", 0, fmt.Sprintf("clean: read the pool, wait this long (at least %v), and remove listeners whose heartbeat stood still meanwhile that cannot be judged by their pid (another host or pid namespace, or any in a cross-host pool; Listen and clients judge them over %v)", pool.MinRemoteStaleAfter, pool.RemoteStaleAfter))
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `usage: notnets pool [-dir DIR] [-group GROUP] init [-cross-host] [DIR] | ls [-files] [-beat] | clean [-watch D]
+		fmt.Fprint(fs.Output(), `usage: notnets pool [-dir DIR] [-group GROUP] init [-cross-host] [-device DEV [-chunk-size N]] [DIR] | ls [-files] [-beat] | clean [-watch D]
 
   init    make the pool directory (mode 0700, or 03770 with -group), as
           the first Listen does; with -cross-host, a pool shared by
@@ -39,7 +41,13 @@ func poolCmd(args []string) error {
           heartbeats alone), whatever its options say. An existing pool is
           marked only if nobody uses it yet (no listener, connection or
           socket in it) and this user owns it; a cross-host pool is left
-          as it is. DIR, if given, is the pool directory.
+          as it is. With -device DEV, the pool's segments live in the
+          device DEV (a devdax device, /dev/daxX.Y, or a regular file
+          standing in for one), cut into chunks of -chunk-size bytes: each
+          segment file in DIR then holds a descriptor of its chunks, and
+          DIR/chunks says which chunk is whose; -cross-host and -device
+          go together for CXL memory shared by hosts. DIR, if given, is
+          the pool directory.
   ls      list the pool's services: the registry's generation and the
           pool's mode (one host, or cross-host), each service with its
           instances, and each instance's id, pid, host, owner, state
@@ -108,7 +116,7 @@ flags (before or after the command):
 		if c != pool.CoherenceHardware && !*crossHost {
 			return fmt.Errorf("-coherence %s needs -cross-host: a pool of one host is coherent", c)
 		}
-		return initPool(os.Stdout, *dir, access, *crossHost, c)
+		return initPool(os.Stdout, *dir, access, *crossHost, c, pool.DeviceConfig{Path: *device, ChunkSize: *chunk})
 	case "ls", "":
 		entries, err := pool.ScanIn(*dir, access)
 		if err != nil {
@@ -130,7 +138,14 @@ flags (before or after the command):
 }
 
 // initPool makes the pool dir, cross-host or not, and says what it is.
-func initPool(w io.Writer, dir string, a pool.Access, crossHost bool, c pool.Coherence) error {
+// With dev.Path, the pool is made on that device first (the device
+// marker), and then marked cross-host, with coherence c, if asked.
+func initPool(w io.Writer, dir string, a pool.Access, crossHost bool, c pool.Coherence, dev pool.DeviceConfig) error {
+	if dev.Path != "" {
+		if err := pool.PrepareDevice(dir, a, dev); err != nil {
+			return err
+		}
+	}
 	var err error
 	switch {
 	case !crossHost:
@@ -148,7 +163,15 @@ func initPool(w io.Writer, dir string, a pool.Access, crossHost bool, c pool.Coh
 		return err
 	}
 	fmt.Fprintf(w, "pool %s: %s\n", dir, modeLine(mode))
+	if mode.Device != nil {
+		fmt.Fprintf(w, "pool %s: %s\n", dir, deviceLine(mode.Device))
+	}
 	return nil
+}
+
+// deviceLine says where a pool on a device keeps its segments.
+func deviceLine(d *pool.Device) string {
+	return fmt.Sprintf("segments in device %s: %d chunks of %d bytes (%d bytes)", shown(d.Path), d.Chunks, d.ChunkSize, d.Size())
 }
 
 // modeLine says what a pool's marker makes of it.
@@ -253,6 +276,9 @@ func lsServices(w io.Writer, dir string, a pool.Access, entries []pool.Entry, be
 		fmt.Fprintf(w, "mode: refused: %v\n", merr)
 	} else {
 		fmt.Fprintf(w, "mode: %s\n", modeLine(mode))
+		if mode.Device != nil {
+			fmt.Fprintf(w, "device: %s\n", deviceLine(mode.Device))
+		}
 	}
 	// Whether instances' pids can be looked up here (F14).
 	remote := func(h pool.Host) bool { return merr != nil || mode.CrossHost || !h.Local() }

@@ -19,7 +19,7 @@ import (
 // Entry describes one file of a pool.
 type Entry struct {
 	Name     string
-	Kind     string // "listener", "connection", "socket", "registry", "hosts" (the marker) or "other"
+	Kind     string // "listener", "connection", "socket", "registry", "hosts" (the marker), "device" (its marker), "chunks" or "other"
 	Size     int64
 	Modified time.Time
 	PID      int // the creator's pid from the segment header (a socket: its listener's), 0 if unknown
@@ -109,7 +109,7 @@ func ScanAfter(dir string, a Access, after time.Duration) ([]Entry, error) {
 		return nil, err
 	}
 	defer f.Close()
-	j, err := newJudging(f, dir, after)
+	j, err := newJudging(f, dir, a, after)
 	if err != nil {
 		return nil, err
 	}
@@ -141,12 +141,15 @@ func CleanAfter(dir string, a Access, after time.Duration) ([]Entry, error) {
 		return nil, err
 	}
 	defer f.Close()
-	j, err := newJudging(f, dir, after)
+	j, err := newJudging(f, dir, a, after)
 	if err != nil {
 		return nil, err
 	}
 	if j.modeErr != nil {
 		return nil, j.modeErr
+	}
+	if j.devErr != nil {
+		return nil, j.devErr
 	}
 	entries, err := scanAt(f, dir, j)
 	if err != nil {
@@ -159,6 +162,14 @@ func CleanAfter(dir string, a Access, after time.Duration) ([]Entry, error) {
 			removed = append(removed, e)
 		}
 	}
+	if j.dev != nil {
+		// The chunks of the segments removed, and of any other whose
+		// file is gone and that no process maps (device_claim.go).
+		if cfd, err := openChunks(dfd, dir, a); err == nil {
+			j.dev.reap(dfd, cfd)
+			unix.Close(cfd)
+		}
+	}
 	return removed, nil
 }
 
@@ -167,17 +178,32 @@ type judging struct {
 	mode    Mode
 	modeErr error // the marker fails F13: listeners are judged as remote
 	after   time.Duration
+	dir     string
+	access  Access
+	dev     *Device // the pool's device (F16), nil if its segments are files
+	devErr  error   // the device marker fails F16
 }
 
 // newJudging reads the mode of the pool directory f for a scan.
-func newJudging(f *os.File, dir string, after time.Duration) (*judging, error) {
+func newJudging(f *os.File, dir string, a Access, after time.Duration) (*judging, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return nil, fmt.Errorf("notnets: scan pool %s: %w", dir, err)
 	}
-	j := &judging{after: max(after, MinRemoteStaleAfter)}
+	j := &judging{after: max(after, MinRemoteStaleAfter), dir: dir, access: a}
 	j.mode, j.modeErr = readModeAt(int(f.Fd()), dir, st.Uid)
+	j.dev, j.devErr = readDeviceAt(int(f.Fd()), dir, st.Uid)
 	return j, nil
+}
+
+// pread reads the segment file name of the directory dfd, open as fd,
+// at off: in a pool on a device, from the segment's chunks (F17, F18).
+func (j *judging) pread(dfd int, name string, fd int, buf []byte, off int64) (int, error) {
+	if j.dev == nil {
+		return unix.Pread(fd, buf, off)
+	}
+	n, _, err := j.dev.pread(dfd, j.dir, name, j.access, fd, buf, off)
+	return n, err
 }
 
 // remote reports whether the pid written by a process of host h must not
@@ -249,6 +275,13 @@ func judgeAt(dfd int, dir, name string, j *judging) (Entry, error) {
 		e.Kind = "registry"
 	case name == HostsFile:
 		e.Kind = "hosts"
+	case name == DeviceFile:
+		e.Kind = "device"
+	case name == ChunksDir && e.typ == unix.S_IFDIR:
+		e.Kind = "chunks"
+	}
+	if j.dev != nil && e.typ == unix.S_IFREG && (e.Kind == "listener" || e.Kind == "connection" || e.Kind == "registry") {
+		e.Size = int64(j.length(dfd, name)) // the segment's, not its descriptor's
 	}
 	switch {
 	case (e.Kind == "listener" || e.Kind == "connection") && e.typ == unix.S_IFREG:
@@ -260,9 +293,11 @@ func judgeAt(dfd int, dir, name string, j *judging) (Entry, error) {
 		}
 		judgeSocket(dfd, dir, &e, lis)
 	case e.Kind == "registry" && e.typ == unix.S_IFREG:
-		judgeRegistry(dfd, &e)
+		judgeRegistry(dfd, &e, j)
 	case e.Kind == "hosts":
 		judgeHosts(&e, j)
+	case e.Kind == "device" || e.Kind == "chunks":
+		judgeDevice(dfd, &e, j)
 	default:
 		e.Kind, e.Why = "other", "not a notnets file; left alone"
 	}
@@ -275,7 +310,7 @@ func judge(dfd int, e *Entry, j *judging) {
 	if e.Kind == "connection" {
 		kind = KindConn
 	}
-	h, err := readHeaderAt(dfd, e.Name, kind)
+	h, err := readHeaderAt(dfd, e.Name, kind, j)
 	remote := j.remote(h.host)
 	switch {
 	case err != nil && age > staleUnreadable:
@@ -320,6 +355,44 @@ func judgeBeat(e *Entry, h header, j *judging) {
 		return
 	}
 	e.Why = fmt.Sprintf("heartbeat %d (pid %d of %s, %s: stale once its heartbeat stands still for %v)", h.beat, h.pid, h.host, j.whyRemote(h.host), j.after)
+}
+
+// length returns the length of the segment whose descriptor is name in
+// a pool on a device, or -1 if it cannot be read.
+func (j *judging) length(dfd int, name string) int {
+	fd, err := openRegular(dfd, name)
+	if err != nil {
+		return -1
+	}
+	defer unix.Close(fd)
+	_, n, err := j.dev.pread(dfd, j.dir, name, j.access, fd, nil, 0)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// judgeDevice describes the pool's device marker or its chunks
+// directory, which are never stale.
+func judgeDevice(dfd int, e *Entry, j *judging) {
+	switch {
+	case j.devErr != nil:
+		e.Why = "refused: " + j.devErr.Error()
+	case j.dev == nil && e.Kind == "device":
+		e.Why = "ignored: not the pool owner's (F16)"
+	case j.dev == nil:
+		e.Why = "no device marker: not used"
+	case e.Kind == "device":
+		e.Why = fmt.Sprintf("the pool's segments live in device %s: %d chunks of %d bytes", j.dev.Path, j.dev.Chunks, j.dev.ChunkSize)
+	default:
+		n := -1
+		if cfd, err := openChunks(dfd, j.dir, j.access); err == nil {
+			claimed, _, _ := listChunks(cfd)
+			n = len(claimed)
+			unix.Close(cfd)
+		}
+		e.Why = fmt.Sprintf("claims of the device's chunks: %d of %d claimed", n, j.dev.Chunks)
+	}
 }
 
 // judgeHosts describes the pool's marker, which is never stale.
@@ -398,9 +471,9 @@ func observeBeat(k beatKey, beat uint64) time.Duration {
 // clients waiting on its generation word would not see a new one. One
 // they cannot map (a bad header or size, a minute after its creation)
 // only makes them poll; removing it lets the next Listen make a good one.
-func judgeRegistry(dfd int, e *Entry) {
+func judgeRegistry(dfd int, e *Entry, j *judging) {
 	age := time.Since(e.Modified)
-	_, err := headerPID(dfd, e.Name, KindRegistry)
+	_, err := headerPID(dfd, e.Name, KindRegistry, j)
 	if err == nil && e.Size != PageSize {
 		err = fmt.Errorf("size %d, want %d", e.Size, PageSize)
 	}
@@ -487,7 +560,7 @@ type header struct {
 
 // readHeaderAt reads the header of the listener or connection segment
 // name of the directory dfd, and a listener's heartbeat.
-func readHeaderAt(dfd int, name string, kind uint16) (header, error) {
+func readHeaderAt(dfd int, name string, kind uint16, j *judging) (header, error) {
 	var h header
 	fd, err := openRegular(dfd, name)
 	if err != nil {
@@ -495,8 +568,8 @@ func readHeaderAt(dfd int, name string, kind uint16) (header, error) {
 	}
 	defer unix.Close(fd)
 	buf := make([]byte, hostEnd)
-	if n, err := unix.Pread(fd, buf, 0); err != nil || n < len(buf) {
-		return h, errors.New("shorter than a header")
+	if n, err := j.pread(dfd, name, fd, buf, 0); err != nil || n < len(buf) {
+		return h, fmt.Errorf("shorter than a header (%v)", err)
 	}
 	if err := checkMagicKind(buf, kind); err != nil {
 		return h, err
@@ -504,7 +577,7 @@ func readHeaderAt(dfd int, name string, kind uint16) (header, error) {
 	h.pid, h.host = int(binary.LittleEndian.Uint32(buf[offPID:])), readHost(buf)
 	if kind == KindListener {
 		var b [8]byte
-		if n, err := unix.Pread(fd, b[:], PageSize+ctlHeartbeat); err != nil || n < len(b) {
+		if n, err := j.pread(dfd, name, fd, b[:], PageSize+ctlHeartbeat); err != nil || n < len(b) {
 			return h, errors.New("shorter than a listener")
 		}
 		h.beat = binary.LittleEndian.Uint64(b[:])
@@ -514,14 +587,14 @@ func readHeaderAt(dfd int, name string, kind uint16) (header, error) {
 
 // headerPID reads the creator's pid from the header of the segment name of
 // the directory dfd.
-func headerPID(dfd int, name string, kind uint16) (int, error) {
+func headerPID(dfd int, name string, kind uint16, j *judging) (int, error) {
 	fd, err := openRegular(dfd, name)
 	if err != nil {
 		return 0, err
 	}
 	defer unix.Close(fd)
 	var h [24]byte
-	if n, err := unix.Pread(fd, h[:], 0); err != nil || n < len(h) {
+	if n, err := j.pread(dfd, name, fd, h[:], 0); err != nil || n < len(h) {
 		return 0, errors.New("shorter than a header")
 	}
 	if err := checkMagicKind(h[:], kind); err != nil {

@@ -168,11 +168,15 @@ func ReadListener(dir, base string, a Access) (ListenerInfo, error) {
 // must be size bytes, with pread(2), checked as OpenIn checks it.
 func readSegment(dir, name string, size int, a Access) ([]byte, FileOwner, error) {
 	path := filepath.Join(dir, name)
-	dfd, err := openDir(dir, a)
+	dfd, dst, err := openDirStat(dir, a)
 	if err != nil {
 		return nil, FileOwner{}, err
 	}
 	defer unix.Close(dfd)
+	d, err := readDeviceAt(dfd, dir, dst.Uid)
+	if err != nil {
+		return nil, FileOwner{}, err
+	}
 	// O_NONBLOCK: a FIFO put in its place must not block the reader.
 	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -187,10 +191,22 @@ func readSegment(dir, name string, size int, a Access) ([]byte, FileOwner, error
 	if err := a.checkFile(path, &st); err != nil {
 		return nil, owner, err
 	}
+	buf := make([]byte, size)
+	if d != nil { // a descriptor of the segment's chunks (F17, F18)
+		n, length, err := d.pread(dfd, dir, name, a, fd, buf, 0)
+		switch {
+		case err != nil:
+			return nil, owner, err
+		case length != size:
+			return nil, owner, fmt.Errorf("notnets: segment %s has size %d, want %d bytes", path, length, size)
+		case n != size:
+			return nil, owner, fmt.Errorf("notnets: read segment %s on device %s: %d of %d bytes", path, d.Path, n, size)
+		}
+		return buf, owner, nil
+	}
 	if st.Size != int64(size) {
 		return nil, owner, fmt.Errorf("notnets: segment %s has size %d, want %d bytes", path, st.Size, size)
 	}
-	buf := make([]byte, size)
 	if n, err := unix.Pread(fd, buf, 0); err != nil || n != size {
 		return nil, owner, fmt.Errorf("notnets: read segment %s: %d of %d bytes (%v)", path, n, size, err)
 	}

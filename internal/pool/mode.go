@@ -120,6 +120,9 @@ type Mode struct {
 	// does not: it is not the pool owner's (F13), so a member of a group
 	// pool cannot change the pool's mode for the others.
 	Ignored string
+	// Device is the device that holds the pool's segments (device.go,
+	// F16), nil when they are files.
+	Device *Device
 }
 
 // ReadMode reads the mode of the pool dir, checked as CheckDir checks it
@@ -127,14 +130,19 @@ type Mode struct {
 // valid marker of the pool directory's owner (or root), a cross-host
 // pool; a marker that is not the owner's is ignored (Mode.Ignored); any
 // other hosts file refuses the pool, with an error wrapping ErrAccess. It
-// maps nothing.
+// also reads the pool's device marker (F16, Mode.Device). It maps
+// nothing.
 func ReadMode(dir string, a Access) (Mode, error) {
 	fd, st, err := openDirStat(dir, a)
 	if err != nil {
 		return Mode{}, err
 	}
 	defer unix.Close(fd)
-	return readModeAt(fd, dir, st.Uid)
+	m, err := readModeAt(fd, dir, st.Uid)
+	if err == nil {
+		m.Device, err = readDeviceAt(fd, dir, st.Uid)
+	}
+	return m, err
 }
 
 // readModeAt reads the marker of the pool directory dfd, owned by dirUID

@@ -4,7 +4,8 @@
 // that processes map with mmap(2) and share.
 //
 // A pool lives on tmpfs (/dev/shm) by default, or on a DAX or CXL file system
-// when hosts share memory. Everything that passes between two peers lives in a
+// when hosts share memory, or keeps its segments in a devdax device, its
+// files then descriptors of the device's chunks (device.go). Everything that passes between two peers lives in a
 // segment of the pool; see docs/PROTOCOL.md for the byte layout of segments.
 //
 // No page of a segment is written before its file block is allocated

@@ -18,6 +18,10 @@ import (
 // A Segment made by CreateIn, CreateSparseIn, CreateConn, OpenIn or
 // NewSegmentFD keeps a descriptor of its file until Close, with which
 // Reserve allocates ranges of a sparse segment before they are written.
+//
+// In a pool on a device (device.go) the file is a descriptor of the
+// segment's chunks, Mem maps the device there, Owner is the descriptor
+// file's, and the Segment holds the chunks' claim until Close.
 type Segment struct {
 	Path string
 	Mem  []byte
@@ -28,6 +32,7 @@ type Segment struct {
 	dir, name string // where Unlink removes the file; empty for a memfd
 	access    Access // how the pool directory is checked before Unlink
 	res       *reserver
+	dev       *deviceSeg // in a pool on a device: the mapped chunks (device_segment.go)
 
 	// Coherence (segment_coherence.go): coh is nil on coherent memory;
 	// when simulated, Mem is sim's private copy and shared the mapping.
@@ -82,11 +87,24 @@ func CreateSparseIn(dir, name string, size int, a Access, alloc ...Range) (*Segm
 
 func createIn(dir, name string, size int, a Access, mode uint32, alloc ...Range) (*Segment, error) {
 	path := filepath.Join(dir, name)
-	dfd, err := openDir(dir, a)
+	dfd, dst, err := openDirStat(dir, a)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(dfd)
+	if d, err := readDeviceAt(dfd, dir, dst.Uid); err != nil || d != nil {
+		if err != nil {
+			return nil, err
+		}
+		// Zeroes written over another segment's bytes must reach the
+		// memory before anyone reads the new segment (PROTOCOL.md 18.3).
+		if m, err := readModeAt(dfd, dir, dst.Uid); err != nil {
+			return nil, err
+		} else if m.Coherence == CoherenceSoftware {
+			d.writeBack = coherence.Software{}.Flush
+		}
+		return d.create(dfd, dir, name, size, a, mode) // all of it allocated
+	}
 	fd, err := unix.Openat(dfd, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 	if err != nil {
 		return nil, fmt.Errorf("notnets: create segment %s: %w", path, err)
@@ -171,11 +189,15 @@ func openIn(dir, name string, minSize, maxSize int, a Access, write bool) (*Segm
 		flags, prot = unix.O_RDONLY, unix.PROT_READ
 	}
 	path := filepath.Join(dir, name)
-	dfd, err := openDir(dir, a)
+	dfd, dst, err := openDirStat(dir, a)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(dfd)
+	d, err := readDeviceAt(dfd, dir, dst.Uid)
+	if err != nil {
+		return nil, err
+	}
 	fd, err := unix.Openat(dfd, name, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("notnets: open segment %s: %w", path, err)
@@ -190,6 +212,13 @@ func openIn(dir, name string, minSize, maxSize int, a Access, write bool) (*Segm
 	}
 	if err := a.checkFile(path, &st); err != nil {
 		return fail(err)
+	}
+	if d != nil { // the file is a descriptor of the segment's chunks
+		seg, err := d.openSeg(dfd, dir, name, fd, &st, minSize, maxSize, a, write)
+		if err != nil {
+			return fail(err)
+		}
+		return seg, nil
 	}
 	if st.Size < int64(minSize) || st.Size > int64(maxSize) {
 		return fail(fmt.Errorf("notnets: segment %s has size %d, want %d to %d bytes", path, st.Size, minSize, maxSize))
@@ -255,6 +284,9 @@ func (s *Segment) Unlink() error {
 	if err := unix.Unlinkat(dfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("notnets: remove segment %s: %w", s.Path, err)
 	}
+	if s.dev != nil && s.dev.claim < 0 { // closed before: nothing holds its chunks here
+		s.dev.free(dir, a)
+	}
 	return nil
 }
 
@@ -263,7 +295,10 @@ func (s *Segment) Unlink() error {
 func (s *Segment) Close() error {
 	var err error
 	s.closeCoherence()
-	if s.Mem != nil {
+	if s.dev != nil {
+		err = s.dev.close(s.dir, s.access) // frees the chunks if the file is gone
+		s.Mem = nil
+	} else if s.Mem != nil {
 		err = unix.Munmap(s.Mem)
 		s.Mem = nil
 	}

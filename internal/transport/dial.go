@@ -83,7 +83,7 @@ func connect(ctx context.Context, o *DialConfig) (*dialed, error) {
 	if err := checkKind(name, lis, o.Stream); err != nil {
 		return nil, err
 	}
-	if !mode.CrossHost {
+	if !mode.CrossHost && mode.Device == nil { // a memfd would keep a device pool's connection out of the device
 		if tried, err := dialCreds(ctx, o, d, name, lis, lseg.Owner.UID, remote); tried {
 			return d, err
 		}

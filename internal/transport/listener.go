@@ -114,12 +114,13 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 		return nil, err
 	}
 	l := &Listener{dir: dir, name: base, service: service, access: access, stream: cfg.Stream, cross: mode.CrossHost, coherence: mode.Coherence, seg: seg, wait: wait, done: make(chan struct{})}
-	if err := seg.UseCoherence(mode.Coherence); err != nil {
-		seg.Unlink()
-		seg.Close()
-		return nil, err
+	err = seg.UseCoherence(mode.Coherence)
+	// A pool on a device takes its connections through the slots, into
+	// the device: a socket would hand over memfds.
+	if err == nil && mode.Device == nil {
+		err = l.listenCreds()
 	}
-	if err := l.listenCreds(); err != nil {
+	if err != nil {
 		seg.Unlink()
 		seg.Close()
 		return nil, err
