@@ -159,6 +159,9 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 		}
 	}
 	watchListener(l)
+	if l.cross {
+		startReaper(dir, access) // reap.go
+	}
 	balance.Announce(dir, access)
 	return l, nil
 }
@@ -242,6 +245,9 @@ func (l *Listener) Close() error {
 	l.unlinkOnce.Do(func() {
 		l.seg.Unlink()
 		unwatchListener(l)
+		if l.cross {
+			stopReaper(l.dir)
+		}
 		balance.Announce(l.dir, l.access)
 	})
 	return nil
