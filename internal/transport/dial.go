@@ -112,14 +112,49 @@ func connect(ctx context.Context, o *DialConfig) (*dialed, error) {
 	if lis.Server.State.Load() != pool.StateOpen {
 		return nil, status.Errorf(codes.Unavailable, "notnets: listener %q is closed", name)
 	}
+	var seg *pool.Segment
+	var lay *pool.ConnLayout
+	for try := 1; ; try++ {
+		var segName string
+		segName, seg, lay, err = namedConn(o, mode)
+		if err != nil {
+			return nil, err
+		}
+		lay.Client.State.Store(pool.StateOpen)
+		err = announce(ctx, o, name, lis, segName, lay)
+		if err == nil {
+			break
+		}
+		lay.Client.State.Store(pool.StateClosed)
+		seg.Unlink()
+		seg.Close()
+		if !errors.Is(err, errSlotLost) {
+			return nil, err
+		}
+		if try == maxAnnounces {
+			return nil, status.Errorf(codes.Unavailable, "notnets: listener %q: %d announcements lost their slot to other clients (PROTOCOL.md 18.4)", name, try)
+		}
+	}
+	seg.Unlink()
+	d.seg, d.lay = seg, lay
+	if !remote {
+		d.livePID = lis.PID
+	}
+	return d, nil
+}
+
+// namedConn makes a new named connection segment for o in a pool of
+// mode, with its header written (and written back, 18.3), mapped and
+// protected.
+func namedConn(o *DialConfig, mode pool.Mode) (string, *pool.Segment, *pool.ConnLayout, error) {
 	segName, err := pool.NewConnName()
 	if err != nil {
-		return nil, err
+		return "", nil, nil, err
 	}
 	spec := o.spec()
 	seg, err := pool.CreateConn(o.Pool, segName, spec, o.Access)
 	if err != nil {
-		return nil, createError(err)
+		return "", nil, nil, createError(err)
 	}
 	err = seg.UseCoherence(mode.Coherence)
 	if err == nil {
@@ -133,28 +168,14 @@ func connect(ctx context.Context, o *DialConfig) (*dialed, error) {
 	}
 	if err == nil {
 		lay.SetCoherence(seg.Coherence())
-	}
-	if err == nil {
 		err = protectPeer(seg, lay, true)
 	}
 	if err != nil {
 		seg.Unlink()
 		seg.Close()
-		return nil, err
+		return "", nil, nil, err
 	}
-	lay.Client.State.Store(pool.StateOpen)
-	if err := announce(ctx, o, name, lis, segName, lay); err != nil {
-		lay.Client.State.Store(pool.StateClosed)
-		seg.Unlink()
-		seg.Close()
-		return nil, err
-	}
-	seg.Unlink()
-	d.seg, d.lay = seg, lay
-	if !remote {
-		d.livePID = lis.PID
-	}
-	return d, nil
+	return segName, seg, lay, nil
 }
 
 // NotCrossHost is the error (FailedPrecondition) of a client that asked
@@ -248,16 +269,68 @@ func announce(ctx context.Context, o *DialConfig, name string, lis *pool.Listene
 		return err
 	}
 	doorbell.KnockWord(lis.Knock, 1)
+	held := slotHeld{slot: slot, word: word, name: segName}
 	err = waitAccepted(ctx, o, lay, func() error {
 		if lis.Server.State.Load() != pool.StateOpen {
 			return status.Error(codes.Unavailable, "notnets: listener closed before accepting")
 		}
+		if err := held.lost(); err != nil {
+			return err
+		}
 		return gone()
 	})
-	if err != nil {
-		slot.Free(word) // withdraw, unless the server has taken it
+	if err != nil && !errors.Is(err, errSlotLost) {
+		// Withdraw, unless the server has taken it. A lost slot is not
+		// this client's to free: it holds another's announcement.
+		slot.Free(word)
 	}
 	return err
+}
+
+// errSlotLost is why announce gives up a slot that no longer names the
+// client's segment: another client took it over (PROTOCOL.md 18.4).
+// connect then announces again, with a new segment, up to maxAnnounces
+// times.
+var errSlotLost = errors.New("notnets: the slot was taken over by another client")
+
+const maxAnnounces = 5
+
+// slotGrace is how long a client waits for its connection to open once
+// its slot no longer shows its announcement: the server frees a slot as
+// soon as it has taken the name, and opens the connection a moment later.
+const slotGrace = time.Second
+
+// slotHeld is a client's announcement in a slot, while it waits for the
+// server to open the connection. On coherent memory a claim is exclusive
+// and the slot shows the announcement until the server takes it. On
+// memory without coherence, two hosts can claim one slot at once and the
+// last to write its name wins (18.4): the other would wait for a server
+// that never read its name. So a client that sees its slot name another
+// segment, or freed, while its connection is not open, gives the server
+// slotGrace to open it (it may have read the name before it was
+// overwritten), then gives up the announcement (errSlotLost). A server
+// that did take it sees the client's side closed and ends the connection.
+type slotHeld struct {
+	slot  pool.Slot
+	word  uint32
+	name  string
+	since time.Time // when the slot stopped showing the announcement
+}
+
+// lost reports errSlotLost once the slot has not shown the announcement
+// for slotGrace.
+func (h *slotHeld) lost() error {
+	name, err := h.slot.Name()
+	if h.slot.State.Load() == h.word && err == nil && name == h.name {
+		h.since = time.Time{}
+		return nil
+	}
+	if h.since.IsZero() {
+		h.since = time.Now()
+	} else if time.Since(h.since) >= slotGrace {
+		return errSlotLost
+	}
+	return nil
 }
 
 // beatWatch follows a heartbeat word while a client waits on its
