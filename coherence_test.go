@@ -54,16 +54,10 @@ func TestUnderSoftwareCoherence(t *testing.T) {
 }
 
 // skipSuite skips a test that runs hostsSuite in another mode when this
-// process already runs one, and under the race detector: what these
-// suites check is what crosses between processes, which the detector
-// does not see, and under it they take minutes each; the same CI run
-// runs them without it (.ci/run).
+// process already runs one.
 func skipSuite(t *testing.T) {
 	t.Helper()
 	if _, ok := testCoherence(t); ok || asHosts() {
 		t.Skip("skipped: already running a suite")
-	}
-	if raceEnabled {
-		t.Skip("skipped under the race detector: it does not see what crosses between processes, which is what this suite checks, and it would take minutes; `go test ./...` runs it")
 	}
 }

@@ -37,8 +37,12 @@ type Sim struct {
 	unmap  func() error
 }
 
-// NewSim returns a side's simulated view of shared, which it starts as a
-// copy of; Close releases it.
+// NewSim returns a side's simulated view of shared, empty (all zeros):
+// the side has cached nothing yet, so that what it reads of shared
+// without invalidating it first reads as zeros, which a protocol that
+// forgets an invalidate then shows at once. It costs nothing until used
+// (the copies are mapped lazily, and shared is not read), so a segment
+// with large heaps can be simulated. Close releases it.
 func NewSim(shared []byte) (*Sim, error) {
 	mem, unmap, err := private(2 * len(shared))
 	if err != nil {
@@ -49,8 +53,6 @@ func NewSim(shared []byte) (*Sim, error) {
 	if n > 0 {
 		s.base = uintptr(unsafe.Pointer(&s.View[0]))
 	}
-	copyWords(s.View, shared)
-	copyWords(s.clean, shared)
 	return s, nil
 }
 
@@ -105,14 +107,4 @@ func words(b []byte) []atomic.Uint64 {
 		return nil
 	}
 	return unsafe.Slice((*atomic.Uint64)(unsafe.Pointer(&b[0])), len(b)/8)
-}
-
-// copyWords copies src to dst (of one length, a multiple of 8, both
-// 8-byte aligned) a word at a time, each word with one atomic load and one
-// atomic store.
-func copyWords(dst, src []byte) {
-	d, s := words(dst), words(src)
-	for i := range s {
-		d[i].Store(s[i].Load())
-	}
 }
