@@ -61,3 +61,14 @@ func skipSuite(t *testing.T) {
 		t.Skip("skipped: already running a suite")
 	}
 }
+
+// oneHostOnly skips t, a test of what only a pool of one host has (what),
+// when coherenceEnv makes every pool of the process cross-host: with it,
+// `NOTNETS_TEST_COHERENCE=simulated go test .` runs the whole package
+// over simulated memory, and every other test passes there.
+func oneHostOnly(t testing.TB, what string) {
+	t.Helper()
+	if _, ok := testCoherence(t); ok {
+		t.Skipf("skipped: tests %s, which only a pool of one host has, and %s makes every pool cross-host", what, coherenceEnv)
+	}
+}

@@ -601,6 +601,9 @@ func TestHandshakes(t *testing.T) {
 		{"slots", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if !tc.crossHost {
+				oneHostOnly(t, "the socket handshake")
+			}
 			dir := testPool(t)
 			if tc.crossHost {
 				dir = crossHostPool(t)

@@ -558,6 +558,7 @@ func TestCrossHostDiscovery(t *testing.T) {
 // seen within about 100 ms (the kernel's pid is looked up), not after
 // the liveness timeout.
 func TestPIDNamespacesWithoutMarker(t *testing.T) {
+	oneHostOnly(t, "pid namespaces sharing a pool of one host")
 	const timeout = 300 * time.Millisecond
 	dir := testPool(t)
 	mine, err := notnets.Listen("mine", notnets.WithPool(dir))
@@ -640,6 +641,7 @@ func TestPIDNamespacesWithoutMarker(t *testing.T) {
 // that has a listener it fails with ErrPoolInUse; and a client with no
 // option in a cross-host pool follows the pool (the slots, poll-only).
 func TestCrossHostOptionMismatch(t *testing.T) {
+	oneHostOnly(t, "WithCrossHost in a pool of one host")
 	dir := testPool(t)
 	lis, err := notnets.Listen("svc", notnets.WithPool(dir))
 	if err != nil {

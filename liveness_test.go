@@ -37,6 +37,9 @@ func TestServerKilled(t *testing.T) {
 		{"heartbeat only", true, timeout - 200*time.Millisecond, timeout + 500*time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if !tc.crossHost {
+				oneHostOnly(t, "the pid check of liveness")
+			}
 			dir := testPool(t)
 			if tc.crossHost {
 				dir = crossHostPool(t)
@@ -121,6 +124,7 @@ func runBlockingClient() {
 // SIGKILL while its call blocks in a handler: the handler's context is
 // cancelled within a few heartbeats, and another connection is untouched.
 func TestClientKilled(t *testing.T) {
+	oneHostOnly(t, "the pid check of liveness (a handler cancelled within 500 ms)")
 	dir := testPool(t)
 	lis, err := notnets.Listen(listenName, notnets.WithPool(dir))
 	if err != nil {

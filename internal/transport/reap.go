@@ -23,11 +23,18 @@ import (
 // reapAfter is the bound. Tests shorten both.
 var reapEvery, reapAfter = pool.RemoteStaleAfter / 2, pool.RemoteStaleAfter
 
-// reapers counts, per pool directory, the open listeners of this process
-// in it; the reaper of a directory ends when its count drops to 0.
+// reapers holds, per pool directory, the reaper of this process there;
+// its lock guards the map and the counts.
 var reapers struct {
 	sync.Mutex
-	dirs map[string]int
+	dirs map[string]*reaper
+}
+
+// reaper counts the open listeners of this process in one pool directory;
+// stop is closed, and the goroutine ends, when the count drops to 0.
+type reaper struct {
+	listeners int
+	stop      chan struct{}
 }
 
 // startReaper counts a listener of the cross-host pool dir in, starting
@@ -36,34 +43,41 @@ func startReaper(dir string, a pool.Access) {
 	reapers.Lock()
 	defer reapers.Unlock()
 	if reapers.dirs == nil {
-		reapers.dirs = make(map[string]int)
+		reapers.dirs = make(map[string]*reaper)
 	}
-	reapers.dirs[dir]++
-	if reapers.dirs[dir] == 1 {
-		go reap(dir, a, reapEvery, reapAfter)
+	r := reapers.dirs[dir]
+	if r == nil {
+		r = &reaper{stop: make(chan struct{})}
+		reapers.dirs[dir] = r
+		go reap(dir, a, reapEvery, reapAfter, r.stop)
 	}
+	r.listeners++
 }
 
-// stopReaper counts a listener of dir out.
+// stopReaper counts a listener of dir out, ending the reaper with the last.
 func stopReaper(dir string) {
 	reapers.Lock()
 	defer reapers.Unlock()
-	if reapers.dirs[dir]--; reapers.dirs[dir] <= 0 {
+	r := reapers.dirs[dir]
+	if r == nil {
+		return
+	}
+	if r.listeners--; r.listeners == 0 {
+		close(r.stop)
 		delete(reapers.dirs, dir)
 	}
 }
 
-// reap cleans dir every period until it has no listener of this process.
-func reap(dir string, a pool.Access, every, after time.Duration) {
+// reap cleans dir every period until stop is closed.
+func reap(dir string, a pool.Access, every, after time.Duration, stop <-chan struct{}) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	for range t.C {
-		reapers.Lock()
-		n := reapers.dirs[dir]
-		reapers.Unlock()
-		if n == 0 {
+	for {
+		select {
+		case <-stop:
 			return
+		case <-t.C:
+			pool.CleanAfter(dir, a, after) // best effort, as every CleanIn
 		}
-		pool.CleanAfter(dir, a, after) // best effort, as every CleanIn
 	}
 }
