@@ -14,6 +14,17 @@ import (
 // TestUnderSoftwareCoherence.
 const coherenceEnv = "NOTNETS_TEST_COHERENCE"
 
+// coherenceSuite is what TestUnderSimulatedCoherence and
+// TestUnderSoftwareCoherence run: hostsSuite, and the liveness of a killed
+// server (by heartbeat), the discovery of instances (a client before its
+// server, an instance killed during calls, a graceful stop) and the
+// slots' handshake. The whole package passes too
+// (NOTNETS_TEST_COHERENCE=simulated go test ., about 8 minutes here).
+var coherenceSuite = hostsSuite[:len(hostsSuite)-2] + "|TestServerKilled|TestNewClientBeforeTheServer|TestInstanceKilledDuringCalls|TestGracefulStopOfAnInstance|TestHandshakes)$"
+
+// coherenceSuiteTests is how many top-level tests coherenceSuite names.
+const coherenceSuiteTests = hostsSuiteTests + 5
+
 // testCoherence returns the coherence coherenceEnv asks for, if any.
 func testCoherence(t testing.TB) (pool.Coherence, bool) {
 	s := os.Getenv(coherenceEnv)
@@ -37,7 +48,7 @@ func testCoherence(t testing.TB) (pool.Coherence, bool) {
 // privilege: the servers are ordinary child processes.
 func TestUnderSimulatedCoherence(t *testing.T) {
 	skipSuite(t)
-	runSuite(t, "over simulated memory without coherence", coherenceEnv+"="+pool.CoherenceSimulated.String())
+	runSuite(t, "over simulated memory without coherence", coherenceSuite, coherenceSuiteTests, coherenceEnv+"="+pool.CoherenceSimulated.String())
 }
 
 // TestUnderSoftwareCoherence runs hostsSuite with the processor's
@@ -50,7 +61,7 @@ func TestUnderSoftwareCoherence(t *testing.T) {
 	if !coherence.Supported() {
 		t.Skip("skipped: this processor has no cache-line write-back instruction that notnets knows")
 	}
-	runSuite(t, "with cache-line flushes", coherenceEnv+"="+pool.CoherenceSoftware.String())
+	runSuite(t, "with cache-line flushes", coherenceSuite, coherenceSuiteTests, coherenceEnv+"="+pool.CoherenceSoftware.String())
 }
 
 // skipSuite skips a test that runs hostsSuite in another mode when this
