@@ -1,6 +1,7 @@
 package coherence
 
 import (
+	"sync"
 	"sync/atomic"
 	"unsafe"
 )
@@ -13,16 +14,16 @@ import (
 // Invalidate but a wrapper, Counting, that Counted puts around a
 // Coherence only once EnableCounting has been called, so a process that
 // does not count runs the very code it ran before. A process that counts
-// pays two atomic adds per operation on a counter shared by its
-// goroutines (BenchmarkFlushCounted: a few ns beside the tens to
+// pays two atomic adds per operation on its segment's counter, shared by
+// the goroutines that use the segment (BenchmarkFlushCounted: a few ns beside the tens to
 // hundreds of ns of the write-back itself).
 
 // counting is set by EnableCounting.
 var counting atomic.Bool
 
 // EnableCounting makes Counted wrap the Coherence of every segment set up
-// from now on in this process, so that SoftwareLines and SimulatedLines
-// count their operations. Segments set up before keep their Coherence as
+// from now on in this process, so that SegmentLines and KindLines count
+// their operations. Segments set up before keep their Coherence as
 // it was, uncounted. It cannot be undone: a benchmark process enables it
 // once, at its start.
 func EnableCounting() { counting.Store(true) }
@@ -30,74 +31,135 @@ func EnableCounting() { counting.Store(true) }
 // CountingEnabled reports whether EnableCounting has been called.
 func CountingEnabled() bool { return counting.Load() }
 
-// Counted returns c wrapped in a Counting that adds to the counter of c's
-// kind (SoftwareLines for Software, SimulatedLines for a *Sim, OtherLines
-// for anything else) when counting is enabled, and c itself otherwise.
-// A nil c (coherent memory) stays nil: nothing is flushed, nothing is
-// counted.
-func Counted(c Coherence) Coherence {
+// Counted returns c wrapped in a Counting that adds to the counter of
+// segment (a name: a pool's segment file; the same name in one process is
+// one counter), when counting is enabled, and c itself otherwise. A nil c
+// (coherent memory) stays nil: nothing is flushed, nothing is counted.
+func Counted(c Coherence, segment string) Coherence {
 	if c == nil || !counting.Load() {
 		return c
 	}
+	kind := KindOther
 	switch c.(type) {
 	case Software:
-		return Counting{Inner: c, Counter: &SoftwareLines}
+		kind = KindSoftware
 	case *Sim:
-		return Counting{Inner: c, Counter: &SimulatedLines}
+		kind = KindSimulated
 	}
-	return Counting{Inner: c, Counter: &OtherLines}
+	counters.Lock()
+	defer counters.Unlock()
+	if counters.m == nil {
+		counters.m = map[string]*Counter{}
+	}
+	ctr := counters.m[segment]
+	if ctr == nil {
+		ctr = &Counter{kind: kind}
+		counters.m[segment] = ctr
+	}
+	return Counting{Inner: c, Counter: ctr}
 }
 
-// The counters of the process, one per kind of Coherence, so that a
-// process with pools of several modes tells their operations apart.
-var (
-	// SoftwareLines counts the operations of Software (coherence by the
-	// processor's flush instructions).
-	SoftwareLines Counter
-	// SimulatedLines counts the operations of every Sim.
-	SimulatedLines Counter
-	// OtherLines counts the operations of any other Coherence given to
-	// Counted.
-	OtherLines Counter
+// Kind is the kind of Coherence a counter counts.
+type Kind int
+
+// Kinds of Coherence.
+const (
+	KindSoftware  Kind = iota + 1 // Software: the processor's flush instructions
+	KindSimulated                 // a *Sim
+	KindOther                     // anything else given to Counted
 )
+
+// counters are the segments' counters, by name, for as long as the
+// process lives: a benchmark's segments are few.
+var counters struct {
+	sync.Mutex
+	m map[string]*Counter
+}
+
+// SegmentLines returns what has been counted for the segments named, in
+// all (a name never counted adds nothing).
+func SegmentLines(names ...string) Lines {
+	counters.Lock()
+	defer counters.Unlock()
+	var l Lines
+	for _, n := range names {
+		if c := counters.m[n]; c != nil {
+			l = l.Add(c.Lines())
+		}
+	}
+	return l
+}
+
+// KindLines returns what has been counted for every segment of kind k.
+func KindLines(k Kind) Lines {
+	counters.Lock()
+	defer counters.Unlock()
+	var l Lines
+	for _, c := range counters.m {
+		if c.kind == k {
+			l = l.Add(c.Lines())
+		}
+	}
+	return l
+}
+
+// Segments returns the names of the segments counted so far, in no
+// order.
+func Segments() []string {
+	counters.Lock()
+	defer counters.Unlock()
+	names := make([]string, 0, len(counters.m))
+	for n := range counters.m {
+		names = append(names, n)
+	}
+	return names
+}
 
 // Counter counts Flush and Invalidate operations and the cache lines
 // (of LineSize bytes) they cover. Its methods may be called from any
 // goroutine. The flush and invalidate counts are on separate cache lines:
 // a connection's writer flushes while its reader invalidates.
 type Counter struct {
+	kind                     Kind
 	flushes, flushed         atomic.Uint64
-	_                        [LineSize - 16]byte
+	_                        [LineSize - 24]byte
 	invalidates, invalidated atomic.Uint64
-	_                        [LineSize - 16]byte
+	changed                  atomic.Uint64
+	_                        [LineSize - 24]byte
 }
 
 // Lines is what a Counter has counted: operations (each one ends with a
 // fence on real hardware) and the lines they covered, partial lines
-// included.
+// included. Changed is, over a Sim only, how many of the invalidated
+// lines had been changed in memory by another side since this side last
+// had them: the lines that carried data, where the others were polls
+// that found nothing new.
 type Lines struct {
 	Flushes     uint64 `json:"flushes"`
 	Flushed     uint64 `json:"flushed_lines"`
 	Invalidates uint64 `json:"invalidates"`
 	Invalidated uint64 `json:"invalidated_lines"`
+	Changed     uint64 `json:"changed_lines,omitempty"`
 }
 
 // Sub returns l minus an earlier reading of the same counter.
 func (l Lines) Sub(earlier Lines) Lines {
 	return Lines{Flushes: l.Flushes - earlier.Flushes, Flushed: l.Flushed - earlier.Flushed,
-		Invalidates: l.Invalidates - earlier.Invalidates, Invalidated: l.Invalidated - earlier.Invalidated}
+		Invalidates: l.Invalidates - earlier.Invalidates, Invalidated: l.Invalidated - earlier.Invalidated,
+		Changed: l.Changed - earlier.Changed}
 }
 
 // Add returns the sum of l and m.
 func (l Lines) Add(m Lines) Lines {
 	return Lines{Flushes: l.Flushes + m.Flushes, Flushed: l.Flushed + m.Flushed,
-		Invalidates: l.Invalidates + m.Invalidates, Invalidated: l.Invalidated + m.Invalidated}
+		Invalidates: l.Invalidates + m.Invalidates, Invalidated: l.Invalidated + m.Invalidated,
+		Changed: l.Changed + m.Changed}
 }
 
 // Lines returns what c has counted so far.
 func (c *Counter) Lines() Lines {
 	return Lines{Flushes: c.flushes.Load(), Flushed: c.flushed.Load(),
-		Invalidates: c.invalidates.Load(), Invalidated: c.invalidated.Load()}
+		Invalidates: c.invalidates.Load(), Invalidated: c.invalidated.Load(), Changed: c.changed.Load()}
 }
 
 // countFlush counts a flush of b; an empty b is no operation (Software
@@ -138,8 +200,13 @@ func (c Counting) Flush(b []byte) {
 	c.Inner.Flush(b)
 }
 
-// Invalidate counts the lines of b as invalidated, then invalidates them.
+// Invalidate counts the lines of b as invalidated, then invalidates them;
+// over a Sim, it counts those that had changed too.
 func (c Counting) Invalidate(b []byte) {
 	c.Counter.countInvalidate(b)
+	if s, ok := c.Inner.(*Sim); ok && len(b) > 0 {
+		c.Counter.changed.Add(s.invalidateChanged(b))
+		return
+	}
 	c.Inner.Invalidate(b)
 }
