@@ -193,8 +193,12 @@ pool modes (-pool-mode LIST, e.g. same-host,cross-host,coherence-sw,coherence-si
   the same rounds; the grpc-* network transports run once, and the floors and
   wake in a pool of one host. In the coherence modes both processes count
   the cache lines they flush and invalidate (coherence.Counting, enabled
-  only then), reported per call (JSON: cache_lines_per_call; the text's
-  "client fl/inv" and "server fl/inv" columns), idle pollers included.
+  only then) on the connections that carried the calls, reported per call
+  (JSON: cache_lines_per_call; the text's "client fl/inv" and "server
+  fl/inv" columns), their polls included. Before each size's rounds, with a
+  cross-host mode, the bench watches every connection open and idle for
+  500 ms and reports the CPU and the lines the pollers take (JSON: idle):
+  in a cross-host pool nothing sleeps on a futex.
 
 pacing (-gap and -rate exclude each other):
   -gap LIST    closed loop: before each call the caller busy-waits the gap
@@ -1060,7 +1064,7 @@ func startBenchServers(cfg *benchConfig) (*benchEnv, error) {
 				e.close()
 				return nil, err
 			}
-			e.pools[m] = dir
+			e.pools[m] = dir // removed by close, should the preparation fail
 			if err := preparePool(dir, m); err != nil {
 				e.close()
 				return nil, err
