@@ -22,6 +22,10 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
+
+	"github.com/notnets/notnets"
+	"github.com/notnets/notnets/internal/coherence"
+	"github.com/notnets/notnets/internal/pool"
 )
 
 // benchConfig is what the flags of `notnets bench` say.
@@ -44,6 +48,49 @@ type benchConfig struct {
 	instances    []int
 	handlerWait  time.Duration
 	handlerSlots int
+	// poolModes are the kinds of pool (-pool-mode) every transport through
+	// a pool is measured in, each in a pool of its own.
+	poolModes []string
+}
+
+// Pool modes of -pool-mode (issue 15): the pool each notnets transport
+// is measured in.
+const (
+	// modeSameHost is a pool of one host, as every pool was before: futex
+	// doorbell, socket handshake, pid liveness.
+	modeSameHost = "same-host"
+	// modeCrossHost is a cross-host pool on coherent memory
+	// (pool.PrepareCrossHost): polling only, no doorbell, heartbeat
+	// liveness, nothing flushed.
+	modeCrossHost = "cross-host"
+	// modeCoherenceSW is a cross-host pool whose memory is kept coherent
+	// by the processor's write-back and invalidate instructions
+	// (pool.CoherenceSoftware): real CLWB/CLFLUSHOPT here.
+	modeCoherenceSW = "coherence-sw"
+	// modeCoherenceSim is a cross-host pool over the simulator of
+	// non-coherent memory (pool.CoherenceSimulated): each process works
+	// on a private copy, flushes and invalidates copy lines.
+	modeCoherenceSim = "coherence-sim"
+)
+
+var poolModes = []string{modeSameHost, modeCrossHost, modeCoherenceSW, modeCoherenceSim}
+
+// throughPool reports whether transport name carries its calls through
+// a pool that -pool-mode chooses (each is then measured in every mode).
+// The floors and wake use the same-host pool whatever -pool-mode says;
+// the others use no pool.
+func throughPool(name string) bool {
+	switch name {
+	case "grpc-shm", "notnets", "notnets-raw", "notnets-busy-spin", "notnets-park-only":
+		return true
+	}
+	return false
+}
+
+// inPool reports whether transport name uses a pool at all (the floors
+// and wake use the same-host one).
+func inPool(name string) bool {
+	return throughPool(name) || name == "floor" || name == "floor-spin" || name == "wake"
 }
 
 // load is how the callers pace their calls: closed loop, each caller
@@ -130,6 +177,29 @@ transports:
                answers: meaningless, shown anyway; no ratios (not run by default)
   memcpy       one copy of the payload in this process, no peer (not run by default)
 
+pool modes (-pool-mode LIST, e.g. same-host,cross-host,coherence-sw,coherence-sim):
+  same-host      a pool of one host (the default): futex doorbell, Unix-socket
+                 handshake, pid liveness
+  cross-host     a cross-host pool on coherent memory: polling only (no
+                 doorbell), no socket handshake, heartbeat liveness
+  coherence-sw   a cross-host pool whose memory is kept coherent in software:
+                 every writer writes back the lines it wrote, every reader
+                 invalidates the lines it reads (CLWB/CLFLUSHOPT here)
+  coherence-sim  the same over the simulator of non-coherent memory: each
+                 process works on a private copy, flushes and invalidates
+                 copy lines
+  Each mode has a fresh pool of its own, served by every server process.
+  grpc-shm and the notnets transports are measured in every mode listed, in
+  the same rounds; the grpc-* network transports run once, and the floors and
+  wake in a pool of one host. In the coherence modes both processes count
+  the cache lines they flush and invalidate (coherence.Counting, enabled
+  only then) on the connections that carried the calls, reported per call
+  (JSON: cache_lines_per_call; the text's "client fl/inv" and "server
+  fl/inv" columns), their polls included. Before each size's rounds, with a
+  cross-host mode, the bench watches every connection open and idle for
+  500 ms and reports the CPU and the lines the pollers take (JSON: idle):
+  in a cross-host pool nothing sleeps on a futex.
+
 pacing (-gap and -rate exclude each other):
   -gap LIST    closed loop: before each call the caller busy-waits the gap
                (spinning on the clock: no sleep, no yield), then times the
@@ -196,6 +266,7 @@ flags:
 	instances := fs.String("instances", "1", "server instances per service, comma-separated counts (e.g. 1,2,3); see above")
 	handlerWait := fs.Duration("handler-wait", 0, "wait in each echo handler, e.g. 200us (nanosleep: this plus the kernel's wake-up; the report gives the measured mean)")
 	handlerSlots := fs.Int("handler-slots", 0, "handlers per instance that wait at once (with -handler-wait; the others queue for a slot); 0 for no limit")
+	modes := fs.String("pool-mode", modeSameHost, "pool modes to measure the pool transports in, comma-separated: "+strings.Join(poolModes, ", ")+"; see above")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -239,6 +310,16 @@ flags:
 		return nil, err
 	}
 	cfg.handlerWait, cfg.handlerSlots = *handlerWait, *handlerSlots
+	for _, m := range strings.Split(*modes, ",") {
+		m = strings.TrimSpace(m)
+		switch {
+		case !contains(poolModes, m):
+			return nil, fmt.Errorf("unknown pool mode %q (have %s)", m, strings.Join(poolModes, ", "))
+		case contains(cfg.poolModes, m):
+			return nil, fmt.Errorf("pool mode %q given twice", m)
+		}
+		cfg.poolModes = append(cfg.poolModes, m)
+	}
 	switch {
 	case cfg.handlerWait < 0:
 		return nil, fmt.Errorf("bad -handler-wait %v", cfg.handlerWait)
@@ -323,9 +404,14 @@ func parseSize(s string) (int, error) {
 	return n * mult, nil
 }
 
-// Result is one transport's figures at one payload size and concurrency.
+// Result is one transport's figures at one payload size and concurrency
+// (and, for a transport through a pool, in one pool mode).
 type Result struct {
-	Transport   string  `json:"transport"`
+	Transport string `json:"transport"`
+	// PoolMode is the kind of pool the calls went through (-pool-mode;
+	// the floors and wake: same-host), empty for the transports that use
+	// no pool.
+	PoolMode    string  `json:"pool_mode,omitempty"`
 	Size        int     `json:"size_bytes"`
 	Concurrency int     `json:"concurrency"`
 	Calls       int64   `json:"calls"`
@@ -360,15 +446,68 @@ type Result struct {
 	Instances     int     `json:"instances"`
 	InstanceCalls []int64 `json:"instance_calls,omitempty"`
 	HandlerWaitUS float64 `json:"handler_wait_us,omitempty"`
+	// Lines are the cache lines flushed and invalidated per call in a
+	// coherence mode (absent in the others, where nothing is).
+	Lines *CacheLines `json:"cache_lines_per_call,omitempty"`
 
-	load    load
-	hist    *hdrhistogram.Histogram
-	elapsed time.Duration
-	cpuSelf time.Duration
-	cpuPeer time.Duration
-	cpuWait time.Duration // busy-wait of the callers, in wall time
-	waitNS  int64         // the handlers' waits, in all
-	waits   int64
+	showMode    bool // the report has several pool modes: label rows with theirs
+	clientLines coherence.Lines
+	serverLines coherence.Lines
+	load        load
+	hist        *hdrhistogram.Histogram
+	elapsed     time.Duration
+	cpuSelf     time.Duration
+	cpuPeer     time.Duration
+	cpuWait     time.Duration // busy-wait of the callers, in wall time
+	waitNS      int64         // the handlers' waits, in all
+	waits       int64
+}
+
+// CacheLines are the cache-line operations of a coherence mode per call,
+// by the client process and by the server processes: lines written back
+// (Flush) and dropped before a read (Invalidate), and the operations
+// (each a loop over its lines ended by one fence). They count the
+// operations on the connections that carried the calls (their segment
+// files, counted by name in both processes) while the calls ran, the
+// connections' own polling included; not the listeners' polling, nor
+// other connections' (Idle has those).
+type CacheLines struct {
+	ClientFlushed     float64 `json:"client_flushed"`
+	ClientInvalidated float64 `json:"client_invalidated"`
+	ServerFlushed     float64 `json:"server_flushed"`
+	ServerInvalidated float64 `json:"server_invalidated"`
+	ClientFlushes     float64 `json:"client_flush_ops"`
+	ClientInvalidates float64 `json:"client_invalidate_ops"`
+	ServerFlushes     float64 `json:"server_flush_ops"`
+	ServerInvalidates float64 `json:"server_invalidate_ops"`
+	// ClientChanged and ServerChanged are, in coherence-sim only, the
+	// invalidated lines that the other side had changed (and flushed)
+	// since: the lines that carried data, where the rest of the
+	// invalidations were polls that found nothing new.
+	ClientChanged float64 `json:"client_changed,omitempty"`
+	ServerChanged float64 `json:"server_changed,omitempty"`
+}
+
+// label names a result's transport in plots: with its pool mode when the
+// report has several.
+func (r *Result) label() string {
+	if r.showMode && r.PoolMode != "" {
+		return r.Transport + " [" + r.PoolMode + "]"
+	}
+	return r.Transport
+}
+
+// modeLines returns this process's count of the cache-line operations of
+// pool mode m's kind of Coherence, every segment of it, and whether the
+// mode has one.
+func modeLines(m string) (coherence.Lines, bool) {
+	switch m {
+	case modeCoherenceSW:
+		return coherence.KindLines(coherence.KindSoftware), true
+	case modeCoherenceSim:
+		return coherence.KindLines(coherence.KindSimulated), true
+	}
+	return coherence.Lines{}, false
 }
 
 // Report is everything one run of `notnets bench` measured.
@@ -381,12 +520,19 @@ type Report struct {
 	// Instances the counts measured; GRPCBalancing grpc-go's policy
 	// (round_robin when a count is above 1, else pick_first).
 	// HandlerWait and HandlerSlots are -handler-wait and -handler-slots.
-	ServerPIDs    []int     `json:"server_pids"`
-	Instances     []int     `json:"instances"`
-	GRPCBalancing string    `json:"grpc_balancing"`
-	HandlerWait   string    `json:"handler_wait,omitempty"`
-	HandlerSlots  int       `json:"handler_slots,omitempty"`
-	Results       []*Result `json:"results"`
+	ServerPIDs    []int  `json:"server_pids"`
+	Instances     []int  `json:"instances"`
+	GRPCBalancing string `json:"grpc_balancing"`
+	HandlerWait   string `json:"handler_wait,omitempty"`
+	HandlerSlots  int    `json:"handler_slots,omitempty"`
+	// PoolModes are the pool modes measured (-pool-mode); FlushInsns the
+	// instructions coherence-sw's flushes and invalidations use here.
+	PoolModes  []string `json:"pool_modes"`
+	FlushInsns string   `json:"flush_instructions,omitempty"`
+	// Idle is the cross-host modes' background, watched before each size
+	// and concurrency's rounds.
+	Idle    []*Idle   `json:"idle,omitempty"`
+	Results []*Result `json:"results"`
 }
 
 func bench(args []string) error {
@@ -403,7 +549,11 @@ func bench(args []string) error {
 	}
 	defer env.close()
 	rep := &Report{Machine: machine(), Go: runtime.Version(), Started: time.Now(), Rounds: cfg.rounds,
-		Instances: cfg.instances, GRPCBalancing: "pick_first", HandlerSlots: cfg.handlerSlots}
+		Instances: cfg.instances, GRPCBalancing: "pick_first", HandlerSlots: cfg.handlerSlots, PoolModes: cfg.poolModes}
+	if contains(cfg.poolModes, modeCoherenceSW) {
+		f, i := coherence.Instructions()
+		rep.FlushInsns = "flush " + f + ", invalidate " + i
+	}
 	for _, s := range env.servers {
 		rep.ServerPIDs = append(rep.ServerPIDs, s.info.PID)
 	}
@@ -416,11 +566,14 @@ func bench(args []string) error {
 	bar := newBar(cfg)
 	for _, c := range cfg.concurrency {
 		for _, size := range cfg.sizes {
-			results, err := env.measure(cfg, size, c, bar)
+			results, idle, err := env.measure(cfg, size, c, bar)
 			if err != nil {
 				return err
 			}
 			rep.Results = append(rep.Results, results...)
+			if idle != nil {
+				rep.Idle = append(rep.Idle, idle)
+			}
 		}
 	}
 	if bar != nil {
@@ -460,45 +613,62 @@ func newBar(cfg *benchConfig) *progressbar.ProgressBar {
 // load and instance count, in rounds: in each round every load, at each
 // load every count, and at each count every transport, takes a turn. It
 // returns the results load by load, and within a load count by count.
-func (e *benchEnv) measure(cfg *benchConfig, size, conc int, bar *progressbar.ProgressBar) ([]*Result, error) {
+func (e *benchEnv) measure(cfg *benchConfig, size, conc int, bar *progressbar.ProgressBar) ([]*Result, *Idle, error) {
 	defer e.closeConns()
 	payload := make([]byte, size)
 	for i := range payload {
 		payload[i] = 'a' + byte(i%26)
 	}
-	// trs[c][i] is transport i at instance count c; the single-caller
+	ents := cfg.entries()
+	// trs[c][i] is entry i at instance count c; the single-caller
 	// references involve no instances and run at the first count only.
 	trs := make([][]*transport, len(cfg.instances))
 	for c, k := range cfg.instances {
-		trs[c] = make([]*transport, len(cfg.transports))
-		for i, name := range cfg.transports {
+		trs[c] = make([]*transport, len(ents))
+		for i, ent := range ents {
+			name := ent.name
 			if singleCaller(name) && (conc > 1 || c > 0) {
 				continue
 			}
-			tr, err := e.transport(name, conc, k)
+			had := coherence.Segments()
+			tr, err := e.transport(name, ent.mode, conc, k)
 			if err != nil {
-				return nil, fmt.Errorf("%s with %d instance(s): %w", name, k, err)
+				return nil, nil, fmt.Errorf("%s with %d instance(s): %w", ent, k, err)
+			}
+			// The connections this transport made, whose cache lines are
+			// its calls' (both processes count them by file name).
+			for _, seg := range coherence.Segments() {
+				if strings.HasPrefix(seg, pool.ConnPrefix) && !contains(had, seg) {
+					tr.segments = append(tr.segments, seg)
+				}
 			}
 			trs[c][i] = tr
 			for j := 0; j < cfg.warmup; j++ {
 				if _, err := tr.callers[0](payload); err != nil {
-					return nil, fmt.Errorf("%s warm-up: %w", name, err)
+					return nil, nil, fmt.Errorf("%s warm-up: %w", ent, err)
 				}
 			}
 			if err := tr.idle(); err != nil {
-				return nil, fmt.Errorf("%s: %w", name, err)
+				return nil, nil, fmt.Errorf("%s: %w", ent, err)
 			}
 		}
+	}
+	// The background of the cross-host modes, every connection open and
+	// idle, before the rounds.
+	idle, err := e.idleBackground(cfg, size, conc)
+	if err != nil {
+		return nil, nil, err
 	}
 	results := make([][][]*Result, len(cfg.loads))
 	for l, ld := range cfg.loads {
 		results[l] = make([][]*Result, len(cfg.instances))
 		for c, k := range cfg.instances {
-			results[l][c] = make([]*Result, len(cfg.transports))
-			for i, name := range cfg.transports {
+			results[l][c] = make([]*Result, len(ents))
+			for i, ent := range ents {
 				if trs[c][i] != nil {
-					results[l][c][i] = &Result{Transport: name, Size: size, Concurrency: conc, load: ld,
-						GapUS: float64(ld.gap) / 1e3, RatePerSec: ld.rate, Instances: k,
+					results[l][c][i] = &Result{Transport: ent.name, PoolMode: ent.mode, Size: size, Concurrency: conc, load: ld,
+						showMode: len(cfg.poolModes) > 1 || cfg.poolModes[0] != modeSameHost,
+						GapUS:    float64(ld.gap) / 1e3, RatePerSec: ld.rate, Instances: k,
 						InstanceCalls: make([]int64, k),
 						hist:          hdrhistogram.New(1, int64(100*time.Second), 3)}
 				}
@@ -513,7 +683,7 @@ func (e *benchEnv) measure(cfg *benchConfig, size, conc int, bar *progressbar.Pr
 						continue
 					}
 					if err := e.segment(cfg, results[l][c][i], tr, payload, ld); err != nil {
-						return nil, fmt.Errorf("%s with %d instance(s): %w", cfg.transports[i], k, err)
+						return nil, nil, fmt.Errorf("%s with %d instance(s): %w", ents[i], k, err)
 					}
 					if bar != nil {
 						bar.Add(1)
@@ -536,7 +706,113 @@ func (e *benchEnv) measure(cfg *benchConfig, size, conc int, bar *progressbar.Pr
 			all = append(all, group...)
 		}
 	}
-	return all, nil
+	return all, idle, nil
+}
+
+// idleWindow is how long idleBackground watches the idle processes: long
+// enough for a few hundred of the pollers' 1 ms sleeps.
+const idleWindow = 500 * time.Millisecond
+
+// Idle is the background of the cross-host modes at one size and
+// concurrency, watched for idleWindow with every connection open and no
+// call: in a cross-host pool nothing sleeps on a futex, so every listener
+// polls its slots and every idle connection its ring each millisecond
+// (doorbell.PollSleep), and in a coherence mode every poll invalidates
+// the lines it reads. CPUPercent is the CPU time of the client and
+// server processes together, in percent of one core; Lines the cache-line
+// operations per second of each coherence mode (the client process's, then
+// the servers'), every segment of the mode's pools.
+type Idle struct {
+	Size        int         `json:"size_bytes"`
+	Concurrency int         `json:"concurrency"`
+	CPUPercent  float64     `json:"cpu_percent"`
+	Lines       []IdleLines `json:"lines_per_sec,omitempty"`
+}
+
+// IdleLines are one coherence mode's idle cache-line operations per
+// second.
+type IdleLines struct {
+	Mode              string  `json:"pool_mode"`
+	ClientFlushed     float64 `json:"client_flushed"`
+	ClientInvalidated float64 `json:"client_invalidated"`
+	ServerFlushed     float64 `json:"server_flushed"`
+	ServerInvalidated float64 `json:"server_invalidated"`
+}
+
+// idleBackground watches the processes for idleWindow with no call
+// (Idle), when a cross-host mode is measured; else it returns nil.
+func (e *benchEnv) idleBackground(cfg *benchConfig, size, conc int) (*Idle, error) {
+	if !slices.ContainsFunc(cfg.poolModes, func(m string) bool { return m != modeSameHost }) {
+		return nil, nil
+	}
+	var c0 []coherence.Lines
+	for _, m := range cfg.poolModes {
+		l, _ := modeLines(m)
+		c0 = append(c0, l)
+	}
+	peer0, err := e.peerStats()
+	if err != nil {
+		return nil, err
+	}
+	self0, t0 := selfCPU(), time.Now()
+	time.Sleep(idleWindow) // the window watched, not a wait for anything
+	self1, window := selfCPU(), time.Since(t0)
+	peer1, err := e.peerStats()
+	if err != nil {
+		return nil, err
+	}
+	idle := &Idle{Size: size, Concurrency: conc}
+	cpu := self1 - self0
+	for j := range peer1 {
+		cpu += time.Duration(peer1[j].CPUUS-peer0[j].CPUUS) * time.Microsecond
+	}
+	idle.CPUPercent = 100 * cpu.Seconds() / window.Seconds()
+	for i, m := range cfg.poolModes {
+		c1, counted := modeLines(m)
+		if !counted {
+			continue
+		}
+		client := c1.Sub(c0[i])
+		var server coherence.Lines
+		for j := range peer1 {
+			server = server.Add(peer1[j].lines(m).Sub(peer0[j].lines(m)))
+		}
+		rate := func(n uint64) float64 { return float64(n) / window.Seconds() }
+		idle.Lines = append(idle.Lines, IdleLines{Mode: m,
+			ClientFlushed: rate(client.Flushed), ClientInvalidated: rate(client.Invalidated),
+			ServerFlushed: rate(server.Flushed), ServerInvalidated: rate(server.Invalidated)})
+	}
+	return idle, nil
+}
+
+// entry is a transport in a pool mode (empty for a transport that uses
+// no pool).
+type entry struct{ name, mode string }
+
+func (e entry) String() string {
+	if e.mode == "" {
+		return e.name
+	}
+	return e.name + " in a " + e.mode + " pool"
+}
+
+// entries returns what each round measures, in order: every transport in
+// turn, the transports through a pool in every pool mode, side by side.
+func (cfg *benchConfig) entries() []entry {
+	var ents []entry
+	for _, name := range cfg.transports {
+		switch {
+		case throughPool(name):
+			for _, m := range cfg.poolModes {
+				ents = append(ents, entry{name, m})
+			}
+		case inPool(name):
+			ents = append(ents, entry{name, modeSameHost})
+		default:
+			ents = append(ents, entry{name, ""})
+		}
+	}
+	return ents
 }
 
 // segment runs one round's share of calls on one transport with its
@@ -552,10 +828,11 @@ func (e *benchEnv) segment(cfg *benchConfig, res *Result, tr *transport, payload
 	if err := tr.ready(payload); err != nil {
 		return err
 	}
-	peer0, err := e.peerStats()
+	peer0, err := e.peerStats(tr.segments...)
 	if err != nil {
 		return err
 	}
+	lines0 := coherence.SegmentLines(tr.segments...)
 	self0 := selfCPU()
 	cs := tr.callers
 	hists := make([]*hdrhistogram.Histogram, len(cs))
@@ -614,11 +891,13 @@ func (e *benchEnv) segment(cfg *benchConfig, res *Result, tr *transport, payload
 	wg.Wait()
 	res.elapsed += time.Since(start)
 	res.cpuSelf += selfCPU() - self0
-	peer1, err := e.peerStats()
+	res.clientLines = res.clientLines.Add(coherence.SegmentLines(tr.segments...).Sub(lines0))
+	peer1, err := e.peerStats(tr.segments...)
 	if err != nil {
 		return err
 	}
 	for j := range peer1 {
+		res.serverLines = res.serverLines.Add(peer1[j].Lines.Sub(peer0[j].Lines))
 		res.cpuPeer += time.Duration(peer1[j].CPUUS-peer0[j].CPUUS) * time.Microsecond
 		res.waitNS += peer1[j].WaitNS - peer0[j].WaitNS
 		res.waits += peer1[j].Waits - peer0[j].Waits
@@ -674,6 +953,15 @@ func (r *Result) finish() {
 	if r.waits > 0 {
 		r.HandlerWaitUS = float64(r.waitNS) / 1e3 / float64(r.waits)
 	}
+	if _, counted := modeLines(r.PoolMode); counted {
+		per := func(n uint64) float64 { return float64(n) / float64(r.Calls) }
+		c, s := r.clientLines, r.serverLines
+		r.Lines = &CacheLines{ClientFlushed: per(c.Flushed), ClientInvalidated: per(c.Invalidated),
+			ServerFlushed: per(s.Flushed), ServerInvalidated: per(s.Invalidated),
+			ClientFlushes: per(c.Flushes), ClientInvalidates: per(c.Invalidates),
+			ServerFlushes: per(s.Flushes), ServerInvalidates: per(s.Invalidates),
+			ClientChanged: per(c.Changed), ServerChanged: per(s.Changed)}
+	}
 }
 
 // ratios sets each result's ratios to grpc-tcp's, among results of one
@@ -727,8 +1015,11 @@ type benchEnv struct {
 	// service of N instances (serviceName), and grpc-go's client for N
 	// instances balances over their addresses.
 	servers []*benchProc
-	pool    string
-	udsDir  string
+	// pool is the pool of one host, of the floors and wake and of the
+	// same-host mode; pools the pool of every mode measured.
+	pool   string
+	pools  map[string]string
+	udsDir string
 	// roundRobin: grpc-go's clients use round_robin over the servers'
 	// addresses (a count above 1 is measured), else dial the first's.
 	roundRobin bool
@@ -759,10 +1050,45 @@ func startBenchServers(cfg *benchConfig) (*benchEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &benchEnv{pool: pool, roundRobin: slices.Max(cfg.instances) > 1}
+	e := &benchEnv{pool: pool, pools: map[string]string{}, roundRobin: slices.Max(cfg.instances) > 1}
 	if e.udsDir, err = os.MkdirTemp("", "notnets-bench-uds-"); err != nil {
 		e.close()
 		return nil, err
+	}
+	// A fresh pool per mode, marked before any process opens it.
+	var modePools []string
+	for _, m := range cfg.poolModes {
+		dir := pool
+		if m != modeSameHost {
+			if dir, err = os.MkdirTemp(base, "notnets-bench-"+m+"-"); err != nil {
+				e.close()
+				return nil, err
+			}
+			e.pools[m] = dir // removed by close, should the preparation fail
+			if err := preparePool(dir, m); err != nil {
+				e.close()
+				return nil, err
+			}
+		}
+		e.pools[m] = dir
+		modePools = append(modePools, m+"="+dir)
+	}
+	if contains(cfg.poolModes, modeCoherenceSW) || contains(cfg.poolModes, modeCoherenceSim) {
+		coherence.EnableCounting() // before this process sets up any segment
+	}
+	// What the servers need to serve: the notnets idle strategies and the
+	// drop-in tier only when measured, since in a cross-host pool every
+	// listener polls its knock word each millisecond.
+	var idles []string
+	for _, t := range cfg.transports {
+		switch t {
+		case "notnets", "notnets-raw":
+			idles = append(idles, notnets.IdleAdaptive.String())
+		case "notnets-busy-spin":
+			idles = append(idles, notnets.IdleBusySpin.String())
+		case "notnets-park-only":
+			idles = append(idles, notnets.IdleParkOnly.String())
+		}
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -777,7 +1103,9 @@ func startBenchServers(cfg *benchConfig) (*benchEnv, error) {
 			}
 		}
 		cmd := exec.Command(exe, "bench-server", "-pool", pool, "-uds", filepath.Join(e.udsDir, fmt.Sprintf("bench-%d.sock", i)),
-			"-services", strings.Join(names, ","), "-handler-wait", cfg.handlerWait.String(), "-handler-slots", strconv.Itoa(cfg.handlerSlots))
+			"-services", strings.Join(names, ","), "-handler-wait", cfg.handlerWait.String(), "-handler-slots", strconv.Itoa(cfg.handlerSlots),
+			"-mode-pools", strings.Join(modePools, ","), "-idle", strings.Join(idles, ","),
+			"-drop-in="+strconv.FormatBool(contains(cfg.transports, "grpc-shm")), "-count-lines="+strconv.FormatBool(coherence.CountingEnabled()))
 		s, err := startProc(cmd)
 		if s != nil {
 			e.servers = append(e.servers, s)
@@ -798,6 +1126,23 @@ func startBenchServers(cfg *benchConfig) (*benchEnv, error) {
 		}
 	}
 	return e, nil
+}
+
+// preparePool makes the empty directory dir a pool of mode m.
+func preparePool(dir, m string) error {
+	switch m {
+	case modeCrossHost:
+		return pool.PrepareCoherence(dir, pool.OwnerOnly, pool.CoherenceHardware)
+	case modeCoherenceSW:
+		if !coherence.Supported() {
+			f, _ := coherence.Instructions()
+			return fmt.Errorf("pool mode %s: this processor cannot write back cache lines (%s)", m, f)
+		}
+		return pool.PrepareCoherence(dir, pool.OwnerOnly, pool.CoherenceSoftware)
+	case modeCoherenceSim:
+		return pool.PrepareCoherence(dir, pool.OwnerOnly, pool.CoherenceSimulated)
+	}
+	return pool.Prepare(dir, pool.OwnerOnly)
 }
 
 // startProc starts a bench server with pipes to its stdin and stdout.
@@ -856,11 +1201,16 @@ func (e *benchEnv) command(cmd string) (string, error) {
 	return e.servers[0].command(cmd)
 }
 
-// peerStats returns every server's CPU time and handler counts, in order.
-func (e *benchEnv) peerStats() ([]serverStats, error) {
+// peerStats returns every server's CPU time and handler counts, in order,
+// with its count of the cache-line operations on the segments named.
+func (e *benchEnv) peerStats(segments ...string) ([]serverStats, error) {
 	sts := make([]serverStats, len(e.servers))
+	cmd := "stats"
+	if len(segments) > 0 {
+		cmd += " " + strings.Join(segments, ",")
+	}
 	for i, s := range e.servers {
-		line, err := s.command("stats")
+		line, err := s.command(cmd)
 		if err != nil {
 			return nil, err
 		}
@@ -880,6 +1230,9 @@ func (e *benchEnv) close() {
 		s.close()
 	}
 	os.RemoveAll(e.pool)
+	for _, dir := range e.pools {
+		os.RemoveAll(dir)
+	}
 	if e.udsDir != "" {
 		os.RemoveAll(e.udsDir)
 	}
@@ -893,6 +1246,9 @@ type caller func(payload []byte) (time.Duration, error)
 // transport is one transport's callers in one measurement.
 type transport struct {
 	callers []caller
+	// segments are the connection segments the transport's client made
+	// in a coherence mode's pool, whose cache-line operations count.
+	segments []string
 	// pause runs after the warm-up and after each turn, outside the
 	// timing: it parks a spinning server (floor-spin) so that it leaves
 	// the cores to the other transports' turns. resume runs before each

@@ -7,11 +7,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/notnets/notnets"
+	"github.com/notnets/notnets/internal/coherence"
 )
 
 // The test binary stands in for the notnets command: bench starts it again
@@ -152,7 +154,11 @@ func TestParseBenchFlags(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(cfg.instances, []int{1, 2, 3}) || cfg.handlerWait != 200*time.Microsecond || cfg.handlerSlots != 4 {
 		t.Errorf("instances, handler wait and slots: %+v, %v", cfg, err)
 	}
-	if cfg, err := parseBenchFlags(nil); err != nil || !reflect.DeepEqual(cfg.instances, []int{1}) || cfg.handlerWait != 0 || cfg.handlerSlots != 0 {
+	if cfg, err := parseBenchFlags([]string{"-pool-mode", "coherence-sim, same-host"}); err != nil || !reflect.DeepEqual(cfg.poolModes, []string{modeCoherenceSim, modeSameHost}) {
+		t.Errorf("pool modes: %+v, %v", cfg, err)
+	}
+	if cfg, err := parseBenchFlags(nil); err != nil || !reflect.DeepEqual(cfg.instances, []int{1}) || cfg.handlerWait != 0 || cfg.handlerSlots != 0 ||
+		!reflect.DeepEqual(cfg.poolModes, []string{modeSameHost}) {
 		t.Errorf("defaults: %+v, %v", cfg, err)
 	}
 	for _, tc := range []struct {
@@ -167,6 +173,8 @@ func TestParseBenchFlags(t *testing.T) {
 		{[]string{"-handler-wait", "-1ms"}, "bad -handler-wait"},
 		{[]string{"-handler-wait", "1ms", "-handler-slots", "-1"}, "bad -handler-slots"},
 		{[]string{"-handler-slots", "2"}, "needs -handler-wait"},
+		{[]string{"-pool-mode", "same-host,cxl"}, `unknown pool mode "cxl"`},
+		{[]string{"-pool-mode", "cross-host,cross-host"}, "given twice"},
 	} {
 		if _, err := parseBenchFlags(tc.args); err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%q: error %v, want one containing %q", tc.args, err, tc.err)
@@ -369,6 +377,93 @@ func TestBenchPlots(t *testing.T) {
 		fi, err := os.Stat(filepath.Join(out, f))
 		if err != nil || fi.Size() < 1000 {
 			t.Errorf("plot %s: %v", f, err)
+		}
+	}
+}
+
+// TestBenchPoolModes runs a short bench of the pool transports in every
+// pool mode beside grpc-tcp, at 16 B and 1 MiB: every transport through a
+// pool is measured in every mode and grpc-tcp once; the coherence modes
+// count cache lines on both sides (at 1 MiB at least the 16,384 lines of
+// the message each side writes), the hardware modes none; the cross-host
+// modes' idle background is watched.
+func TestBenchPoolModes(t *testing.T) {
+	const n = 40
+	modes := []string{modeSameHost, modeCrossHost, modeCoherenceSW, modeCoherenceSim}
+	pooled := []string{"grpc-shm", "notnets", "notnets-raw"}
+	args := []string{"-transports", "grpc-tcp," + strings.Join(pooled, ","), "-pool-mode", strings.Join(modes, ","),
+		"-sizes", "16,1M", "-n", fmt.Sprint(n), "-rounds", "2", "-warmup", "5"}
+	drop := func(mode string) {
+		modes = slices.DeleteFunc(modes, func(m string) bool { return m == mode })
+		args[3] = strings.Join(modes, ",")
+	}
+	if !coherence.Supported() { // no flush instructions here: the simulator alone
+		drop(modeCoherenceSW)
+	}
+	if raceEnabled {
+		// Under the detector every word the simulator copies is an
+		// instrumented atomic: connecting alone outlasts the dial's 10 s.
+		// What it checks crosses between processes, which the detector
+		// does not see; `go test ./cmd/...` runs the mode (as the root
+		// package's coherence suites do, coherence_test.go).
+		drop(modeCoherenceSim)
+	}
+	rep, raw := runBenchJSON(t, args...)
+	if !reflect.DeepEqual(rep.PoolModes, modes) {
+		t.Errorf("report's pool modes %q, want %q", rep.PoolModes, modes)
+	}
+	seen := map[string]int{}
+	for i, r := range rep.Results {
+		id := fmt.Sprintf("%s in %q at %d B", r.Transport, r.PoolMode, r.Size)
+		seen[r.Transport+" "+r.PoolMode]++
+		if r.Calls != n || r.CallsPerSec <= 0 || r.P50US <= 0 || r.ServerCPUUS <= 0 {
+			t.Errorf("%s: %d calls (want %d), %g calls/s, p50 %g us, server cpu %g us", id, r.Calls, n, r.CallsPerSec, r.P50US, r.ServerCPUUS)
+		}
+		if r.Size == 1<<20 && r.MBPerSec <= 0 {
+			t.Errorf("%s: no MB/s", id)
+		}
+		_, hasLines := raw[i]["cache_lines_per_call"]
+		switch r.PoolMode {
+		case modeCoherenceSW, modeCoherenceSim:
+			l := r.Lines
+			if l == nil || l.ClientFlushed <= 0 || l.ClientInvalidated <= 0 || l.ServerFlushed <= 0 || l.ServerInvalidated <= 0 ||
+				l.ClientFlushes <= 0 || l.ServerInvalidates <= 0 {
+				t.Errorf("%s: cache lines per call %+v, want flushes and invalidations on both sides", id, l)
+				continue
+			}
+			if r.Size == 1<<20 && (l.ClientFlushed < 16384 || l.ServerFlushed < 16384) {
+				t.Errorf("%s: %g lines flushed by the client and %g by the server per call, want at least the 16384 of 1 MiB each", id, l.ClientFlushed, l.ServerFlushed)
+			}
+			if r.Size == 16 && (l.ClientFlushed > 1000 || l.ServerFlushed > 1000) {
+				t.Errorf("%s: %g and %g lines flushed per 16 B call: more than the call writes", id, l.ClientFlushed, l.ServerFlushed)
+			}
+		default:
+			if hasLines || r.Lines != nil {
+				t.Errorf("%s: cache lines %+v reported where nothing is flushed", id, r.Lines)
+			}
+		}
+	}
+	for _, m := range modes {
+		for _, tr := range pooled {
+			if seen[tr+" "+m] != 2 {
+				t.Errorf("%s in %s measured %d times, want 2 (two sizes)", tr, m, seen[tr+" "+m])
+			}
+		}
+	}
+	if seen["grpc-tcp "] != 2 || len(rep.Results) != 2*(1+len(pooled)*len(modes)) {
+		t.Errorf("grpc-tcp measured %d times, want 2; %d results, want %d", seen["grpc-tcp "], len(rep.Results), 2*(1+len(pooled)*len(modes)))
+	}
+	if len(rep.Idle) != 2 {
+		t.Fatalf("%d idle backgrounds, want one per size", len(rep.Idle))
+	}
+	for _, idle := range rep.Idle {
+		if idle.CPUPercent <= 0 || len(idle.Lines) != len(modes)-2 {
+			t.Errorf("idle background at %d B: %+v, want CPU and the lines of %d coherence modes", idle.Size, idle, len(modes)-2)
+		}
+		for _, l := range idle.Lines {
+			if l.ServerInvalidated <= 0 { // every listener polls its slots
+				t.Errorf("idle background at %d B in %s: %+v, want the listeners' polls", idle.Size, l.Mode, l)
+			}
 		}
 	}
 }

@@ -155,10 +155,10 @@ func plotInstances(file string, results []*Result) error {
 		if r.Calls == 0 || r.InstanceCalls == nil { // no instances behind it
 			continue
 		}
-		if byTransport[r.Transport] == nil {
-			names = append(names, r.Transport)
+		if byTransport[r.label()] == nil {
+			names = append(names, r.label())
 		}
-		byTransport[r.Transport] = append(byTransport[r.Transport], plotter.XY{X: float64(r.Instances), Y: r.CallsPerSec})
+		byTransport[r.label()] = append(byTransport[r.label()], plotter.XY{X: float64(r.Instances), Y: r.CallsPerSec})
 	}
 	for i, name := range names {
 		xys := byTransport[name]
@@ -231,7 +231,7 @@ func plotCDF(file string, results []*Result) error {
 		line.Color = plotutil.Color(i)
 		line.Width = vg.Points(1.5)
 		p.Add(line)
-		p.Legend.Add(r.Transport, line)
+		p.Legend.Add(r.label(), line)
 	}
 	p.Legend.Top = false
 	p.Legend.Left = false
@@ -254,10 +254,10 @@ func plotSizes(file string, results []*Result) error {
 		if r.Concurrency != results[0].Concurrency || r.load != results[0].load || r.Instances != results[0].Instances {
 			continue
 		}
-		if byTransport[r.Transport] == nil {
-			names = append(names, r.Transport)
+		if byTransport[r.label()] == nil {
+			names = append(names, r.label())
 		}
-		byTransport[r.Transport] = append(byTransport[r.Transport], r)
+		byTransport[r.label()] = append(byTransport[r.label()], r)
 	}
 	for i, name := range names {
 		var avg, p99 plotter.XYs
@@ -322,10 +322,10 @@ func plotLoads(file string, results []*Result, cpu bool) error {
 	byTransport := map[string][]*Result{}
 	var names []string
 	for _, r := range results {
-		if byTransport[r.Transport] == nil {
-			names = append(names, r.Transport)
+		if byTransport[r.label()] == nil {
+			names = append(names, r.label())
 		}
-		byTransport[r.Transport] = append(byTransport[r.Transport], r)
+		byTransport[r.label()] = append(byTransport[r.label()], r)
 	}
 	for i, name := range names {
 		var solid, dashed plotter.XYs

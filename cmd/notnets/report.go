@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"strconv"
@@ -13,13 +14,15 @@ import (
 // within a load count by count.
 func printReport(w io.Writer, rep *Report) {
 	loadCol, open := "gap", false
-	instCol, waitCol := false, false
+	instCol, waitCol, modeCol, linesCol := false, false, false, false
 	for _, r := range rep.Results {
 		if r.RatePerSec > 0 {
 			loadCol, open = "rate", true
 		}
 		instCol = instCol || r.Instances > 1
 		waitCol = waitCol || r.HandlerWaitUS > 0
+		modeCol = modeCol || r.showMode
+		linesCol = linesCol || r.Lines != nil
 	}
 	fmt.Fprint(w, "notnets bench: helloworld echo (Greeter.SayHello), ")
 	if len(rep.ServerPIDs) == 1 {
@@ -34,6 +37,13 @@ func printReport(w io.Writer, rep *Report) {
 	fmt.Fprintf(w, "machine: %s, %s; calls interleaved in %d rounds\n", rep.Machine, rep.Go, rep.Rounds)
 	if instCol {
 		fmt.Fprintf(w, "balancing: notnets least_request (its default), grpc-go %s over the instances' addresses\n", rep.GRPCBalancing)
+	}
+	if modeCol {
+		fmt.Fprintf(w, "pool modes: %s, each in a pool of its own", strings.Join(rep.PoolModes, ", "))
+		if rep.FlushInsns != "" {
+			fmt.Fprintf(w, "; coherence-sw: %s", rep.FlushInsns)
+		}
+		fmt.Fprintln(w)
 	}
 	if rep.HandlerWait != "" {
 		fmt.Fprintf(w, "handlers wait %s in nanosleep (measured mean in the wait column)", rep.HandlerWait)
@@ -57,7 +67,11 @@ func printReport(w io.Writer, rep *Report) {
 		}
 		fmt.Fprintf(w, "\npayload %s, %d caller(s) on one connection, %d calls per %s\n", sizeName(r0.Size), r0.Concurrency, r0.Calls, per)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "transport\t%s\t", loadCol)
+		fmt.Fprint(tw, "transport\t")
+		if modeCol {
+			fmt.Fprint(tw, "pool\t")
+		}
+		fmt.Fprintf(tw, "%s\t", loadCol)
 		if instCol {
 			fmt.Fprint(tw, "inst\t")
 		}
@@ -65,13 +79,20 @@ func printReport(w io.Writer, rep *Report) {
 		if waitCol {
 			fmt.Fprint(tw, "wait\t")
 		}
+		if linesCol {
+			fmt.Fprint(tw, "client fl/inv\tserver fl/inv\t")
+		}
 		fmt.Fprint(tw, "\tavg vs tcp\tp99.9 vs tcp\tcalls/s vs tcp\tcpu vs tcp\t")
 		if instCol {
 			fmt.Fprint(tw, "by instance %\t")
 		}
 		fmt.Fprintln(tw)
 		for _, r := range group {
-			fmt.Fprintf(tw, "%s\t%s\t", r.Transport, r.load)
+			fmt.Fprintf(tw, "%s\t", r.Transport)
+			if modeCol {
+				fmt.Fprintf(tw, "%s\t", cmp.Or(r.PoolMode, "-"))
+			}
+			fmt.Fprintf(tw, "%s\t", r.load)
 			if instCol {
 				fmt.Fprintf(tw, "%d\t", r.Instances)
 			}
@@ -80,6 +101,14 @@ func printReport(w io.Writer, rep *Report) {
 				r.CallsPerSec, r.MBPerSec, us(r.ClientCPUUS+r.ServerCPUUS))
 			if waitCol {
 				fmt.Fprintf(tw, "%s\t", orDash(r.HandlerWaitUS, us))
+			}
+			if linesCol {
+				if l := r.Lines; l != nil {
+					fmt.Fprintf(tw, "%s/%s%s\t%s/%s%s\t", count(l.ClientFlushed), count(l.ClientInvalidated), changed(l.ClientChanged),
+						count(l.ServerFlushed), count(l.ServerInvalidated), changed(l.ServerChanged))
+				} else {
+					fmt.Fprint(tw, "-\t-\t")
+				}
 			}
 			fmt.Fprintf(tw, "\t%s\t%s\t%s\t%s\t", ratio(r.AvgRatio), ratio(r.P999Ratio), ratio(r.TputRatio), ratio(r.CPURatio))
 			if instCol {
@@ -100,6 +129,16 @@ func printReport(w io.Writer, rep *Report) {
 	fmt.Fprintln(w, "\nratios: grpc-tcp's latency or CPU over the transport's, or the transport's calls/s over grpc-tcp's (above 1x: better than grpc-tcp)")
 	if instCol {
 		fmt.Fprintln(w, "inst: server instances serving the calls, ratios against grpc-tcp at the same count; by instance: each one's share of the calls, in percent; cpu/call counts every server process")
+	}
+	if linesCol {
+		fmt.Fprintln(w, "fl/inv: cache lines (64 B) flushed (written back) and invalidated per call on the calls' connections, by the client process and the server process; polls included (in coherence-sim, (N new): the invalidated lines the other side had changed)")
+	}
+	for _, idle := range rep.Idle {
+		fmt.Fprintf(w, "idle, %s and %d caller(s), every connection open, no call: %.1f%% of a core (client and servers)", sizeName(idle.Size), idle.Concurrency, idle.CPUPercent)
+		for _, l := range idle.Lines {
+			fmt.Fprintf(w, "; %s lines/s fl/inv client %s/%s, server %s/%s", l.Mode, count(l.ClientFlushed), count(l.ClientInvalidated), count(l.ServerFlushed), count(l.ServerInvalidated))
+		}
+		fmt.Fprintln(w)
 	}
 	if waitCol {
 		fmt.Fprintln(w, "wait: the handlers' measured mean wait (-handler-wait plus the kernel's wake-up), outside any wait for a slot")
@@ -132,6 +171,27 @@ func shares(calls []int64) string {
 		parts[i] = strconv.FormatInt((100*n+total/2)/total, 10)
 	}
 	return strings.Join(parts, "/")
+}
+
+// count writes a count per call: 3 significant digits at most, k above
+// 10,000.
+func count(v float64) string {
+	switch {
+	case v >= 10000:
+		return fmt.Sprintf("%.1fk", v/1000)
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+// changed writes " (N new)" for the changed lines of coherence-sim, or
+// nothing.
+func changed(v float64) string {
+	if v == 0 {
+		return ""
+	}
+	return " (" + count(v) + " new)"
 }
 
 // orDash formats v, or writes "-" for 0.

@@ -19,6 +19,7 @@ import (
 	"github.com/notnets/notnets"
 	pb "github.com/notnets/notnets/examples/helloworld/helloworldpb"
 	"github.com/notnets/notnets/internal/benchsvc"
+	"github.com/notnets/notnets/internal/coherence"
 	"github.com/notnets/notnets/internal/floor"
 )
 
@@ -27,9 +28,10 @@ type serverInfo struct {
 	PID int    `json:"pid"`
 	TCP string `json:"tcp"`
 	UDS string `json:"uds"`
-	// DropIn names, for each service, the instance through which this
-	// process serves grpc-go on notnets' drop-in tier (ListenConn).
-	DropIn map[string]string `json:"dropin"`
+	// DropIn names, for each pool mode and service, the instance through
+	// which this process serves grpc-go on notnets' drop-in tier
+	// (ListenConn) in that mode's pool.
+	DropIn map[string]map[string]string `json:"dropin"`
 }
 
 // serverStats is a bench server's answer to "stats": its CPU time, the
@@ -40,16 +42,38 @@ type serverStats struct {
 	Calls  int64 `json:"calls"`   // calls the echo handlers served
 	WaitNS int64 `json:"wait_ns"` // time the handlers spent in their waits
 	Waits  int64 `json:"waits"`   // waits made
+	// Lines are the process's cache-line operations on the segments the
+	// stats command named; SoftwareLines and SimulatedLines on all of the
+	// coherence-sw and coherence-sim pools' segments (with -count-lines;
+	// else zero).
+	Lines          coherence.Lines `json:"lines"`
+	SoftwareLines  coherence.Lines `json:"software_lines"`
+	SimulatedLines coherence.Lines `json:"simulated_lines"`
+}
+
+// lines returns the server's count of pool mode m's cache-line
+// operations.
+func (st serverStats) lines(m string) coherence.Lines {
+	switch m {
+	case modeCoherenceSW:
+		return st.SoftwareLines
+	case modeCoherenceSim:
+		return st.SimulatedLines
+	}
+	return coherence.Lines{}
 }
 
 // benchServer serves every transport the benchmark measures (grpc-go on
 // TCP, on a Unix socket and on the drop-in tier; notnets with each idle
-// strategy; the floors), then answers commands on stdin until it closes:
+// strategy asked; the floors), the pool transports in the pool of each
+// mode of -mode-pools, then answers commands on stdin until it closes:
 //
 //	floor NAME       serve the floor segment NAME in the pool; answers "ok"
 //	floor-spin NAME  the same, the server spinning (floor.Conn.Spin)
 //	wake NAME        answer wake-ups on the wake segment NAME (floor.Wake)
-//	stats            answers a serverStats in JSON
+//	stats [SEGS]     answers a serverStats in JSON, with the cache-line
+//	                 operations on the segments SEGS (comma-separated file
+//	                 names) counted in its Lines
 //
 // It is one instance of each notnets service named by -services: several
 // bench servers given the same name serve it together.
@@ -60,8 +84,31 @@ func benchServer(args []string) error {
 	services := fs.String("services", "bench", "comma-separated notnets services this process is an instance of")
 	wait := fs.Duration("handler-wait", 0, "wait in every echo handler (see handler.serve)")
 	slots := fs.Int("handler-slots", 0, "handlers that wait at once; 0 for no limit")
+	modePools := fs.String("mode-pools", "", "MODE=DIR,...: the pool of each pool mode to serve notnets and the drop-in tier in; empty for -pool alone, as same-host")
+	idles := fs.String("idle", "adaptive,busy-spin,park-only", "idle strategies to serve notnets with, comma-separated")
+	dropIn := fs.Bool("drop-in", true, "serve grpc-go on the drop-in tier (grpc-shm)")
+	countLines := fs.Bool("count-lines", false, "count the cache lines flushed and invalidated (coherence.EnableCounting), reported by stats")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *countLines {
+		coherence.EnableCounting()
+	}
+	pools := map[string]string{}
+	var modes []string
+	for _, mp := range strings.Split(*modePools, ",") {
+		if mp == "" {
+			continue
+		}
+		m, dir, ok := strings.Cut(mp, "=")
+		if !ok {
+			return fmt.Errorf("bad -mode-pools entry %q (want MODE=DIR)", mp)
+		}
+		pools[m] = dir
+		modes = append(modes, m)
+	}
+	if len(modes) == 0 {
+		pools[modeSameHost], modes = *poolDir, []string{modeSameHost}
 	}
 	h := &handler{wait: *wait}
 	if *slots > 0 {
@@ -70,6 +117,9 @@ func benchServer(args []string) error {
 	// One server per idle strategy: service <name> is the default
 	// (adaptive), <name>-busy-spin and <name>-park-only the others.
 	for _, idle := range []notnets.IdleStrategy{notnets.IdleAdaptive, notnets.IdleBusySpin, notnets.IdleParkOnly} {
+		if !contains(strings.Split(*idles, ","), idle.String()) {
+			continue
+		}
 		srv := notnets.NewServer(notnets.MaxRecvMsgSize(maxMsg), notnets.MaxSendMsgSize(maxMsg), notnets.WithIdleStrategy(idle))
 		pb.RegisterGreeterServer(srv, greeter{h: h})
 		srv.RegisterService(h.rawDesc(), struct{}{})
@@ -79,11 +129,13 @@ func benchServer(args []string) error {
 			if idle != notnets.IdleAdaptive {
 				lname += "-" + idle.String()
 			}
-			lis, err := notnets.Listen(lname, notnets.WithPool(*poolDir), notnets.WithIdleStrategy(idle))
-			if err != nil {
-				return err
+			for _, m := range modes {
+				lis, err := notnets.Listen(lname, notnets.WithPool(pools[m]), notnets.WithIdleStrategy(idle))
+				if err != nil {
+					return fmt.Errorf("%s pool: %w", m, err)
+				}
+				go srv.Serve(lis)
 			}
-			go srv.Serve(lis)
 		}
 	}
 
@@ -102,17 +154,23 @@ func benchServer(args []string) error {
 	defer gsrv.Stop()
 	// The same grpc.Server on the drop-in tier (grpc-shm): an instance of
 	// each service that serves byte streams, beside the notnets ones.
-	dropIn := map[string]string{}
-	for _, name := range strings.Split(*services, ",") {
-		lis, err := notnets.ListenConn(name, notnets.WithPool(*poolDir))
-		if err != nil {
-			return err
+	dropIns := map[string]map[string]string{}
+	for _, m := range modes {
+		if !*dropIn {
+			break
 		}
-		dropIn[name] = lis.Addr().(*notnets.Addr).Instance
-		go gsrv.Serve(lis)
+		dropIns[m] = map[string]string{}
+		for _, name := range strings.Split(*services, ",") {
+			lis, err := notnets.ListenConn(name, notnets.WithPool(pools[m]))
+			if err != nil {
+				return fmt.Errorf("%s pool: %w", m, err)
+			}
+			dropIns[m][name] = lis.Addr().(*notnets.Addr).Instance
+			go gsrv.Serve(lis)
+		}
 	}
 
-	info, _ := json.Marshal(serverInfo{PID: os.Getpid(), TCP: tcp.Addr().String(), UDS: *udsPath, DropIn: dropIn})
+	info, _ := json.Marshal(serverInfo{PID: os.Getpid(), TCP: tcp.Addr().String(), UDS: *udsPath, DropIn: dropIns})
 	fmt.Println(string(info))
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
@@ -139,7 +197,9 @@ func benchServer(args []string) error {
 			var ru syscall.Rusage
 			syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 			st, _ := json.Marshal(serverStats{CPUUS: (ru.Utime.Nano() + ru.Stime.Nano()) / 1000,
-				Calls: h.calls.Load(), WaitNS: h.waitNS.Load(), Waits: h.waits.Load()})
+				Calls: h.calls.Load(), WaitNS: h.waitNS.Load(), Waits: h.waits.Load(),
+				Lines:         coherence.SegmentLines(strings.Split(arg, ",")...),
+				SoftwareLines: coherence.KindLines(coherence.KindSoftware), SimulatedLines: coherence.KindLines(coherence.KindSimulated)})
 			fmt.Println(string(st))
 		default:
 			fmt.Println("error unknown command", cmd)

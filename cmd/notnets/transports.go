@@ -18,9 +18,10 @@ import (
 )
 
 // transport returns conc callers of transport name that share one
-// connection (one client; for notnets and grpc-go, to n instances), made
-// for this measurement and closed at its end.
-func (e *benchEnv) transport(name string, conc, n int) (*transport, error) {
+// connection (one client; for notnets and grpc-go, to n instances; for a
+// transport through a pool, in the pool of mode), made for this
+// measurement and closed at its end.
+func (e *benchEnv) transport(name, mode string, conc, n int) (*transport, error) {
 	switch name {
 	case "floor", "floor-spin":
 		c, err := e.floor(name)
@@ -47,7 +48,7 @@ func (e *benchEnv) transport(name string, conc, n int) (*transport, error) {
 		}
 		return &transport{callers: []caller{call}}, nil
 	}
-	cs, err := e.callers(name, conc, n)
+	cs, err := e.callers(name, mode, conc, n)
 	if err != nil {
 		return nil, err
 	}
@@ -55,11 +56,12 @@ func (e *benchEnv) transport(name string, conc, n int) (*transport, error) {
 }
 
 // callers returns conc callers of transport name on one client of n
-// instances, once every instance has answered it.
-func (e *benchEnv) callers(name string, conc, n int) ([]caller, error) {
+// instances (in the pool of mode, for a transport through a pool), once
+// every instance has answered it.
+func (e *benchEnv) callers(name, mode string, conc, n int) ([]caller, error) {
 	switch name {
 	case "grpc-tcp", "grpc-uds", "grpc-shm":
-		cc, err := e.grpcClient(name, n)
+		cc, err := e.grpcClient(name, mode, n)
 		if err != nil {
 			return nil, err
 		}
@@ -78,7 +80,7 @@ func (e *benchEnv) callers(name string, conc, n int) ([]caller, error) {
 		}
 		ctx, cancel := context.WithTimeout(background, 10*time.Second)
 		defer cancel()
-		cc, err := notnets.Dial(ctx, listener, notnets.WithPool(e.pool), notnets.WithIdleStrategy(idle),
+		cc, err := notnets.Dial(ctx, listener, notnets.WithPool(e.pools[mode]), notnets.WithIdleStrategy(idle),
 			notnets.WithMaxRecvMsgSize(maxMsg), notnets.WithMaxSendMsgSize(maxMsg))
 		if err != nil {
 			return nil, err
@@ -106,24 +108,24 @@ func (e *benchEnv) callers(name string, conc, n int) ([]caller, error) {
 
 // grpcClient returns a grpc-go client of the first n servers over TCP
 // (grpc-tcp), their Unix sockets (grpc-uds) or their instances on the
-// drop-in tier (grpc-shm: notnets.ContextDialer, an instance name per
-// server): with e.roundRobin, its round_robin balancer over their
+// drop-in tier (grpc-shm: notnets.ContextDialer in the pool of mode, an
+// instance name per server): with e.roundRobin, its round_robin balancer over their
 // addresses, given by a manual resolver; else a client of the first
 // server's address.
-func (e *benchEnv) grpcClient(name string, n int) (*grpc.ClientConn, error) {
+func (e *benchEnv) grpcClient(name, mode string, n int) (*grpc.ClientConn, error) {
 	addr := func(s *benchProc) string {
 		switch name {
 		case "grpc-uds":
 			return "unix://" + s.info.UDS
 		case "grpc-shm":
-			return s.info.DropIn[serviceName(n)]
+			return s.info.DropIn[mode][serviceName(n)]
 		}
 		return s.info.TCP
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg))}
 	if name == "grpc-shm" {
-		opts = append(opts, grpc.WithContextDialer(notnets.ContextDialer(notnets.WithPool(e.pool))))
+		opts = append(opts, grpc.WithContextDialer(notnets.ContextDialer(notnets.WithPool(e.pools[mode]))))
 	}
 	if !e.roundRobin {
 		target := addr(e.servers[0])

@@ -101,6 +101,31 @@ func (s *Sim) Invalidate(b []byte) {
 	}
 }
 
+// invalidateChanged is Invalidate that also returns how many of the lines
+// it dropped had changed in Shared since this side last had them in
+// common (a word of Shared differs from Clean): the lines that brought new
+// data, as opposed to polls that read again what was there. For
+// Counting; Invalidate stays without the count.
+func (s *Sim) invalidateChanged(b []byte) (changed uint64) {
+	lo, hi := s.span(b)
+	view, shared, clean := words(s.View[lo:hi]), words(s.Shared[lo:hi]), words(s.clean[lo:hi])
+	const perLine = LineSize / 8
+	for l := 0; l < len(view); l += perLine {
+		moved := false
+		for i := l; i < min(l+perLine, len(view)); i++ {
+			c, m := clean[i].Load(), shared[i].Load()
+			moved = moved || c != m
+			if view[i].CompareAndSwap(c, m) {
+				clean[i].Store(m)
+			}
+		}
+		if moved {
+			changed++
+		}
+	}
+	return changed
+}
+
 // words returns b (8-byte aligned, a multiple of 8 bytes long) as words.
 func words(b []byte) []atomic.Uint64 {
 	if len(b) == 0 {

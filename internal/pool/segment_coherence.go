@@ -5,6 +5,7 @@ package pool
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"unsafe"
 
 	"github.com/notnets/notnets/internal/coherence"
@@ -28,14 +29,14 @@ func (s *Segment) UseCoherence(c Coherence) error {
 		if !coherence.Supported() {
 			return errors.New("notnets: the pool's memory is kept coherent in software, and this processor has no cache-line write-back instruction")
 		}
-		s.coh = coherence.Software{}
+		s.coh = coherence.Counted(coherence.Software{}, filepath.Base(s.Path)) // Software itself unless counting (notnets bench)
 		return nil
 	case CoherenceSimulated:
 		sim, err := coherence.NewSim(s.Mem)
 		if err != nil {
 			return fmt.Errorf("notnets: simulate segment %s: %w", s.Path, err)
 		}
-		s.sim, s.shared, s.Mem, s.coh = sim, s.Mem, sim.View, sim
+		s.sim, s.shared, s.Mem, s.coh = sim, s.Mem, sim.View, coherence.Counted(sim, filepath.Base(s.Path))
 		return nil
 	}
 	return fmt.Errorf("notnets: unknown coherence %v", c)
