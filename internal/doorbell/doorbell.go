@@ -54,7 +54,8 @@
 // hubMaxBlock; a peer that died is noticed by the liveness watch.
 //
 // In poll-only mode (pools shared across hosts, where a futex cannot reach
-// the peer) SLEEPING is a sleep of PollSleep instead, and nobody rings.
+// the peer) SLEEPING is a nap that doubles from NapMin to PollSleep while
+// nothing comes (nap_linux.go), and nobody rings.
 //
 // # The listener's knock
 //
@@ -95,6 +96,7 @@ type Bell struct {
 	kicked   atomic.Bool         // Kick came since the wait began (hub.go)
 	inHub    atomic.Pointer[hub] // the hub the bell waits in, or nil
 	pollOnly bool
+	naps     napper // a poll-only waiter's backoff (nap_linux.go)
 	// timeouts counts the waits in a row that found nothing for a whole
 	// MaxBlock; from hubAfter on, the bell waits in a hub (hub.go). Only
 	// the one waiting goroutine touches it.
@@ -147,7 +149,7 @@ func (b *Bell) WaitFor(look func() (seen uint32, pending bool), limit time.Durat
 		return
 	}
 	if b.pollOnly {
-		time.Sleep(min(PollSleep, limit))
+		b.naps.wait(look, limit)
 		return
 	}
 	b.kicked.Store(false)

@@ -48,6 +48,7 @@ type Idler struct {
 	last    time.Time // the last reading of the clock in this run
 	yielded time.Time
 	crowded bool // the last Spent that reported true found the machine crowded
+	spent   bool // Expire: the run is over until Busy or Reset
 	// NoOSYield keeps the poller from calling sched_yield, and from
 	// ending its spin when it finds the machine crowded: a busy-spinning
 	// side that owns its core.
@@ -82,7 +83,7 @@ func (w *Idler) Spent(d time.Duration) bool {
 			w.gap = w.since
 		}
 	}
-	if d <= 0 {
+	if d <= 0 || w.spent {
 		return true
 	}
 	if w.polls++; w.polls%clockEvery != 0 {
@@ -107,7 +108,7 @@ func (w *Idler) Spent(d time.Duration) bool {
 // ended (from the first empty poll, across blocking), or 0 if the poller
 // was not idle.
 func (w *Idler) Busy() time.Duration {
-	w.idle = false
+	w.idle, w.spent = false, false
 	var gap time.Duration
 	if !w.gap.IsZero() {
 		gap = time.Since(w.gap)
@@ -121,7 +122,14 @@ func (w *Idler) Busy() time.Duration {
 
 // Reset starts a new run of polls, as after the poller has blocked. The
 // idle gap goes on until Busy.
-func (w *Idler) Reset() { w.idle = false }
+func (w *Idler) Reset() { w.idle, w.spent = false, false }
+
+// Expire ends the current run of polls: Spent reports true at once until
+// Busy or Reset. For a poller whose waits end by themselves (a nap in
+// poll-only mode), which polls once after each and waits again, rather
+// than spinning a period (or clockEvery polls, before Spent reads the
+// clock) after every wait.
+func (w *Idler) Expire() { w.spent = true }
 
 // pace yields to the Go scheduler once per YieldInterval, and reports
 // whether it did.

@@ -198,7 +198,7 @@ func (t *Client) readLoop() {
 			c.busy(&idle)
 		} else if idle.Spent(c.readerSpin()) {
 			c.block()
-			idle.Reset()
+			c.afterBlock(&idle)
 		}
 	}
 }

@@ -58,6 +58,27 @@ func (c *conn) idler() spin.Idler {
 
 // busy records that the reader found frames, and learns from the idle gap
 // they ended.
+// afterBlock starts a new run of polls after the reader blocked: a spin
+// period again, since only a message or a kick ends a futex wait. Not in
+// poll-only mode, where a wait is a nap that ends by itself (doorbell's
+// nap_linux.go): the reader polls once and naps again until something
+// comes (spin.Idler.Expire). Spinning again after each nap, or even the
+// 256 polls before Spent reads the clock, cost a cross-host client 17% of
+// a core idle, in sched_yield, and a client and server in one process
+// with flushes (two lines invalidated per poll) 39%; 7% once it polled
+// once (an in-process probe over 3 s, the profile in the note),
+// and the naps could not grow.
+func (c *conn) afterBlock(idle *spin.Idler) { resumeIdle(idle, c.wait) }
+
+// resumeIdle is afterBlock for a reader with idle strategy w.
+func resumeIdle(idle *spin.Idler, w Wait) {
+	if w.PollOnly {
+		idle.Expire() // one poll, then the next nap
+		return
+	}
+	idle.Reset()
+}
+
 func (c *conn) busy(idle *spin.Idler) {
 	if gap := idle.Busy(); gap > 0 {
 		c.budget.Observe(gap)

@@ -217,7 +217,7 @@ func (t *Server) readRole() {
 		if n == 0 {
 			if idle.Spent(c.readerSpin()) {
 				c.block()
-				idle.Reset()
+				c.afterBlock(&idle)
 			}
 			continue
 		}

@@ -198,7 +198,7 @@ func (c *StreamConn) Read(p []byte) (int, error) {
 		}
 		if idle.Spent(c.readerSpin()) {
 			c.park()
-			idle.Reset()
+			resumeIdle(&idle, c.wait)
 			if c.rdl.expired() {
 				return 0, c.opError("read", os.ErrDeadlineExceeded)
 			}
