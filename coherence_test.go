@@ -18,14 +18,19 @@ const coherenceEnv = "NOTNETS_TEST_COHERENCE"
 // TestUnderSoftwareCoherence run: hostsSuite, and the liveness of a killed
 // server (by heartbeat), the discovery of instances (a client before its
 // server, an instance killed during calls, a graceful stop) and the
-// slots' handshake. The whole package passes too
-// (NOTNETS_TEST_COHERENCE=simulated go test ., about 8 minutes here).
-var coherenceSuite = hostsSuite[:len(hostsSuite)-2] + "|TestServerKilled|TestNewClientBeforeTheServer|TestInstanceKilledDuringCalls|TestGracefulStopOfAnInstance|TestHandshakes)$"
+// slots' handshake, and a proxy with view checks on (heap blocks received
+// into protected pages). The package's other tests that make their
+// pools through the fixture pass too (NOTNETS_TEST_COHERENCE=simulated go
+// test ., about 8 minutes here); the in-package tests (package notnets)
+// keep pools of one host.
+var coherenceSuite = hostsSuite[:len(hostsSuite)-2] + "|TestServerKilled|TestNewClientBeforeTheServer|TestInstanceKilledDuringCalls|TestGracefulStopOfAnInstance|TestHandshakes|TestUnknownServiceHandlerProxy)$"
 
 // coherenceSuiteTests is how many top-level tests coherenceSuite names.
-const coherenceSuiteTests = hostsSuiteTests + 5
+const coherenceSuiteTests = hostsSuiteTests + 6
 
-// testCoherence returns the coherence coherenceEnv asks for, if any.
+// testCoherence returns the coherence coherenceEnv asks for, if any. A
+// value it does not know fails t, or panics without a t (a server
+// child).
 func testCoherence(t testing.TB) (pool.Coherence, bool) {
 	s := os.Getenv(coherenceEnv)
 	if s == "" {
@@ -33,6 +38,9 @@ func testCoherence(t testing.TB) (pool.Coherence, bool) {
 	}
 	c, err := pool.ParseCoherence(s)
 	if err != nil {
+		if t == nil {
+			panic(err)
+		}
 		t.Fatal(err)
 	}
 	return c, true
@@ -75,7 +83,7 @@ func skipSuite(t *testing.T) {
 
 // oneHostOnly skips t, a test of what only a pool of one host has (what),
 // when coherenceEnv makes every pool of the process cross-host: with it,
-// `NOTNETS_TEST_COHERENCE=simulated go test .` runs the whole package
+// `NOTNETS_TEST_COHERENCE=simulated go test .` runs the package's tests
 // over simulated memory, and every other test passes there.
 func oneHostOnly(t testing.TB, what string) {
 	t.Helper()

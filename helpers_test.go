@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -357,6 +358,14 @@ func runServer() {
 	}
 	if g := os.Getenv("NOTNETS_TEST_GROUP"); g != "" {
 		lopts = append(lopts, notnets.WithPoolGroup(g))
+	}
+	if c, ok := testCoherence(nil); ok && os.Getenv("NOTNETS_TEST_GROUP") == "" {
+		// A pool this server makes (one a test names before it exists)
+		// is of the suite's coherence too; an existing pool is kept.
+		if err := pool.PrepareCoherence(os.Getenv("NOTNETS_POOL"), pool.OwnerOnly, c); err != nil && !errors.Is(err, pool.ErrPoolInUse) {
+			fmt.Println("error", err)
+			return
+		}
 	}
 	lis, err := notnets.Listen(listenName, lopts...)
 	if err != nil {

@@ -102,11 +102,16 @@ func startAsHost(t testing.TB, dir, name string, env ...string) *serverProc {
 	return startServerCmd(t, dir, cmd, env...)
 }
 
-// crossHostPool makes a pool of the test's own, cross-host.
+// crossHostPool makes a pool of the test's own, cross-host (and of the
+// coherence coherenceEnv asks for, if any).
 func crossHostPool(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(testPool(t), "pool")
-	if err := pool.PrepareCrossHost(dir, pool.OwnerOnly); err != nil {
+	c, ok := testCoherence(t)
+	if !ok {
+		c = pool.CoherenceHardware
+	}
+	if err := pool.PrepareCoherence(dir, pool.OwnerOnly, c); err != nil {
 		t.Fatal(err)
 	}
 	return dir

@@ -31,7 +31,7 @@ func poolCmd(args []string) error {
 	chunk := fs.Int("chunk-size", pool.DefaultChunkSize, "init -device: the unit in which segments take the device, a power of two (at least the device's alignment)")
 	watch := fs.Duration("watch", 0, fmt.Sprintf("clean: read the pool, wait this long (at least %v), and remove listeners whose heartbeat stood still meanwhile that cannot be judged by their pid (another host or pid namespace, or any in a cross-host pool; Listen and clients judge them over %v)", pool.MinRemoteStaleAfter, pool.RemoteStaleAfter))
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `usage: notnets pool [-dir DIR] [-group GROUP] init [-cross-host] [-device DEV [-chunk-size N]] [DIR] | ls [-files] [-beat] | clean [-watch D]
+		fmt.Fprint(fs.Output(), `usage: notnets pool [-dir DIR] [-group GROUP] init [-cross-host [-coherence C]] [-device DEV [-chunk-size N]] [DIR] | ls [-files] [-beat] | clean [-watch D]
 
   init    make the pool directory (mode 0700, or 03770 with -group), as
           the first Listen does; with -cross-host, a pool shared by
@@ -41,7 +41,10 @@ func poolCmd(args []string) error {
           heartbeats alone), whatever its options say. An existing pool is
           marked only if nobody uses it yet (no listener, connection or
           socket in it) and this user owns it; a cross-host pool is left
-          as it is. With -device DEV, the pool's segments live in the
+          as it is. -coherence software marks memory that the hosts' caches
+          do not keep coherent: every process then writes back what it
+          writes and invalidates what it reads (docs/PROTOCOL.md 18);
+          -coherence simulated, the same over a simulator, for tests. With -device DEV, the pool's segments live in the
           device DEV (a devdax device, /dev/daxX.Y, or a regular file
           standing in for one), cut into chunks of -chunk-size bytes: each
           segment file in DIR then holds a descriptor of its chunks, and

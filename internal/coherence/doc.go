@@ -7,8 +7,9 @@
 //
 // On amd64, Flush is CLWB (or CLFLUSHOPT, or CLFLUSH on older processors)
 // over every 64-byte line of the range, then SFENCE; Invalidate is
-// CLFLUSHOPT (or CLFLUSH) over the lines, then MFENCE, so that the loads
-// that follow miss the cache and read memory. On arm64, Flush is DC CVAC
+// MFENCE (after the loads before it), CLFLUSHOPT (or CLFLUSH) over the
+// lines, then MFENCE, so that the loads that follow miss the cache and
+// read memory. On arm64, Flush is DC CVAC
 // (clean to the point of coherence) over every line of the range, then
 // DSB SY; Invalidate is DSB SY, DC CIVAC (clean and invalidate to the
 // point of coherence) over the lines, then DSB SY. The arm64 loops step by

@@ -54,6 +54,11 @@ func flush(b []byte) {
 
 func invalidate(b []byte) {
 	start, n := lines(b, uintptr(unsafe.Pointer(&b[0])))
+	// After the loads before it (the tail that says the bytes are ready):
+	// CLFLUSHOPT is not ordered with older loads, and a line dropped
+	// before the load that announced it could come back stale (Linux's
+	// clflush_cache_range fences first too).
+	mfence()
 	if hasCLFLUSHOPT {
 		clflushoptLines(start, n)
 	} else {

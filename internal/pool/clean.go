@@ -193,6 +193,9 @@ func newJudging(f *os.File, dir string, a Access, after time.Duration) (*judging
 	j := &judging{after: max(after, MinRemoteStaleAfter), dir: dir, access: a}
 	j.mode, j.modeErr = readModeAt(int(f.Fd()), dir, st.Uid)
 	j.dev, j.devErr = readDeviceAt(int(f.Fd()), dir, st.Uid)
+	if j.dev != nil && j.mode.Coherence == CoherenceSoftware {
+		j.dev.readBack = func(fd int, off int64, n int) { readBack(fd, off, n, int64(j.dev.ChunkSize)) } // 18.3
+	}
 	return j, nil
 }
 
@@ -200,6 +203,9 @@ func newJudging(f *os.File, dir string, a Access, after time.Duration) (*judging
 // at off: in a pool on a device, from the segment's chunks (F17, F18).
 func (j *judging) pread(dfd int, name string, fd int, buf []byte, off int64) (int, error) {
 	if j.dev == nil {
+		if j.mode.Coherence == CoherenceSoftware {
+			readBack(fd, off, len(buf), PageSize) // 18.3
+		}
 		return unix.Pread(fd, buf, off)
 	}
 	n, _, err := j.dev.pread(dfd, j.dir, name, j.access, fd, buf, off)

@@ -89,6 +89,10 @@ type Device struct {
 	// writeBack, if set, writes back the zeroes a new segment's creator
 	// stores over its chunks (a pool with coherence by flushes, 18.3).
 	writeBack func([]byte)
+	// readBack, if set, drops this host's cached copy of a range of the
+	// device before pread reads it (a pool with coherence by flushes,
+	// 18.3; readback.go).
+	readBack func(fd int, off int64, n int)
 }
 
 // Size returns the bytes of the device that the pool uses.

@@ -319,6 +319,9 @@ func (d *Device) pread(dfd int, dir, name string, a Access, fd int, buf []byte, 
 		return 0, 0, err
 	}
 	defer unix.Close(dev)
+	if d.readBack != nil {
+		d.readBack(dev, d.offset(e)+off, len(buf))
+	}
 	n, err := unix.Pread(dev, buf, d.offset(e)+off)
 	return n, e.length, err
 }

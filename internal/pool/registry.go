@@ -43,6 +43,7 @@ func OpenRegistry(dir string, a Access, c Coherence) (*Registry, error) {
 	seg, err := CreateIn(dir, RegistryFile, PageSize, a)
 	if err == nil {
 		if err := seg.UseCoherence(c); err != nil {
+			seg.Unlink() // nobody has seen it: no header yet
 			seg.Close()
 			return nil, err
 		}

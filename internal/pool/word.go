@@ -25,8 +25,13 @@ type Word32 struct {
 // Load returns the word's value, from memory when it is not coherent.
 func (w Word32) Load() uint32 {
 	if w.coh != nil {
-		w.coh.Invalidate(w.bytes())
+		return w.loadFromMemory()
 	}
+	return w.p.Load() // inlined: the hot path of coherent memory
+}
+
+func (w Word32) loadFromMemory() uint32 {
+	w.coh.Invalidate(w.bytes())
 	return w.p.Load()
 }
 
@@ -34,7 +39,7 @@ func (w Word32) Load() uint32 {
 func (w Word32) Store(v uint32) {
 	w.p.Store(v)
 	if w.coh != nil {
-		w.coh.Flush(w.bytes())
+		w.flush()
 	}
 }
 
@@ -46,11 +51,17 @@ func (w Word32) Add(d uint32) uint32 {
 	if w.coh == nil {
 		return w.p.Add(d)
 	}
+	return w.addInMemory(d)
+}
+
+func (w Word32) addInMemory(d uint32) uint32 {
 	w.coh.Invalidate(w.bytes())
 	v := w.p.Add(d)
 	w.coh.Flush(w.bytes())
 	return v
 }
+
+func (w Word32) flush() { w.coh.Flush(w.bytes()) }
 
 // CompareAndSwap stores new if the word holds old. On memory that is not
 // coherent it is atomic only among this host's goroutines (PROTOCOL.md
@@ -61,7 +72,9 @@ func (w Word32) CompareAndSwap(old, new uint32) bool {
 	}
 	w.coh.Invalidate(w.bytes())
 	ok := w.p.CompareAndSwap(old, new)
-	w.coh.Flush(w.bytes())
+	if ok { // a failed one wrote nothing: its write-back could only carry stale bytes over another host's
+		w.coh.Flush(w.bytes())
+	}
 	return ok
 }
 
@@ -89,8 +102,13 @@ type Word64 struct {
 // Load returns the word's value, from memory when it is not coherent.
 func (w Word64) Load() uint64 {
 	if w.coh != nil {
-		w.coh.Invalidate(w.bytes())
+		return w.loadFromMemory()
 	}
+	return w.p.Load() // inlined: the hot path of coherent memory
+}
+
+func (w Word64) loadFromMemory() uint64 {
+	w.coh.Invalidate(w.bytes())
 	return w.p.Load()
 }
 
@@ -98,7 +116,7 @@ func (w Word64) Load() uint64 {
 func (w Word64) Store(v uint64) {
 	w.p.Store(v)
 	if w.coh != nil {
-		w.coh.Flush(w.bytes())
+		w.flush()
 	}
 }
 
@@ -107,11 +125,17 @@ func (w Word64) Add(d uint64) uint64 {
 	if w.coh == nil {
 		return w.p.Add(d)
 	}
+	return w.addInMemory(d)
+}
+
+func (w Word64) addInMemory(d uint64) uint64 {
 	w.coh.Invalidate(w.bytes())
 	v := w.p.Add(d)
 	w.coh.Flush(w.bytes())
 	return v
 }
+
+func (w Word64) flush() { w.coh.Flush(w.bytes()) }
 
 // Ptr returns the word itself.
 func (w Word64) Ptr() *atomic.Uint64 { return w.p }

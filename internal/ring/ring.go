@@ -214,13 +214,18 @@ func (p *Producer) Reserved() uint64 { return p.next }
 // (PROTOCOL.md 18.2).
 func (p *Producer) Publish() {
 	if p.coh != nil {
-		eachPart(p.data, p.mask, p.published, p.next, p.coh.Flush)
+		p.publishToMemory()
+		return
 	}
+	p.published = p.next // inlined: the hot path of coherent memory
+	p.tail.Store(p.next)
+}
+
+func (p *Producer) publishToMemory() {
+	eachPart(p.data, p.mask, p.published, p.next, p.coh.Flush)
 	p.published = p.next
 	p.tail.Store(p.next)
-	if p.coh != nil {
-		p.coh.Flush(word(p.tail))
-	}
+	p.coh.Flush(word(p.tail))
 }
 
 // SetCoherence makes the producer write back what it publishes and read
@@ -232,9 +237,27 @@ func (p *Producer) SetCoherence(c coherence.Coherence) { p.coh = c }
 // loadHead loads the consumer's head, from memory when it is not coherent.
 func (p *Producer) loadHead() uint64 {
 	if p.coh != nil {
-		p.coh.Invalidate(word(p.head))
+		return p.loadHeadFromMemory()
 	}
 	return p.head.Load()
+}
+
+func (p *Producer) loadHeadFromMemory() uint64 { return loadFromMemory(p.coh, p.head) }
+
+// releaseToMemory is Release on memory without coherence: the head is
+// written back after it is stored.
+func (c *Consumer) releaseToMemory() {
+	if c.released != c.read {
+		c.released = c.read
+		c.head.Store(c.read)
+		c.coh.Flush(word(c.head))
+	}
+}
+
+// loadFromMemory loads the counter w after dropping its cached line.
+func loadFromMemory(c coherence.Coherence, w *atomic.Uint64) uint64 {
+	c.Invalidate(word(w))
+	return w.Load()
 }
 
 // Empty reports whether the consumer has freed everything published.
@@ -288,10 +311,12 @@ func (c *Consumer) SetCoherence(coh coherence.Coherence) { c.coh = coh }
 // loadTail loads the producer's tail, from memory when it is not coherent.
 func (c *Consumer) loadTail() uint64 {
 	if c.coh != nil {
-		c.coh.Invalidate(word(c.tail))
+		return c.loadTailFromMemory()
 	}
 	return c.tail.Load()
 }
+
+func (c *Consumer) loadTailFromMemory() uint64 { return loadFromMemory(c.coh, c.tail) }
 
 // NewConsumer returns the consumer of the ring over data with the given
 // counters.
@@ -347,12 +372,13 @@ func (c *Consumer) Next() ([]byte, error) {
 
 // Release frees the space of every record Next has returned so far.
 func (c *Consumer) Release() {
-	if c.released != c.read {
+	if c.coh != nil {
+		c.releaseToMemory()
+		return
+	}
+	if c.released != c.read { // inlined: the hot path of coherent memory
 		c.released = c.read
 		c.head.Store(c.read)
-		if c.coh != nil {
-			c.coh.Flush(word(c.head))
-		}
 	}
 }
 

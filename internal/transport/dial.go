@@ -132,7 +132,7 @@ func connect(ctx context.Context, o *DialConfig) (*dialed, error) {
 			return nil, err
 		}
 		if try == maxAnnounces {
-			return nil, status.Errorf(codes.Unavailable, "notnets: listener %q: %d announcements lost their slot to other clients (PROTOCOL.md 18.4)", name, try)
+			return nil, status.Errorf(codes.Unavailable, "notnets: listener %q did not serve %d announcements in a row (each lost its slot, to another host's claim (PROTOCOL.md 18.4), or the server dropped it)", name, try)
 		}
 	}
 	seg.Unlink()
@@ -274,15 +274,21 @@ func announce(ctx context.Context, o *DialConfig, name string, lis *pool.Listene
 		if lis.Server.State.Load() != pool.StateOpen {
 			return status.Error(codes.Unavailable, "notnets: listener closed before accepting")
 		}
-		if err := held.lost(); err != nil {
-			return err
+		if lay.Coh != nil { // a claim is exclusive on coherent memory
+			if err := held.lost(); err != nil {
+				return err
+			}
 		}
 		return gone()
 	})
 	if err != nil && !errors.Is(err, errSlotLost) {
-		// Withdraw, unless the server has taken it. A lost slot is not
-		// this client's to free: it holds another's announcement.
-		slot.Free(word)
+		// Withdraw, unless the server has taken it. A slot that no
+		// longer names this client's segment is not its to free: on
+		// memory without coherence it may hold another's announcement
+		// of the same state word (18.4).
+		if n, nerr := slot.Name(); nerr == nil && n == segName {
+			slot.Free(word)
+		}
 	}
 	return err
 }
@@ -305,8 +311,9 @@ const slotGrace = time.Second
 // and the slot shows the announcement until the server takes it. On
 // memory without coherence, two hosts can claim one slot at once and the
 // last to write its name wins (18.4): the other would wait for a server
-// that never read its name. So a client that sees its slot name another
-// segment, or freed, while its connection is not open, gives the server
+// that never read its name. So a client on such memory (only: lay.Coh)
+// that sees its slot name another segment, or freed, while its
+// connection is not open, gives the server
 // slotGrace to open it (it may have read the name before it was
 // overwritten), then gives up the announcement (errSlotLost). A server
 // that did take it sees the client's side closed and ends the connection.

@@ -198,9 +198,6 @@ func (c *conn) takeView(p []byte) (mem.Buffer, error) {
 	pageEnd := (end + arena.MinBlock - 1) &^ (arena.MinBlock - 1)
 	v := &h.views[page]
 	*v = h.peerMem[r.Offset:end:pageEnd]
-	if c.coh != nil && r.Length > 0 { // the message, from memory (18.2)
-		c.coh.Invalidate(*v)
-	}
 	h.pins++
 	h.viewMu.Unlock()
 	h.refsRecv.Add(1)
@@ -215,6 +212,11 @@ func (c *conn) takeView(p []byte) (mem.Buffer, error) {
 			}
 			return nil, fmt.Errorf("unprotect a received block: %w", err)
 		}
+	}
+	// The message, from memory (PROTOCOL.md 18.2); after the unprotect
+	// above: CLFLUSHOPT faults on a page this process cannot read.
+	if c.coh != nil && r.Length > 0 {
+		c.coh.Invalidate(*v)
 	}
 	return mem.NewBuffer(v, (*viewPool)(c)), nil
 }

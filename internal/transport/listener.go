@@ -40,6 +40,9 @@ type Listener struct {
 	// coherence is how the pool's memory is kept coherent (PROTOCOL.md
 	// 18), for the segments the listener maps.
 	coherence pool.Coherence
+	// reaping: the listener counts in its pool's reaper (reap.go); set
+	// by Listen before it returns, read by Close.
+	reaping bool
 
 	// creds is the socket of the credentialed handshake (handshake.go), or
 	// nil; incoming carries what it receives to accept.
@@ -161,6 +164,7 @@ func Listen(dir, service string, access pool.Access, cfg ListenConfig) (*Listene
 	watchListener(l)
 	if l.cross {
 		startReaper(dir, access) // reap.go
+		l.reaping = true
 	}
 	balance.Announce(dir, access)
 	return l, nil
@@ -245,7 +249,7 @@ func (l *Listener) Close() error {
 	l.unlinkOnce.Do(func() {
 		l.seg.Unlink()
 		unwatchListener(l)
-		if l.cross {
+		if l.reaping { // not for a Listen that failed before it started it
 			stopReaper(l.dir)
 		}
 		balance.Announce(l.dir, l.access)

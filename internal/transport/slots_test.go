@@ -16,8 +16,10 @@ import (
 // listener, as a host of its own would, so a claim of a slot (a
 // compare-and-swap) is atomic only within the Dial: clients that dial at
 // once can claim the same slot (PROTOCOL.md 18.4). Every one of them
-// must still connect, within its deadline: one that sees its slot taken
-// over announces again.
+// must still connect, within its deadline. A collision is rare (two
+// claims within the same few hundred nanoseconds), so this test mostly
+// shows that concurrent dials through private copies work;
+// TestLostSlotAnnouncesAgain makes one happen for sure.
 func TestConcurrentClaimsWithoutCoherence(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pool")
 	if err := pool.PrepareCoherence(dir, pool.OwnerOnly, pool.CoherenceSimulated); err != nil {
