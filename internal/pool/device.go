@@ -373,44 +373,7 @@ func readMarkerFile(dfd int, name, path string, dirUID uint32) ([]byte, error) {
 // inside, renamed to dir only if dir does not exist. An error wrapping
 // EEXIST says it exists.
 func createDevicePool(dir string, a Access, d *Device) error {
-	parent, base := filepath.Split(dir)
-	if parent == "" {
-		parent = "."
-	}
-	var r [8]byte
-	rand.Read(r[:])
-	tmp := filepath.Join(parent, "."+base+".notnets-"+hex.EncodeToString(r[:]))
-	if err := unix.Mkdir(tmp, a.dirMode()); err != nil {
-		if _, serr := os.Lstat(dir); serr == nil {
-			return fmt.Errorf("notnets: create pool directory %s: %w", dir, unix.EEXIST)
-		}
-		return fmt.Errorf("notnets: create pool directory %s: %w", dir, err)
-	}
-	fail := func(err error) error {
-		os.RemoveAll(tmp) // ours alone: nobody knows its random name
-		return err
-	}
-	if a.shared() {
-		if err := unix.Lchown(tmp, -1, a.Group); err != nil {
-			return fail(fmt.Errorf("notnets: give pool directory %s to group %d: %w", dir, a.Group, err))
-		}
-	}
-	if err := unix.Chmod(tmp, a.dirMode()); err != nil { // the umask may have taken bits away
-		return fail(fmt.Errorf("notnets: set the mode of pool directory %s: %w", dir, err))
-	}
-	dfd, err := openDir(tmp, a)
-	if err != nil {
-		return fail(err)
-	}
-	err = writeDeviceMarker(dfd, dir, a, d)
-	unix.Close(dfd)
-	if err != nil {
-		return fail(err)
-	}
-	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dir, unix.RENAME_NOREPLACE); err != nil {
-		return fail(fmt.Errorf("notnets: create pool directory %s: %w", dir, err))
-	}
-	return nil
+	return createPoolDir(dir, a, func(dfd int, _ string) error { return writeDeviceMarker(dfd, dir, a, d) })
 }
 
 // markDevice makes the existing pool directory dir a pool on the device

@@ -234,10 +234,19 @@ func PrepareCoherence(dir string, a Access, c Coherence) error {
 	return markCoherence(dir, a, c)
 }
 
-// createMarked makes the pool directory dir with its marker: under a
-// temporary name next to it first, renamed to dir only if dir does not
-// exist (RENAME_NOREPLACE). An error wrapping EEXIST says it exists.
+// createMarked makes the pool directory dir with its marker, as
+// createPoolDir makes it.
 func createMarked(dir string, a Access, c Coherence) error {
+	return createPoolDir(dir, a, func(dfd int, tmp string) error { return writeMarker(dfd, tmp, a, c) })
+}
+
+// createPoolDir makes the pool directory dir with what fill writes into
+// it (a marker): under a temporary name next to it first, with the mode
+// and group of a pool, filled, then renamed to dir only if dir does not
+// exist (RENAME_NOREPLACE), so that no process ever sees the pool
+// without what fill puts in it. An error wrapping EEXIST says dir exists.
+// fill gets a descriptor of the temporary directory and its path.
+func createPoolDir(dir string, a Access, fill func(dfd int, tmp string) error) error {
 	parent, base := filepath.Split(dir)
 	if parent == "" {
 		parent = "."
@@ -252,8 +261,7 @@ func createMarked(dir string, a Access, c Coherence) error {
 		return fmt.Errorf("notnets: create pool directory %s: %w", dir, err)
 	}
 	fail := func(err error) error {
-		unix.Unlinkat(unix.AT_FDCWD, filepath.Join(tmp, HostsFile), 0)
-		unix.Rmdir(tmp)
+		os.RemoveAll(tmp) // ours alone: nobody knows its random name
 		return err
 	}
 	if a.shared() {
@@ -269,7 +277,7 @@ func createMarked(dir string, a Access, c Coherence) error {
 	if err != nil {
 		return fail(err)
 	}
-	err = writeMarker(dfd, tmp, a, c)
+	err = fill(dfd, tmp)
 	unix.Close(dfd)
 	if err != nil {
 		return fail(err)
