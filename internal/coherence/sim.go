@@ -41,15 +41,20 @@ type Sim struct {
 	clean  []byte // what View held when it last agreed with Shared, per word
 	base   uintptr
 	unmap  func() error
-	// mu makes each Flush and Invalidate one step for the other
+	// locks make the move of each line one step for the other
 	// goroutines of this side, as a line moves at once in a cache: a
 	// Flush between an Invalidate's compare-and-swap and its store to
 	// clean left a word looking dirty for good, and the other order could
-	// undo a store (a reviewer reproduced it 4 times in 2,000 rounds; a test of it in this package did not fail reliably enough to keep).
-	// Stores to View by the side's goroutines need no lock: the
-	// compare-and-swap sees them.
-	mu sync.Mutex
+	// undo a store (a reviewer reproduced it 4 times in 2,000 rounds).
+	// One lock per line (striped): a lock over a whole range held a
+	// heartbeat up behind a 64 MiB message for seconds. Stores to View by
+	// the side's goroutines need no lock: the compare-and-swap sees them.
+	locks [simLocks]sync.Mutex
 }
+
+// simLocks is how many locks the lines of a Sim share, line i taking
+// lock i mod simLocks.
+const simLocks = 64
 
 // NewSim returns a side's simulated view of shared, empty (all zeros):
 // the side has cached nothing yet, so that what it reads of shared
@@ -92,56 +97,57 @@ func (s *Sim) span(b []byte) (lo, hi int) {
 // Flush writes the lines of b back: copies them from View to Shared.
 func (s *Sim) Flush(b []byte) {
 	lo, hi := s.span(b)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	view, shared, clean := words(s.View[lo:hi]), words(s.Shared[lo:hi]), words(s.clean[lo:hi])
-	for i := range view {
-		v := view[i].Load()
-		shared[i].Store(v)
-		clean[i].Store(v)
+	for l := lo; l < hi; l += LineSize {
+		e := min(l+LineSize, hi)
+		view, shared, clean := words(s.View[l:e]), words(s.Shared[l:e]), words(s.clean[l:e])
+		mu := s.lock(l)
+		for i := range view {
+			v := view[i].Load()
+			shared[i].Store(v)
+			clean[i].Store(v)
+		}
+		mu.Unlock()
 	}
 }
 
 // Invalidate drops the cached lines of b: copies every word of them from
 // Shared to View, but for the words this side stored since they were last
 // flushed or invalidated.
-func (s *Sim) Invalidate(b []byte) {
-	lo, hi := s.span(b)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	view, shared, clean := words(s.View[lo:hi]), words(s.Shared[lo:hi]), words(s.clean[lo:hi])
-	for i := range view {
-		c, m := clean[i].Load(), shared[i].Load()
-		// Fails, keeping the word, if this side stored to it since.
-		if view[i].CompareAndSwap(c, m) {
-			clean[i].Store(m)
-		}
-	}
-}
+func (s *Sim) Invalidate(b []byte) { s.invalidateChanged(b) }
 
 // invalidateChanged is Invalidate that also returns how many of the lines
 // it dropped had changed in Shared since this side last had them in
 // common (a word of Shared differs from Clean): the lines that brought new
-// data, as opposed to polls that read again what was there. For
-// Counting; Invalidate stays without the count.
+// data, as opposed to polls that read again what was there (for
+// Counting).
 func (s *Sim) invalidateChanged(b []byte) (changed uint64) {
 	lo, hi := s.span(b)
-	view, shared, clean := words(s.View[lo:hi]), words(s.Shared[lo:hi]), words(s.clean[lo:hi])
-	const perLine = LineSize / 8
-	for l := 0; l < len(view); l += perLine {
+	for l := lo; l < hi; l += LineSize {
+		e := min(l+LineSize, hi)
+		view, shared, clean := words(s.View[l:e]), words(s.Shared[l:e]), words(s.clean[l:e])
 		moved := false
-		for i := l; i < min(l+perLine, len(view)); i++ {
+		mu := s.lock(l)
+		for i := range view {
 			c, m := clean[i].Load(), shared[i].Load()
 			moved = moved || c != m
+			// Fails, keeping the word, if this side stored to it since.
 			if view[i].CompareAndSwap(c, m) {
 				clean[i].Store(m)
 			}
 		}
+		mu.Unlock()
 		if moved {
 			changed++
 		}
 	}
 	return changed
+}
+
+// lock takes and returns the lock of the line at offset off of View.
+func (s *Sim) lock(off int) *sync.Mutex {
+	mu := &s.locks[off/LineSize%simLocks]
+	mu.Lock()
+	return mu
 }
 
 // words returns b (8-byte aligned, a multiple of 8 bytes long) as words.
