@@ -184,6 +184,16 @@ func TestHostileReturns(t *testing.T) {
 			}
 			out.Free()
 			c := cc.conn()
+			// The server hands the request's block back after it replied:
+			// wait for that return, or the injection below races with it
+			// (seen under the race detector on a loaded machine: the
+			// server's own return found the queue's head past its tail).
+			for deadline := time.Now().Add(10 * time.Second); c.PeerCtl().ReturnTail.Load() == 0; {
+				if time.Now().After(deadline) {
+					t.Fatal("the server did not hand the request's block back within 10 s")
+				}
+				time.Sleep(time.Millisecond)
+			}
 			writableAsPeer(t, c, true)
 			c.HeapMu().Lock()
 			tc.inject(c)
