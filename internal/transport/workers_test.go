@@ -59,7 +59,19 @@ func TestWorkersReuseTheMostRecent(t *testing.T) {
 func TestIdleWorkersExit(t *testing.T) {
 	w := NewWorkers()
 	w.idleFor = 20 * time.Millisecond
-	burst(t, w, 100)
+	// Not burst: it waits for all 100 to be idle at once, which the first
+	// to finish, gone after 20 ms, may never let happen on a loaded
+	// machine (seen under the race detector in CI).
+	var started, finished sync.WaitGroup
+	release := make(chan struct{})
+	started.Add(100)
+	finished.Add(100)
+	for range 100 {
+		w.submit(func() { started.Done(); <-release; finished.Done() })
+	}
+	started.Wait()
+	close(release)
+	finished.Wait()
 	waitUntil(t, "idle workers exit", func() bool { return w.IdleWorkers() == 0 })
 	done := make(chan struct{})
 	w.submit(func() { close(done) })
